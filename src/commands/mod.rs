@@ -1,0 +1,11 @@
+//! One module per top-level command; each exposes `Args` (clap) and `run(ctx, args)`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod metrics;
+pub mod model;
+pub mod repo_map;
+pub mod status;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,137 @@
+//! `codex`: tokenize, build or load a model, train it with persisted metrics and checksummed
+//! checkpoints, sample system telemetry, and audit the result.
+
+mod commands;
+mod ctx;
+
+use clap::{Parser, Subcommand};
+use ctx::{ColorChoice, Ctx};
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "codex",
+    version,
+    about = "ML training and telemetry runtime: tokenize, train, checkpoint, monitor, audit.",
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Only print errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// When to color output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train, apply, inspect and validate tokenizers (HF tokenizer.json).
+    #[command(hide = true)]
+    Tokenizer(commands::tokenizer::Args),
+    /// List, inspect models; merge LoRA adapters.
+    #[command(hide = true)]
+    Model(commands::model::Args),
+    /// Train a model from a TOML config plus `a.b=c` overrides.
+    #[command(hide = true)]
+    Train(commands::train::Args),
+    /// Evaluate a model or checkpoint: loss, perplexity, token accuracy.
+    #[command(hide = true)]
+    Eval(commands::eval::Args),
+    /// List, verify and prune checksummed checkpoints.
+    #[command(hide = true)]
+    Checkpoint(commands::checkpoint::Args),
+    /// Sample CPU and GPU telemetry.
+    #[command(hide = true)]
+    Metrics(commands::metrics::Args),
+    /// Map a repository: languages, line counts, key files, public symbols.
+    #[command(name = "repo-map", hide = true)]
+    RepoMap(commands::repo_map::Args),
+    /// Audit capabilities, placeholders, runs and reproducibility.
+    #[command(hide = true)]
+    Status(commands::status::Args),
+    /// Show or validate the effective configuration.
+    #[command(hide = true)]
+    Config(commands::config::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not errors.
+            let code = if err.use_stderr() { codex_core::exit::INTERNAL } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let ctx = Ctx::new(cli.quiet, cli.verbose, cli.json, cli.color, cli.no_progress);
+    ctx.init_logging();
+    codex_core_signal_install();
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx, cli.command)));
+    match result {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(err)) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::from(0);
+            }
+            ctx.print_error(&err);
+            ExitCode::from(exit_code_for(&err))
+        }
+        Err(_) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: internal error (a bug in codex); please report it with the command you ran"
+            );
+            ExitCode::from(codex_core::exit::INTERNAL)
+        }
+    }
+}
+
+fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Tokenizer(args) => commands::tokenizer::run(ctx, args),
+        Command::Model(args) => commands::model::run(ctx, args),
+        Command::Train(args) => commands::train::run(ctx, args),
+        Command::Eval(args) => commands::eval::run(ctx, args),
+        Command::Checkpoint(args) => commands::checkpoint::run(ctx, args),
+        Command::Metrics(args) => commands::metrics::run(ctx, args),
+        Command::RepoMap(args) => commands::repo_map::run(ctx, args),
+        Command::Status(args) => commands::status::run(ctx, args),
+        Command::Config(args) => commands::config::run(ctx, args),
+    }
+}
+
+fn codex_core_signal_install() {
+    // SIGINT and SIGTERM set the shared flag; long-running commands poll it and stop cleanly.
+    let _ = ctrlc::set_handler(codex_core::signal::raise);
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<codex_core::error::Internal>()) {
+        codex_core::exit::INTERNAL
+    } else {
+        codex_core::exit::INVALID
+    }
+}

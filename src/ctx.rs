@@ -97,21 +97,25 @@ impl Ctx {
     /// Prints an error chain as `error: …`, `  caused by: …`, and `hint: …` when one is attached.
     pub fn print_error(&self, err: &anyhow::Error) {
         let mut stderr = std::io::stderr().lock();
-        let mut hints = Vec::new();
+        // A hint is attached as anyhow context, so it appears in the chain as a message of
+        // its own; anyhow's downcast finds it in any context layer. Print it last, as `hint:`.
+        let hint = err.downcast_ref::<codex_core::error::Hint>().map(|h| h.0.clone());
+        let mut skipped_hint = false;
         let mut first = true;
         for cause in err.chain() {
-            if let Some(h) = cause.downcast_ref::<codex_core::error::Hint>() {
-                hints.push(h.0.clone());
+            let text = cause.to_string();
+            if !skipped_hint && hint.as_deref() == Some(text.as_str()) {
+                skipped_hint = true;
                 continue;
             }
             if first {
-                let _ = writeln!(stderr, "{} {cause}", self.paint("error:", "31;1"));
+                let _ = writeln!(stderr, "{} {text}", self.paint("error:", "31;1"));
                 first = false;
             } else {
-                let _ = writeln!(stderr, "  caused by: {cause}");
+                let _ = writeln!(stderr, "  caused by: {text}");
             }
         }
-        for h in hints {
+        if let Some(h) = hint {
             let _ = writeln!(stderr, "{} {h}", self.paint("hint:", "36"));
         }
     }

@@ -43,7 +43,6 @@ enum Command {
     #[command(hide = true)]
     Tokenizer(commands::tokenizer::Args),
     /// List, inspect models; merge LoRA adapters.
-    #[command(hide = true)]
     Model(commands::model::Args),
     /// Train a model from a TOML config plus `a.b=c` overrides.
     #[command(hide = true)]
@@ -58,10 +57,9 @@ enum Command {
     #[command(hide = true)]
     Metrics(commands::metrics::Args),
     /// Map a repository: languages, line counts, key files, public symbols.
-    #[command(name = "repo-map", hide = true)]
+    #[command(name = "repo-map")]
     RepoMap(commands::repo_map::Args),
     /// Audit capabilities, placeholders, runs and reproducibility.
-    #[command(hide = true)]
     Status(commands::status::Args),
     /// Show or validate the effective configuration.
     #[command(hide = true)]
@@ -129,7 +127,9 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| e.is::<codex_core::error::Internal>()) {
+    if err.downcast_ref::<codex_core::error::Internal>().is_some()
+        || err.chain().any(|e| e.is::<codex_core::error::Internal>())
+    {
         codex_core::exit::INTERNAL
     } else {
         codex_core::exit::INVALID

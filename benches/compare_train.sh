@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# codex train vs PyTorch CPU on the nanoGPT benchmark of issue 7, back to back in one run.
+#
+#   bash benches/compare_train.sh                 # small and medium, 30 timed steps each
+#   STEPS=20 WARMUP=3 CONFIGS=small bash benches/compare_train.sh
+#   USE_EXAMPLE=1 ...   # run the train_bench example (same library call) instead of the binary
+#
+# For each config: PyTorch (benches/pytorch_gpt.py, torch.set_num_threads(THREADS)) and
+# `codex train --config configs/bench-<config>.toml` (release build, RAYON_NUM_THREADS=THREADS)
+# train on the same byte corpus with the same model, optimizer and batch. tokens/s: PyTorch
+# times STEPS steps after WARMUP; codex's is its metrics.ndjson `end` event (training steps only,
+# over WARMUP+STEPS steps, so it includes codex's first steps). Peak RSS: /usr/bin/time -v for
+# both. The loss is the training loss of the last step. Ratios > 1 mean codex is faster / uses
+# more memory. The machine may be shared: compare ratios from one run, not absolute numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEPS=${STEPS:-30}
+WARMUP=${WARMUP:-5}
+THREADS=${THREADS:-2}
+CONFIGS=${CONFIGS:-"small medium"}
+PY=${PYTHON:-/opt/pyref/bin/python}
+DATA=data/cpython-stdlib.txt
+
+"$PY" -c 'import torch' 2>/dev/null || { echo "error: $PY cannot import torch (set PYTHON=...)" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "error: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
+echo "building codex (release)..." >&2
+if [ -z "${USE_EXAMPLE:-}" ] && cargo build --release --quiet --bin codex; then
+    CODEX=(target/release/codex --no-progress -q train)
+else
+    # The same library call as `codex train` (crates/codex-ops/examples/train_bench.rs), for
+    # when another crate of the binary does not build.
+    [ -n "${USE_EXAMPLE:-}" ] || echo "warning: the codex binary does not build; using the train_bench example" >&2
+    cargo build --release --quiet -p codex-ops --example train_bench
+    CODEX=(target/release/examples/train_bench)
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+
+rows=()
+for cfg in $CONFIGS; do
+    echo "== $cfg: pytorch" >&2
+    /usr/bin/time -v -o "$work/py.time" "$PY" benches/pytorch_gpt.py --config "$cfg" \
+        --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --data "$DATA" > "$work/py.json"
+    py_tps=$(jq -r .tokens_per_s "$work/py.json")
+    py_loss=$(jq -r .loss "$work/py.json")
+    py_rss=$(rss_kib "$work/py.time")
+
+    echo "== $cfg: codex" >&2
+    out="$work/run-$cfg"
+    RAYON_NUM_THREADS=$THREADS /usr/bin/time -v -o "$work/cx.time" "${CODEX[@]}" \
+        --config "configs/bench-$cfg.toml" --output "$out" \
+        "training.steps=$((STEPS + WARMUP))" > /dev/null
+    end=$(jq -c 'select(.event == "end")' "$out/metrics.ndjson" | tail -n 1)
+    [ -n "$end" ] || { echo "error: no end event in $out/metrics.ndjson" >&2; exit 1; }
+    cx_tps=$(jq -r .tokens_per_s <<< "$end")
+    cx_loss=$(jq -r .train_loss <<< "$end")
+    cx_rss=$(rss_kib "$work/cx.time")
+
+    rows+=("$(awk -v c="$cfg" -v pt="$py_tps" -v ct="$cx_tps" -v pr="$py_rss" -v cr="$cx_rss" \
+        -v pl="$py_loss" -v cl="$cx_loss" 'BEGIN {
+        printf "| %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx | %.4f | %.4f |", \
+            c, pt, ct, ct / pt, pr / 1024, cr / 1024, cr / pr, pl, cl }')")
+done
+
+echo "codex: ${CODEX[*]}"
+echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| config | pytorch tok/s | codex tok/s | speed ratio | pytorch RSS MiB | codex RSS MiB | RSS ratio | pytorch loss | codex loss |"
+echo "|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"

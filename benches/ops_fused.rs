@@ -1,0 +1,135 @@
+//! Fused codex-ops kernels vs the plain candle compositions they replace, forward + backward at
+//! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), and
+//! the fused AdamW vs `candle_nn::AdamW` on 262k parameters (PERFORMANCE.md's probe).
+//!
+//!     cargo bench --bench ops_fused
+//!
+//! Each pair runs in the same process, back to back: compare the ratio, not the absolute times.
+
+use candle_core::{Device, Result, Tensor, Var};
+use candle_nn::Optimizer;
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// Forward, weighted sum, backward: the cost one op adds to a training step.
+fn fwd_bwd(x: &Var, r: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+    let loss = (f(x.as_tensor())? * r)?.sum_all()?;
+    black_box(loss.backward()?);
+    Ok(())
+}
+
+fn pair(
+    c: &mut Criterion,
+    name: &str,
+    shape: &[usize],
+    fused: &dyn Fn(&Tensor) -> Result<Tensor>,
+    plain: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    let x = Var::from_tensor(&rand(shape, 1)?)?;
+    let r = rand(shape, 2)?;
+    let mut g = c.benchmark_group(name);
+    g.bench_function("codex-ops", |b| {
+        b.iter(|| fwd_bwd(&x, &r, fused).expect("fused op"))
+    });
+    g.bench_function("candle", |b| {
+        b.iter(|| fwd_bwd(&x, &r, plain).expect("candle op"))
+    });
+    g.finish();
+    Ok(())
+}
+
+fn ops(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        let w = rand(&[128], 3)?;
+        let bias = rand(&[128], 4)?;
+        pair(
+            c,
+            "layer_norm 2048x128",
+            &[2048, 128],
+            &|x| codex_ops::layer_norm(x, &w, &bias, 1e-5),
+            &|x| codex_ops::layer_norm_reference(x, &w, &bias, 1e-5),
+        )?;
+        pair(
+            c,
+            "gelu 2048x512",
+            &[2048, 512],
+            &codex_ops::gelu,
+            &codex_ops::gelu_reference,
+        )?;
+        pair(
+            c,
+            "causal_softmax 16x4x128x128",
+            &[16, 4, 128, 128],
+            &|x| codex_ops::causal_softmax(x, 0.125),
+            &|x| codex_ops::causal_softmax_reference(x, 0.125),
+        )?;
+        let t: Vec<u32> = (0..2048u32).map(|i| (i * 37 + 11) % 256).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
+        pair(
+            c,
+            "cross_entropy 2048x256",
+            &[2048, 256],
+            &|x| codex_ops::cross_entropy(x, &t),
+            &|x| candle_nn::loss::cross_entropy(x, &t),
+        )?;
+        Ok(())
+    };
+    run().expect("op benches");
+}
+
+fn adamw(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        let hp = codex_ops::AdamWParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let w = Var::from_tensor(&rand(&[512, 512], 5)?)?;
+        let grads = w.as_tensor().sqr()?.sum_all()?.backward()?;
+        let g = grads.get(&w).expect("grad").clone();
+        let (mut m, mut v) = (vec![0f32; w.elem_count()], vec![0f32; w.elem_count()]);
+        let mut step = 0u64;
+        let mut grp = c.benchmark_group("adamw 512x512");
+        grp.bench_function("codex-ops", |b| {
+            b.iter(|| {
+                step += 1;
+                codex_ops::adamw_step(&w, &g, &mut m, &mut v, &hp, step, 1.0).expect("adamw");
+            })
+        });
+        let w2 = Var::from_tensor(&rand(&[512, 512], 5)?)?;
+        let grads2 = w2.as_tensor().sqr()?.sum_all()?.backward()?;
+        let params = candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut opt = candle_nn::AdamW::new(vec![w2.clone()], params)?;
+        grp.bench_function("candle_nn", |b| {
+            b.iter(|| opt.step(&grads2).expect("candle adamw"))
+        });
+        grp.finish();
+        Ok(())
+    };
+    run().expect("adamw benches");
+}
+
+criterion_group!(benches, ops, adamw);
+criterion_main!(benches);

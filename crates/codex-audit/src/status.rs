@@ -1,0 +1,403 @@
+//! `codex status`: the seed audit, measured. Capability rows come from live probes, the
+//! placeholder scan and run summaries from the files themselves.
+
+use crate::repomap;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Degraded,
+    Missing,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Degraded => "degraded",
+            Level::Missing => "missing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    pub capability: String,
+    pub status: Level,
+    pub evidence: String,
+}
+
+impl Capability {
+    pub fn new(capability: &str, status: Level, evidence: impl Into<String>) -> Self {
+        Self {
+            capability: capability.into(),
+            status,
+            evidence: evidence.into(),
+        }
+    }
+}
+
+/// The capability rows, in the seed audit's order.
+pub const CAPABILITIES: &[&str] = &[
+    "tokenization",
+    "modeling/LoRA",
+    "training",
+    "configuration",
+    "evaluation",
+    "monitoring",
+    "checkpointing",
+    "data",
+    "safety",
+    "CI",
+    "deployment",
+    "documentation",
+    "tracking",
+    "extensibility",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Placeholder {
+    pub path: String,
+    pub line: u32,
+    pub pattern: &'static str,
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct MetricSummary {
+    pub samples: u64,
+    pub mean: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl MetricSummary {
+    fn push(&mut self, v: f64) {
+        let n = self.samples as f64;
+        self.mean = Some((self.mean.unwrap_or(0.0) * n + v) / (n + 1.0));
+        self.max = Some(self.max.map_or(v, |m| m.max(v)));
+        self.samples += 1;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRow {
+    pub step: u64,
+    pub metric: Option<f64>,
+    pub kept_because: Vec<String>,
+    /// `valid`, `unverified` (size check only; `--verify` rehashes) or `invalid`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub name: String,
+    pub path: String,
+    pub last_step: Option<u64>,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub ended: bool,
+    /// `running` (lock holder alive), `crashed` (stale lock, no end event), `finished`, `stopped`.
+    pub state: &'static str,
+    pub lock_holder: Option<codex_checkpoint::LockHolder>,
+    pub anomalies: Vec<String>,
+    pub cpu_util_pct: MetricSummary,
+    pub gpu_util_pct: MetricSummary,
+    pub gpu_power_w: MetricSummary,
+    pub checkpoints: Vec<CheckpointRow>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckItem {
+    pub item: &'static str,
+    pub status: Level,
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub root: String,
+    pub runs_dir: String,
+    pub capabilities: Vec<Capability>,
+    pub placeholders: Vec<Placeholder>,
+    pub runs: Vec<RunSummary>,
+    pub reproducibility: Vec<CheckItem>,
+    /// Whether the exit code is 0: nothing missing, no checkpoint failing verification.
+    pub ok: bool,
+}
+
+/// What only the binary knows, plus probes that need crates this one must not link (candle).
+pub struct StatusInput {
+    pub root: PathBuf,
+    pub runs: Option<PathBuf>,
+    pub verify: bool,
+    pub cuda_compiled: bool,
+    /// The binary's subcommands, for the documentation probe.
+    pub commands: Vec<String>,
+    /// Rows the binary probed itself; they replace the same-named rows here.
+    pub extra: Vec<Capability>,
+}
+
+// Built at run time so this file itself holds none of the markers it scans for.
+fn patterns() -> Vec<(&'static str, String)> {
+    vec![
+        ("todo!", format!("{}!(", "todo")),
+        ("unimplemented!", format!("{}!(", "unimplemented")),
+        ("TODO", ["TO", "DO"].concat()),
+        ("FIXME", ["FIX", "ME"].concat()),
+        ("NotImplementedError", ["NotImplemented", "Error"].concat()),
+        ("stub", ["not ", "implemented"].concat()),
+        ("stub", ["not available ", "yet"].concat()),
+        ("stub", ["pass  # ", "stub"].concat()),
+    ]
+}
+
+/// A line carrying this marker is not reported (for code that must name a pattern).
+pub fn allow_marker() -> String {
+    ["codex-audit: allow-", "placeholder"].concat()
+}
+
+fn word_at(line: &str, idx: usize, len: usize) -> bool {
+    let before = line[..idx].chars().next_back();
+    let after = line[idx + len..].chars().next();
+    let w = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    !w(before) && !w(after)
+}
+
+/// Placeholder scan over source files (not prose, not tests: a test that asserts on a
+/// "not implemented" message is not a placeholder). Rust files stop at `#[cfg(test)]`.
+pub fn scan_placeholders(root: &Path) -> Vec<Placeholder> {
+    let pats = patterns();
+    let allow = allow_marker();
+    let found = Mutex::new(Vec::new());
+    repomap::walker(root).build_parallel().run(|| {
+        let (found, pats, allow) = (&found, &pats, &allow);
+        Box::new(move |entry| {
+            let Ok(entry) = entry else {
+                return ignore::WalkState::Continue;
+            };
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_some_and(|t| t.is_dir()) {
+                let skip = matches!(
+                    name.as_ref(),
+                    "tests" | "test" | "benches" | "fixtures" | "testdata"
+                );
+                return if skip {
+                    ignore::WalkState::Skip
+                } else {
+                    ignore::WalkState::Continue
+                };
+            }
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                return ignore::WalkState::Continue;
+            }
+            let Some(lang) = crate::lang::detect(path, || None) else {
+                return ignore::WalkState::Continue;
+            };
+            if lang.literate || matches!(lang.name, "JSON" | "ReStructuredText" | "SVG" | "XML") {
+                return ignore::WalkState::Continue;
+            }
+            let Ok(text) = std::fs::read_to_string(path) else {
+                return ignore::WalkState::Continue;
+            };
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let mut hits = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if lang.name == "Rust" && line.starts_with("#[cfg(test)]") {
+                    break;
+                }
+                if line.contains(allow.as_str()) {
+                    continue;
+                }
+                for (label, p) in pats.iter() {
+                    if let Some(idx) = line.find(p.as_str())
+                        && (!p.chars().all(|c| c.is_ascii_uppercase())
+                            || word_at(line, idx, p.len()))
+                    {
+                        let mut snippet: String = line.trim().chars().take(120).collect();
+                        if snippet.len() < line.trim().len() {
+                            snippet.push('…');
+                        }
+                        hits.push(Placeholder {
+                            path: rel.clone(),
+                            line: i as u32 + 1,
+                            pattern: label,
+                            snippet,
+                        });
+                        break;
+                    }
+                }
+            }
+            if !hits.is_empty()
+                && let Ok(mut f) = found.lock()
+            {
+                f.extend(hits);
+            }
+            ignore::WalkState::Continue
+        })
+    });
+    let mut v = found.into_inner().unwrap_or_default();
+    v.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+    v
+}
+
+fn f64_field(v: &Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(Value::as_f64).filter(|x| x.is_finite())
+}
+
+/// One run directory: metrics, system metrics, checkpoints, lock.
+pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
+    let rd = codex_core::rundir::RunDir::new(dir);
+    let mut s = RunSummary {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: dir.display().to_string(),
+        last_step: None,
+        train_loss: None,
+        val_loss: None,
+        ended: false,
+        state: "stopped",
+        lock_holder: None,
+        anomalies: Vec::new(),
+        cpu_util_pct: MetricSummary::default(),
+        gpu_util_pct: MetricSummary::default(),
+        gpu_power_w: MetricSummary::default(),
+        checkpoints: Vec::new(),
+        problems: Vec::new(),
+    };
+    match codex_core::ndjson::read_lines(&rd.metrics()) {
+        Ok(lines) => {
+            for ev in &lines {
+                if let Some(step) = ev.get("step").and_then(Value::as_u64) {
+                    s.last_step = Some(s.last_step.map_or(step, |l| l.max(step)));
+                }
+                match ev.get("event").and_then(Value::as_str) {
+                    Some("step") => s.train_loss = f64_field(ev, "train_loss").or(s.train_loss),
+                    Some("eval") => s.val_loss = f64_field(ev, "val_loss").or(s.val_loss),
+                    Some("end") => s.ended = true,
+                    Some("anomaly") => {
+                        let what = ev
+                            .get("message")
+                            .or_else(|| ev.get("kind"))
+                            .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                            .unwrap_or_else(|| ev.to_string());
+                        let step = ev
+                            .get("step")
+                            .and_then(Value::as_u64)
+                            .map_or(String::new(), |st| format!("step {st}: "));
+                        s.anomalies.push(format!("{step}{what}"));
+                    }
+                    _ => {}
+                }
+                // A step event may also carry val_loss, an eval event train_loss.
+                if ev.get("event").and_then(Value::as_str) == Some("step")
+                    && let Some(v) = f64_field(ev, "val_loss")
+                {
+                    s.val_loss = Some(v);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            s.problems.push("no metrics.ndjson".into())
+        }
+        Err(e) => s
+            .problems
+            .push(format!("cannot read {}: {e}", rd.metrics().display())),
+    }
+    if let Ok(lines) = codex_core::ndjson::read_lines(&rd.system_metrics()) {
+        for sample in &lines {
+            if let Some(v) = f64_field(sample, "cpu_util_pct") {
+                s.cpu_util_pct.push(v);
+            }
+            for g in sample
+                .get("gpus")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(v) = f64_field(g, "gpu_util_pct") {
+                    s.gpu_util_pct.push(v);
+                }
+                if let Some(v) = f64_field(g, "gpu_power_w") {
+                    s.gpu_power_w.push(v);
+                }
+            }
+        }
+    }
+    if rd.checkpoints().is_dir() {
+        let listed = if verify {
+            codex_checkpoint::list_verified(dir)
+        } else {
+            codex_checkpoint::list(dir)
+        };
+        match listed {
+            Ok(list) => {
+                for c in list {
+                    let (status, reason) = match c.status {
+                        codex_checkpoint::CheckpointStatus::Valid => ("valid", None),
+                        codex_checkpoint::CheckpointStatus::Unverified => ("unverified", None),
+                        codex_checkpoint::CheckpointStatus::Invalid(r) => ("invalid", Some(r)),
+                    };
+                    let kept_because = c
+                        .kept_because
+                        .iter()
+                        .map(|k| {
+                            serde_json::to_value(k)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_else(|| format!("{k:?}"))
+                        })
+                        .collect();
+                    s.checkpoints.push(CheckpointRow {
+                        step: c.step,
+                        metric: c.metric,
+                        kept_because,
+                        status: status.into(),
+                        reason,
+                    });
+                }
+            }
+            Err(e) => s.problems.push(format!("checkpoints: {e}")),
+        }
+    }
+    s.lock_holder = codex_checkpoint::RunLock::holder(dir);
+    s.state = match (&s.lock_holder, s.ended) {
+        (Some(h), _) if h.alive => "running",
+        (_, true) => "finished",
+        (Some(_), false) => "crashed",
+        (None, false) => "stopped",
+    };
+    s
+}
+
+/// Run directories under `runs_dir`: any subdirectory with metrics, checkpoints or a config.
+pub fn find_runs(runs_dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(runs_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let rd = codex_core::rundir::RunDir::new(p);
+            p.is_dir()
+                && (rd.metrics().is_file() || rd.checkpoints().is_dir() || rd.config().is_file())
+        })
+        .collect();
+    out.sort();
+    out
+}

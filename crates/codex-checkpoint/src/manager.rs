@@ -1,0 +1,534 @@
+//! Writing checkpoints: atomic save (temporary sibling directory, fsync, rename), hashing while
+//! writing, the index, and retention after every save.
+
+use crate::error::{CheckpointError, Result};
+use crate::format::{
+    self, CHECKPOINT_SCHEMA_VERSION, FORMAT, FileEntry, INDEX, MANIFEST, Manifest, TMP_PREFIX,
+    TRAINER_STATE, TRASH_PREFIX, TensorData,
+};
+use crate::lock::RunLock;
+use crate::read::{self, CheckpointStatus, Index, IndexEntry};
+use crate::retention::{self, Candidate, KeptBecause, RetentionPolicy};
+use codex_core::hash::HashingWriter;
+use codex_core::rundir::RunDir;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One file of a checkpoint.
+#[derive(Debug, Clone)]
+pub enum CheckpointFile<'a> {
+    /// A safetensors file written from tensors; `step`, `schema_version`, `codex_version` and
+    /// `format = pt` are added to its `__metadata__`.
+    Safetensors {
+        /// File name (`model.safetensors`, `optimizer.safetensors`, `adapter_model.safetensors`).
+        name: String,
+        /// Its tensors.
+        tensors: Vec<TensorData<'a>>,
+        /// Extra `__metadata__` entries.
+        metadata: BTreeMap<String, String>,
+    },
+    /// A file written as is (`adapter_config.json`).
+    Bytes {
+        /// File name.
+        name: String,
+        /// Contents.
+        bytes: Cow<'a, [u8]>,
+    },
+}
+
+impl<'a> CheckpointFile<'a> {
+    /// A safetensors file with no extra metadata.
+    pub fn safetensors(name: impl Into<String>, tensors: Vec<TensorData<'a>>) -> Self {
+        Self::Safetensors {
+            name: name.into(),
+            tensors,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// A plain file.
+    pub fn bytes(name: impl Into<String>, bytes: impl Into<Cow<'a, [u8]>>) -> Self {
+        Self::Bytes {
+            name: name.into(),
+            bytes: bytes.into(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Safetensors { name, .. } | Self::Bytes { name, .. } => name,
+        }
+    }
+}
+
+/// What to save at one step.
+#[derive(Debug, Clone)]
+pub struct CheckpointSpec<'a> {
+    /// The optimizer step.
+    pub step: u64,
+    /// The monitored metric at this step (ranked for best-K; `None` if not measured).
+    pub metric: Option<f64>,
+    /// Weights, optimizer state, adapter files.
+    pub files: Vec<CheckpointFile<'a>>,
+    /// Written as `trainer_state.json` (step, epoch, data cursor, RNG state, schedule position).
+    pub trainer_state: serde_json::Value,
+    /// Hash of the resolved training config.
+    pub config_hash: String,
+}
+
+/// A checkpoint that was saved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SavedCheckpoint {
+    /// Its step.
+    pub step: u64,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Total size of its files.
+    pub size_bytes: u64,
+    /// Every file with size and sha256, as in the manifest.
+    pub files: Vec<FileEntry>,
+    /// sha256 of its `MANIFEST.json`.
+    pub manifest_sha256: String,
+    /// Steps that retention deleted after this save.
+    pub deleted: Vec<u64>,
+}
+
+/// What a prune did (or would do with `dry_run`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// The policy applied.
+    pub policy: RetentionPolicy,
+    /// Kept steps and why.
+    pub kept: Vec<(u64, Vec<KeptBecause>)>,
+    /// Deleted steps (or those that would be).
+    pub deleted: Vec<u64>,
+    /// Checkpoints left alone because they are not valid, with the reason.
+    pub invalid: Vec<(u64, String)>,
+}
+
+/// Writes checkpoints into one run directory, holding its lock.
+#[derive(Debug)]
+pub struct CheckpointManager {
+    run: RunDir,
+    policy: RetentionPolicy,
+    protect: Option<u64>,
+    lock: RunLock,
+}
+
+/// A prepared safetensors header and the tensors in write order.
+type Header<'t> = (Vec<u8>, Vec<&'t TensorData<'t>>);
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl CheckpointManager {
+    /// Takes the run lock of `run_dir` and prepares `checkpoints/`, removing leftovers of an
+    /// interrupted save or prune.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Policy`] for a bad policy, [`CheckpointError::Locked`] when another
+    /// process writes this run, I/O errors.
+    pub fn open(run_dir: impl AsRef<Path>, policy: RetentionPolicy) -> Result<Self> {
+        policy.validate()?;
+        Self::with_lock(RunLock::acquire(run_dir)?, policy)
+    }
+
+    /// Like [`Self::open`] with a lock the caller already holds (e.g. taken when training started).
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn with_lock(lock: RunLock, policy: RetentionPolicy) -> Result<Self> {
+        policy.validate()?;
+        let run = RunDir::new(lock.run_dir());
+        let dir = run.checkpoints();
+        codex_core::fsutil::create_dir_all(&dir)
+            .map_err(|e| CheckpointError::io("cannot create", &dir, e))?;
+        let me = Self {
+            run,
+            policy,
+            protect: None,
+            lock,
+        };
+        me.clean_leftovers();
+        Ok(me)
+    }
+
+    /// Never delete the checkpoint of `step` (the one this run resumed from).
+    pub fn protect(&mut self, step: u64) {
+        self.protect = Some(step);
+    }
+
+    /// The retention policy.
+    pub fn policy(&self) -> &RetentionPolicy {
+        &self.policy
+    }
+
+    /// `<run>/checkpoints`.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.run.checkpoints()
+    }
+
+    /// The lock held.
+    pub fn lock(&self) -> &RunLock {
+        &self.lock
+    }
+
+    /// Saves one checkpoint atomically, then applies retention and rewrites `index.json`.
+    ///
+    /// On any write error (disk full included) the temporary directory is removed and
+    /// earlier checkpoints are untouched. A checkpoint of the same step is replaced.
+    ///
+    /// # Errors
+    /// [`CheckpointError::InvalidSpec`] for a bad spec, [`CheckpointError::SaveFailed`] with
+    /// the cause otherwise.
+    pub fn save(&mut self, spec: CheckpointSpec<'_>) -> Result<SavedCheckpoint> {
+        let step = spec.step;
+        validate_spec(&spec)?;
+        // Every header is built (and every tensor size checked) before anything touches disk.
+        let headers = spec
+            .files
+            .iter()
+            .map(|f| match f {
+                CheckpointFile::Safetensors {
+                    name,
+                    tensors,
+                    metadata,
+                } => {
+                    let mut md = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+                    md.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    md.insert("step".into(), step.to_string());
+                    md.insert(
+                        "schema_version".into(),
+                        CHECKPOINT_SCHEMA_VERSION.to_string(),
+                    );
+                    md.insert("codex_version".into(), codex_core::VERSION.to_string());
+                    format::safetensors_header(step, name, tensors, &md).map(Some)
+                }
+                CheckpointFile::Bytes { .. } => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let root = self.run.checkpoints();
+        let tmp = root.join(format!(
+            "{TMP_PREFIX}{step:08}-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let fail = |e: CheckpointError| CheckpointError::SaveFailed {
+            step,
+            source: Box::new(e),
+        };
+        fs::create_dir(&tmp).map_err(|e| fail(CheckpointError::io("cannot create", &tmp, e)))?;
+        let written = write_checkpoint(&tmp, &spec, &headers, &self.policy.monitor).and_then(|r| {
+            let final_dir = root.join(format::step_dir_name(step));
+            publish(&root, &tmp, &final_dir)?;
+            Ok((r, final_dir))
+        });
+        let ((manifest, manifest_sha256), dir) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                if let Err(rm) = fs::remove_dir_all(&tmp)
+                    && rm.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(
+                        "cannot remove the partial checkpoint `{}`: {rm}",
+                        tmp.display()
+                    );
+                }
+                return Err(fail(e));
+            }
+        };
+        let deleted = match self.apply_retention(false) {
+            Ok(report) => report.deleted,
+            Err(e) => {
+                // The checkpoint itself is durable; retention retries at the next save.
+                tracing::warn!("checkpoint for step {step} saved, but retention failed: {e}");
+                Vec::new()
+            }
+        };
+        Ok(SavedCheckpoint {
+            step,
+            dir,
+            size_bytes: manifest.size_bytes(),
+            files: manifest.files,
+            manifest_sha256,
+            deleted,
+        })
+    }
+
+    /// Applies the retention policy to the checkpoints on disk; `dry_run` only reports.
+    /// Invalid checkpoints are left alone (reported, never counted as kept).
+    ///
+    /// # Errors
+    /// I/O errors while scanning, deleting or writing `index.json`.
+    pub fn prune(&mut self, dry_run: bool) -> Result<PruneReport> {
+        self.apply_retention(dry_run)
+    }
+
+    fn apply_retention(&self, dry_run: bool) -> Result<PruneReport> {
+        let run_root = self.run.root();
+        let mut candidates = Vec::new();
+        let mut valid = BTreeMap::new();
+        let mut invalid = Vec::new();
+        for (step, dir) in read::scan(run_root)? {
+            match read::quick_check(step, &dir) {
+                (Some(m), Some(sha), CheckpointStatus::Unverified | CheckpointStatus::Valid) => {
+                    candidates.push(Candidate {
+                        step,
+                        metric: m.metric,
+                    });
+                    valid.insert(step, (dir, m, sha));
+                }
+                (_, _, status) => {
+                    let reason = match status {
+                        CheckpointStatus::Invalid(r) => r,
+                        _ => "unreadable".into(),
+                    };
+                    tracing::warn!(
+                        "leaving invalid checkpoint `{}` alone: {reason}",
+                        dir.display()
+                    );
+                    invalid.push((step, reason));
+                }
+            }
+        }
+        let decisions = retention::plan(&self.policy, &candidates, self.protect);
+        let mut kept = Vec::new();
+        let mut deleted = Vec::new();
+        let mut entries = Vec::new();
+        for d in decisions {
+            let Some((dir, m, sha)) = valid.get(&d.step) else {
+                continue;
+            };
+            if d.delete() {
+                if !dry_run {
+                    remove_checkpoint(&self.run.checkpoints(), dir, d.step)?;
+                }
+                deleted.push(d.step);
+            } else {
+                entries.push(IndexEntry {
+                    step: d.step,
+                    dir: format::step_dir_name(d.step),
+                    metric: m.metric,
+                    size_bytes: m.size_bytes(),
+                    manifest_sha256: sha.clone(),
+                    files: m
+                        .files
+                        .iter()
+                        .map(|f| (f.name.clone(), f.sha256.clone()))
+                        .collect(),
+                    kept_because: d.kept_because.clone(),
+                });
+                kept.push((d.step, d.kept_because));
+            }
+        }
+        if !dry_run {
+            let index = Index {
+                schema_version: CHECKPOINT_SCHEMA_VERSION,
+                updated: codex_core::time::now_rfc3339(),
+                policy: self.policy.clone(),
+                protect: self.protect,
+                checkpoints: entries,
+            };
+            let path = self.run.checkpoints().join(INDEX);
+            let bytes = serde_json::to_vec_pretty(&index)
+                .map_err(|e| CheckpointError::io("cannot encode", &path, io::Error::other(e)))?;
+            codex_core::fsutil::atomic_write(&path, &bytes)
+                .map_err(|e| CheckpointError::io("cannot write", &path, e))?;
+        }
+        Ok(PruneReport {
+            dry_run,
+            policy: self.policy.clone(),
+            kept,
+            deleted,
+            invalid,
+        })
+    }
+
+    /// Removes temporary and trash directories and temp index files; we hold the lock, so
+    /// nobody else is writing them.
+    fn clean_leftovers(&self) {
+        let root = self.run.checkpoints();
+        let Ok(entries) = fs::read_dir(&root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let result = if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+                tracing::info!(
+                    "removing `{}`, left by an interrupted save or prune",
+                    path.display()
+                );
+                fs::remove_dir_all(&path)
+            } else if name.starts_with(&format!(".{INDEX}.")) && name.ends_with(".tmp") {
+                fs::remove_file(&path)
+            } else {
+                continue;
+            };
+            if let Err(e) = result {
+                tracing::warn!("cannot remove leftover `{}`: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn validate_spec(spec: &CheckpointSpec<'_>) -> Result<()> {
+    let invalid = |reason: String| CheckpointError::InvalidSpec {
+        step: spec.step,
+        reason,
+    };
+    let mut names = vec![TRAINER_STATE];
+    for f in &spec.files {
+        format::check_file_name(f.name()).map_err(invalid)?;
+        if names.contains(&f.name()) {
+            return Err(invalid(format!(
+                "file `{}` is given twice (or clashes with `{TRAINER_STATE}`)",
+                f.name()
+            )));
+        }
+        names.push(f.name());
+    }
+    Ok(())
+}
+
+/// Writes every file into `tmp`, hashing while writing, fsyncs them, then writes the manifest
+/// (the completion marker) and fsyncs the directory.
+fn write_checkpoint(
+    tmp: &Path,
+    spec: &CheckpointSpec<'_>,
+    headers: &[Option<Header<'_>>],
+    monitor: &str,
+) -> Result<(Manifest, String)> {
+    let mut entries = Vec::with_capacity(spec.files.len() + 1);
+    let mut open_files = Vec::with_capacity(spec.files.len() + 1);
+    for (file, header) in spec.files.iter().zip(headers) {
+        let (entry, handle) = match (file, header) {
+            (CheckpointFile::Safetensors { name, .. }, Some((header, order))) => {
+                write_file(tmp, name, |w| format::write_safetensors(w, header, order))?
+            }
+            (CheckpointFile::Bytes { name, bytes }, _) => {
+                write_file(tmp, name, |w| w.write_all(bytes))?
+            }
+            (CheckpointFile::Safetensors { name, .. }, None) => {
+                return Err(CheckpointError::InvalidSpec {
+                    step: spec.step,
+                    reason: format!("`{name}` has no header"),
+                });
+            }
+        };
+        entries.push(entry);
+        open_files.push((handle, tmp.join(file.name())));
+    }
+    let state = serde_json::to_vec_pretty(&spec.trainer_state).map_err(|e| {
+        CheckpointError::InvalidSpec {
+            step: spec.step,
+            reason: format!("trainer state is not JSON-encodable: {e}"),
+        }
+    })?;
+    let (entry, handle) = write_file(tmp, TRAINER_STATE, |w| w.write_all(&state))?;
+    entries.push(entry);
+    open_files.push((handle, tmp.join(TRAINER_STATE)));
+    // fsync after all files are written, so the kernel flushes earlier files while later
+    // ones are still being produced.
+    for (file, path) in open_files {
+        file.sync_all()
+            .map_err(|e| CheckpointError::io("cannot fsync", path, e))?;
+    }
+    let manifest = Manifest {
+        schema_version: CHECKPOINT_SCHEMA_VERSION,
+        format: FORMAT.to_string(),
+        step: spec.step,
+        monitor: (!monitor.is_empty()).then(|| monitor.to_string()),
+        metric: spec.metric.filter(|m| m.is_finite()),
+        codex_version: codex_core::VERSION.to_string(),
+        config_hash: spec.config_hash.clone(),
+        created: codex_core::time::now_rfc3339(),
+        files: entries,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::InvalidSpec {
+        step: spec.step,
+        reason: format!("cannot encode the manifest: {e}"),
+    })?;
+    let (entry, handle) = write_file(tmp, MANIFEST, |w| w.write_all(&bytes))?;
+    handle
+        .sync_all()
+        .map_err(|e| CheckpointError::io("cannot fsync", tmp.join(MANIFEST), e))?;
+    codex_core::fsutil::fsync_dir(tmp).map_err(|e| CheckpointError::io("cannot fsync", tmp, e))?;
+    Ok((manifest, entry.sha256))
+}
+
+/// Creates `dir/name`, lets `fill` write through a hashing writer, and returns the entry and
+/// the still-open file (to fsync later).
+fn write_file(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> io::Result<()>,
+) -> Result<(FileEntry, File)> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| CheckpointError::io("cannot create", &path, e))?;
+    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
+    fill(&mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| CheckpointError::io("cannot write", &path, e))?;
+    let (buf, sha256, size_bytes) = w.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| CheckpointError::io("cannot write", &path, e.into_error()))?;
+    Ok((
+        FileEntry {
+            name: name.to_string(),
+            size_bytes,
+            sha256,
+        },
+        file,
+    ))
+}
+
+/// Renames the finished `tmp` to `final_dir` (moving an older checkpoint of the same step out
+/// of the way first) and fsyncs the parent so the rename is durable.
+fn publish(root: &Path, tmp: &Path, final_dir: &Path) -> Result<()> {
+    let mut trash = None;
+    if final_dir.exists() {
+        let t = root.join(format!(
+            "{TRASH_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(final_dir, &t)
+            .map_err(|e| CheckpointError::io("cannot move aside", final_dir, e))?;
+        trash = Some(t);
+    }
+    fs::rename(tmp, final_dir)
+        .map_err(|e| CheckpointError::io("cannot rename into place", final_dir, e))?;
+    codex_core::fsutil::fsync_dir(root)
+        .map_err(|e| CheckpointError::io("cannot fsync", root, e))?;
+    if let Some(t) = trash
+        && let Err(e) = fs::remove_dir_all(&t)
+    {
+        tracing::warn!(
+            "cannot remove the replaced checkpoint `{}`: {e}",
+            t.display()
+        );
+    }
+    Ok(())
+}
+
+/// Deletes a checkpoint by renaming it out of sight first, so an interrupted delete never
+/// leaves a half-deleted `step-N` that looks like a checkpoint.
+fn remove_checkpoint(root: &Path, dir: &Path, step: u64) -> Result<()> {
+    let trash = root.join(format!("{TRASH_PREFIX}{step:08}-{}", std::process::id()));
+    fs::rename(dir, &trash).map_err(|e| CheckpointError::io("cannot delete checkpoint", dir, e))?;
+    codex_core::fsutil::fsync_dir(root)
+        .map_err(|e| CheckpointError::io("cannot fsync", root, e))?;
+    fs::remove_dir_all(&trash).map_err(|e| CheckpointError::io("cannot delete", &trash, e))
+}

@@ -1,0 +1,28 @@
+//! Fused CPU kernels for codex training.
+//!
+//! candle 0.11 spends most of a small model's CPU training step in per-op allocation and small
+//! elementwise kernels (see `shared/design/PERFORMANCE.md`): its AdamW runs a dozen allocating
+//! tensor ops per parameter, and composite ops such as layer norm or softmax record five to ten
+//! nodes each, all of which backward visits. This crate replaces the hot chains with
+//!
+//! - [`adamw_step`]: an in-place, allocation-free AdamW update over f32 slices (parallel), plus
+//!   [`grad_sq_norm`] / [`scale_inplace`] for clipping by global norm;
+//! - candle `CustomOp`s with hand-written backward: [`layer_norm`], [`gelu`] (tanh
+//!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
+//!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly).
+//!
+//! Every public function takes the fused path for contiguous f32 tensors on the CPU and falls back
+//! to plain candle ops otherwise (other dtypes, CUDA), so callers never need to branch.
+
+mod adamw;
+mod gelu;
+mod norm;
+mod softmax;
+mod util;
+mod xent;
+
+pub use adamw::{AdamWParams, adamw_step, grad_sq_norm, scale_inplace};
+pub use gelu::{gelu, gelu_reference};
+pub use norm::{layer_norm, layer_norm_reference};
+pub use softmax::{causal_softmax, causal_softmax_reference};
+pub use xent::{cross_entropy, cross_entropy_reference};

@@ -1,0 +1,87 @@
+//! Small helpers shared by the kernels.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
+
+/// Rows handed to one rayon task: small enough to balance two to sixteen cores, large enough that
+/// task overhead stays far below the arithmetic for rows of ≥ 64 elements.
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// The f32 elements a contiguous layout covers.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: expected a contiguous f32 tensor, got layout {l:?}"),
+    }
+}
+
+/// Whether `t` can take the fused CPU path.
+pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` over the f32 data of a CPU tensor (made contiguous first if needed).
+pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_slice(s, layout, op)?),
+        _ => bail!("{op}: expected a CPU tensor"),
+    }
+}
+
+/// Last-dimension size and number of rows of a tensor with at least one dimension.
+pub(crate) fn rows_cols(l: &Layout, op: &str) -> Result<(usize, usize)> {
+    let dims = l.shape().dims();
+    let Some(&cols) = dims.last() else {
+        bail!("{op}: expected at least one dimension, got a scalar")
+    };
+    if cols == 0 {
+        bail!("{op}: last dimension is empty (shape {:?})", dims);
+    }
+    Ok((l.shape().elem_count() / cols, cols))
+}
+
+/// Builds an f32 CPU tensor from a plain vector.
+pub(crate) fn cpu_tensor(data: Vec<f32>, shape: &candle_core::Shape) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Result, Tensor};
+
+    /// Uniform values in [-scale, scale] from a fixed-seed LCG (hermetic, no RNG crate state).
+    pub(crate) fn rand(seed: u64, shape: &[usize], scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    /// Max |a - b| / (1 + |b|) over all elements, asserted below `tol`.
+    pub(crate) fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) -> Result<()> {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+        let a = a.flatten_all()?.to_vec1::<f32>()?;
+        let b = b.flatten_all()?.to_vec1::<f32>()?;
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0f32, f32::max);
+        assert!(err < tol, "{what}: max relative error {err} >= {tol}");
+        // Guard against comparing two all-zero results (a test that cannot fail).
+        assert!(
+            b.iter().any(|&y| y != 0.0),
+            "{what}: reference is all zeros"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Layers: linear (HF `nn.Linear` or GPT-2 `Conv1D` layout) with an optional LoRA adapter,
+//! norms, and the forward context (frozen base, train mode, seeded dropout).
+
+use crate::error::Result;
+use crate::init::keep_mask;
+use crate::ops;
+use crate::weights::{Builder, Init};
+use candle_core::{Tensor, Var};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Seeded dropout: mask `k` comes from stream `k` of a ChaCha8 generator, so restoring
+/// (seed, counter) reproduces every later mask exactly.
+#[derive(Debug)]
+pub(crate) struct DropoutGen {
+    pub seed: AtomicU64,
+    pub counter: AtomicU64,
+}
+
+/// What one forward pass needs besides the input.
+pub(crate) struct Fwd<'a> {
+    /// Base weights are frozen (LoRA): read them detached so no gradient is tracked.
+    pub frozen: bool,
+    pub train: bool,
+    pub drop: &'a DropoutGen,
+}
+
+impl Fwd<'_> {
+    pub fn w(&self, v: &Var) -> Tensor {
+        if self.frozen {
+            v.as_tensor().detach()
+        } else {
+            v.as_tensor().clone()
+        }
+    }
+
+    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let stream = self.drop.counter.fetch_add(1, Ordering::Relaxed);
+        let mask = keep_mask(
+            self.drop.seed.load(Ordering::Relaxed),
+            stream,
+            x.elem_count(),
+            p,
+        );
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok(ops::dropout(x, &mask, p)?)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct LoraLayer {
+    /// `[r, in]`
+    pub a: Var,
+    /// `[out, r]`
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f32,
+    /// The base weight before merging; restoring it makes unmerge bit-exact.
+    pub merged_from: Option<Tensor>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Linear {
+    /// HF module path, e.g. `transformer.h.0.attn.c_attn`.
+    pub name: String,
+    pub weight: Var,
+    pub bias: Option<Var>,
+    /// GPT-2 `Conv1D`: weight stored `[in, out]`, `y = x W + b`.
+    pub conv1d: bool,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub lora: Option<LoraLayer>,
+}
+
+impl Linear {
+    pub fn new(
+        b: &mut Builder,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        conv1d: bool,
+        std: f64,
+    ) -> Result<Self> {
+        let shape = if conv1d {
+            [in_dim, out_dim]
+        } else {
+            [out_dim, in_dim]
+        };
+        let weight = b.var(&format!("{name}.weight"), &shape, Init::Normal(std))?;
+        let bias = if bias {
+            Some(b.var(&format!("{name}.bias"), &[out_dim], Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            name: name.to_string(),
+            weight,
+            bias,
+            conv1d,
+            in_dim,
+            out_dim,
+            lora: None,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, self.in_dim))?;
+        let w = f.w(&self.weight);
+        let mut y = if self.conv1d {
+            x2.matmul(&w)?
+        } else {
+            x2.matmul(&w.t()?)?
+        };
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&f.w(bias))?;
+        }
+        if let Some(l) = &self.lora
+            && l.merged_from.is_none()
+        {
+            let xd = f.dropout(&x2, l.dropout)?;
+            let h = xd
+                .matmul(&l.a.as_tensor().t()?)?
+                .matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (h * l.scale)?)?;
+        }
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.out_dim;
+        }
+        Ok(y.reshape(out)?)
+    }
+
+    /// `scale · B A`, in the weight's layout and dtype.
+    pub fn lora_delta(&self) -> Result<Option<Tensor>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        let a = l.a.as_tensor().detach();
+        let b = l.b.as_tensor().detach();
+        let d = (b.matmul(&a)? * l.scale)?;
+        let d = if self.conv1d { d.t()?.contiguous()? } else { d };
+        Ok(Some(d.to_dtype(self.weight.dtype())?))
+    }
+
+    pub fn merge(&mut self) -> Result<()> {
+        let Some(delta) = self.lora_delta()? else {
+            return Ok(());
+        };
+        let Some(l) = &mut self.lora else {
+            return Ok(());
+        };
+        if l.merged_from.is_some() {
+            return Ok(());
+        }
+        let orig = self.weight.as_tensor().detach().copy()?;
+        self.weight.set(&(&orig + delta)?)?;
+        l.merged_from = Some(orig);
+        Ok(())
+    }
+
+    pub fn unmerge(&mut self) -> Result<()> {
+        if let Some(l) = &mut self.lora
+            && let Some(orig) = l.merged_from.take()
+        {
+            self.weight.set(&orig)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Norm {
+    pub weight: Var,
+    pub bias: Option<Var>,
+    pub eps: f64,
+    pub rms: bool,
+}
+
+impl Norm {
+    pub fn layer_norm(b: &mut Builder, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: b.var(&format!("{name}.weight"), &[dim], Init::Ones)?,
+            bias: Some(b.var(&format!("{name}.bias"), &[dim], Init::Zeros)?),
+            eps,
+            rms: false,
+        })
+    }
+
+    pub fn rms_norm(b: &mut Builder, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: b.var(&format!("{name}.weight"), &[dim], Init::Ones)?,
+            bias: None,
+            eps,
+            rms: true,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let w = f.w(&self.weight);
+        Ok(if self.rms {
+            ops::rms_norm(x, &w, self.eps)?
+        } else {
+            let b = self.bias.as_ref().map(|b| f.w(b));
+            ops::layer_norm(x, &w, b.as_ref(), self.eps)?
+        })
+    }
+}
+
+/// Token embedding lookup for `[B, T]` ids.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let flat = ids.flatten_all()?;
+    let d = table.dim(1)?;
+    Ok(table.embedding(&flat)?.reshape((b, t, d))?)
+}
+
+/// Masking used by [`attention`].
+pub(crate) enum Mask<'a> {
+    Causal,
+    Additive(&'a Tensor),
+}
+
+/// Scaled dot-product attention over `[B, H, T, hd]` tensors.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Mask,
+    dropout: f32,
+    f: &Fwd,
+) -> Result<Tensor> {
+    let hd = q.dim(3)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let probs = match mask {
+        Mask::Causal => ops::causal_softmax(&scores)?,
+        Mask::Additive(m) => ops::masked_softmax(&scores, m)?,
+    };
+    let probs = f.dropout(&probs, dropout)?;
+    Ok(probs.matmul(v)?)
+}
+
+/// `[B, T, H*hd]` → `[B, H, T, hd]`, contiguous.
+pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    Ok(x.reshape((b, t, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// `[B, H, T, hd]` → `[B, T, H*hd]`.
+pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, hd) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, t, h * hd))?)
+}

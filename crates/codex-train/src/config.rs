@@ -1,0 +1,625 @@
+//! `TrainConfig`: every section of a training run, as read from TOML plus `a.b=c` overrides.
+//!
+//! Loaded with [`codex_core::config::load`], so type errors, unknown keys (with a did-you-mean)
+//! and the semantic rules in [`Validate`] are all reported at once.
+
+use codex_core::config::{ConfigIssue, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The embedded default run (`codex train` with no arguments).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../configs/default.toml");
+
+/// A complete training configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub tokenizer: TokenizerSection,
+    pub optimizer: OptimizerSection,
+    pub schedule: ScheduleSection,
+    pub training: TrainingSection,
+    pub checkpoint: CheckpointSection,
+    pub system_metrics: SystemMetricsSection,
+    pub output: OutputSection,
+}
+
+/// Which model to train: a registry preset from scratch, or pretrained weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelSection {
+    /// Registry preset trained from scratch (`gpt-tiny`, `gpt-small`, `gpt-medium`, …).
+    pub preset: String,
+    /// Pretrained source instead of a preset: HF directory, `org/name[@rev]` in the hf-hub
+    /// cache, or a GGUF file. Empty = use `preset`.
+    pub pretrained: String,
+    /// Preset overrides passed to the registry (`max_positions`, `dropout`; `vocab_size`
+    /// defaults to the tokenizer's).
+    pub overrides: codex_registry::PresetOverrides,
+    pub lora: LoraSection,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: "gpt-tiny".into(),
+            pretrained: String::new(),
+            overrides: codex_registry::PresetOverrides::default(),
+            lora: LoraSection::default(),
+        }
+    }
+}
+
+/// LoRA fine-tuning: only the adapter matrices are trained and saved (PEFT layout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraSection {
+    pub enabled: bool,
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: Vec::new(),
+        }
+    }
+}
+
+/// Input format of the data files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// By extension: `.jsonl`/`.ndjson` are JSON Lines, anything else is text.
+    #[default]
+    Auto,
+    Text,
+    Jsonl,
+}
+
+/// The corpus and how it is cut into training examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataSection {
+    /// Files, directories or globs. Empty = the corpus embedded in the binary.
+    pub inputs: Vec<String>,
+    pub format: DataFormat,
+    /// JSONL field holding the text.
+    pub text_field: String,
+    /// Tokens per training example.
+    pub context_length: usize,
+    /// Fraction of blocks held out for validation.
+    pub val_fraction: f64,
+    /// Seed of the train/val split and of the per-epoch shuffle.
+    pub seed: u64,
+    /// Cache token shards (with a manifest) and reuse them when nothing changed.
+    pub cache: bool,
+    /// Where shards go; empty = `<run dir>/cache`.
+    pub cache_dir: String,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            inputs: Vec::new(),
+            format: DataFormat::Auto,
+            text_field: "text".into(),
+            context_length: 64,
+            val_fraction: 0.1,
+            seed: 1234,
+            cache: true,
+            cache_dir: String::new(),
+        }
+    }
+}
+
+/// How text becomes token ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// Raw UTF-8 bytes, vocabulary 256; nothing to train.
+    #[default]
+    Byte,
+    /// An HF `tokenizer.json` at `path`.
+    Load,
+    /// Train a BPE tokenizer on the corpus first.
+    Train,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenizerSection {
+    pub kind: TokenizerKind,
+    /// `tokenizer.json` to load (kind = "load").
+    pub path: String,
+    /// Vocabulary size to train (kind = "train").
+    pub vocab_size: usize,
+    pub min_frequency: u64,
+}
+
+impl Default for TokenizerSection {
+    fn default() -> Self {
+        Self {
+            kind: TokenizerKind::Byte,
+            path: String::new(),
+            vocab_size: 2048,
+            min_frequency: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimizerSection {
+    pub name: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW) / L2 (SGD); never applied to biases and norms.
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            name: OptimizerKind::Adamw,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            momentum: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScheduleSection {
+    pub kind: ScheduleKind,
+    /// Linear warm-up from 0 to `optimizer.lr` over this many steps.
+    pub warmup_steps: u64,
+    /// Final LR as a fraction of the peak (linear and cosine).
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    /// bf16 weights and compute, fp32 master weights and moments in the optimizer.
+    Bf16,
+}
+
+/// A metric that early stopping or checkpoint retention can watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    #[default]
+    ValLoss,
+    ValPpl,
+    ValTokenAcc,
+}
+
+impl Monitor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValLoss => "val_loss",
+            Monitor::ValPpl => "val_ppl",
+            Monitor::ValTokenAcc => "val_token_acc",
+        }
+    }
+    /// Whether larger values are better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Monitor::ValTokenAcc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainingSection {
+    /// Optimizer steps. 0 = derive from `epochs`.
+    pub steps: u64,
+    /// Passes over the training blocks (used when `steps = 0`).
+    pub epochs: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this value; 0 = no clipping (the norm is still reported).
+    pub clip_norm: f64,
+    pub dtype: Dtype,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Seed of weight initialisation.
+    pub seed: u64,
+    pub log_every: u64,
+    /// Evaluate every N steps (and always at the end); 0 = only at the end.
+    pub eval_every: u64,
+    /// Validation batches per evaluation; 0 = the whole validation split.
+    pub eval_batches: usize,
+    /// Also evaluate the untrained model at step 0 (a baseline for the curve).
+    pub eval_at_start: bool,
+    /// Stop after this many evaluations without improvement; 0 = never.
+    pub early_stopping_patience: u64,
+    pub early_stopping_monitor: Monitor,
+    /// Stop (exit 1) after this many non-finite losses or gradients in a row.
+    pub max_anomalies: u64,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            epochs: 0,
+            batch_size: 16,
+            grad_accum: 1,
+            clip_norm: 1.0,
+            dtype: Dtype::F32,
+            device: "cpu".into(),
+            seed: 1234,
+            log_every: 10,
+            eval_every: 50,
+            eval_batches: 16,
+            eval_at_start: true,
+            early_stopping_patience: 0,
+            early_stopping_monitor: Monitor::ValLoss,
+            max_anomalies: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorMode {
+    #[default]
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckpointSection {
+    /// Save every N steps (and at the end); 0 = only at the end.
+    pub every: u64,
+    pub keep_best: usize,
+    pub keep_last: usize,
+    /// Keep every checkpoint whose step is a multiple of this forever; 0 = none.
+    pub pin_every: u64,
+    pub monitor: Monitor,
+    pub mode: MonitorMode,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            keep_best: 1,
+            keep_last: 2,
+            pin_every: 0,
+            monitor: Monitor::ValLoss,
+            mode: MonitorMode::Min,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemMetricsMode {
+    #[default]
+    Off,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SystemMetricsSection {
+    pub mode: SystemMetricsMode,
+    pub interval_ms: u64,
+}
+
+impl Default for SystemMetricsSection {
+    fn default() -> Self {
+        Self {
+            mode: SystemMetricsMode::Off,
+            interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputSection {
+    /// The run directory.
+    pub dir: String,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            dir: "runs/default".into(),
+        }
+    }
+}
+
+fn positive_f(issues: &mut Vec<ConfigIssue>, path: &str, v: f64) {
+    if !(v.is_finite() && v > 0.0) {
+        issues.push(ConfigIssue::invalid(path, v, "must be a finite number > 0"));
+    }
+}
+
+fn unit_interval(issues: &mut Vec<ConfigIssue>, path: &str, v: f64, open_high: bool) {
+    let ok = v.is_finite() && v >= 0.0 && if open_high { v < 1.0 } else { v <= 1.0 };
+    if !ok {
+        let range = if open_high { "[0, 1)" } else { "[0, 1]" };
+        issues.push(ConfigIssue::invalid(path, v, format!("must be in {range}")));
+    }
+}
+
+impl Validate for TrainConfig {
+    fn validate(&self, issues: &mut Vec<ConfigIssue>) {
+        let m = &self.model;
+        if m.preset.trim().is_empty() && m.pretrained.trim().is_empty() {
+            issues.push(ConfigIssue::invalid(
+                "model.preset",
+                "\"\"",
+                "set a registry preset or `model.pretrained`",
+            ));
+        }
+        if m.lora.enabled {
+            if m.lora.r == 0 {
+                issues.push(ConfigIssue::invalid("model.lora.r", 0, "must be > 0"));
+            }
+            positive_f(issues, "model.lora.alpha", m.lora.alpha);
+            unit_interval(issues, "model.lora.dropout", m.lora.dropout, true);
+        }
+        let d = &self.data;
+        if d.context_length < 2 {
+            issues.push(ConfigIssue::invalid(
+                "data.context_length",
+                d.context_length,
+                "must be >= 2",
+            ));
+        }
+        if !(d.val_fraction.is_finite() && d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+            issues.push(ConfigIssue::invalid(
+                "data.val_fraction",
+                d.val_fraction,
+                "must be in (0, 1): evaluation needs a validation split",
+            ));
+        }
+        if d.text_field.is_empty() {
+            issues.push(ConfigIssue::invalid(
+                "data.text_field",
+                "\"\"",
+                "must not be empty",
+            ));
+        }
+        let t = &self.tokenizer;
+        match t.kind {
+            TokenizerKind::Load if t.path.trim().is_empty() => issues.push(ConfigIssue::invalid(
+                "tokenizer.path",
+                "\"\"",
+                "kind = \"load\" needs the path of a tokenizer.json",
+            )),
+            TokenizerKind::Train if t.vocab_size < 260 => issues.push(ConfigIssue::invalid(
+                "tokenizer.vocab_size",
+                t.vocab_size,
+                "must be >= 260 (the 256 bytes plus special tokens)",
+            )),
+            _ => {}
+        }
+        let o = &self.optimizer;
+        positive_f(issues, "optimizer.lr", o.lr);
+        unit_interval(issues, "optimizer.beta1", o.beta1, true);
+        unit_interval(issues, "optimizer.beta2", o.beta2, true);
+        positive_f(issues, "optimizer.eps", o.eps);
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            issues.push(ConfigIssue::invalid(
+                "optimizer.weight_decay",
+                o.weight_decay,
+                "must be >= 0",
+            ));
+        }
+        unit_interval(issues, "optimizer.momentum", o.momentum, true);
+        unit_interval(
+            issues,
+            "schedule.min_lr_ratio",
+            self.schedule.min_lr_ratio,
+            false,
+        );
+        let tr = &self.training;
+        if tr.steps == 0 && tr.epochs == 0 {
+            issues.push(ConfigIssue::invalid(
+                "training.steps",
+                0,
+                "set `training.steps` or `training.epochs` > 0",
+            ));
+        }
+        if tr.batch_size == 0 {
+            issues.push(ConfigIssue::invalid(
+                "training.batch_size",
+                0,
+                "must be > 0",
+            ));
+        }
+        if tr.grad_accum == 0 {
+            issues.push(ConfigIssue::invalid(
+                "training.grad_accum",
+                0,
+                "must be > 0",
+            ));
+        }
+        if !(tr.clip_norm.is_finite() && tr.clip_norm >= 0.0) {
+            issues.push(ConfigIssue::invalid(
+                "training.clip_norm",
+                tr.clip_norm,
+                "must be >= 0 (0 = off)",
+            ));
+        }
+        if crate::device::parse_device(&tr.device).is_err() {
+            issues.push(ConfigIssue::invalid(
+                "training.device",
+                format!("{:?}", tr.device),
+                "must be `cpu`, `cuda`, `cuda:N` or `auto`",
+            ));
+        }
+        if tr.log_every == 0 {
+            issues.push(ConfigIssue::invalid("training.log_every", 0, "must be > 0"));
+        }
+        if tr.max_anomalies == 0 {
+            issues.push(ConfigIssue::invalid(
+                "training.max_anomalies",
+                0,
+                "must be > 0",
+            ));
+        }
+        let c = &self.checkpoint;
+        if c.keep_last == 0 {
+            issues.push(ConfigIssue::invalid(
+                "checkpoint.keep_last",
+                0,
+                "must be >= 1: the newest checkpoint is what `--resume` continues from",
+            ));
+        }
+        let mode_fits = c.monitor.higher_is_better() == (c.mode == MonitorMode::Max);
+        if !mode_fits {
+            let want = if c.monitor.higher_is_better() {
+                "max"
+            } else {
+                "min"
+            };
+            issues.push(ConfigIssue::invalid(
+                "checkpoint.mode",
+                format!("{:?}", c.mode).to_lowercase(),
+                format!(
+                    "`{}` is better when it is {want}er; use mode = \"{want}\"",
+                    c.monitor.name()
+                ),
+            ));
+        }
+        let s = &self.system_metrics;
+        if s.mode != SystemMetricsMode::Off && s.interval_ms < 200 {
+            issues.push(ConfigIssue::invalid(
+                "system_metrics.interval_ms",
+                s.interval_ms,
+                "must be >= 200",
+            ));
+        }
+        if self.output.dir.trim().is_empty() {
+            issues.push(ConfigIssue::invalid(
+                "output.dir",
+                "\"\"",
+                "must name the run directory",
+            ));
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The embedded default run, parsed and validated.
+    pub fn default_run() -> Result<Self, codex_core::config::ConfigError> {
+        let table =
+            codex_core::config::parse_toml(DEFAULT_CONFIG_TOML, "configs/default.toml (embedded)")?;
+        codex_core::config::load(table, "configs/default.toml (embedded)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codex_core::config::{apply_overrides, load, parse_toml, to_toml_string};
+
+    #[test]
+    fn embedded_default_is_valid_and_round_trips() {
+        let cfg = TrainConfig::default_run().unwrap();
+        let text = to_toml_string(&cfg).unwrap();
+        let back: TrainConfig = load(parse_toml(&text, "rt").unwrap(), "rt").unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn struct_default_round_trips() {
+        let text = to_toml_string(&TrainConfig::default()).unwrap();
+        let back: TrainConfig = load(parse_toml(&text, "rt").unwrap(), "rt").unwrap();
+        assert_eq!(back, TrainConfig::default());
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let mut t = parse_toml(
+            "[optimizer]\nlr = -1.0\nbeta3 = 0.9\n[training]\nbatch_size = 0\n",
+            "t",
+        )
+        .unwrap();
+        let issues = apply_overrides(
+            &mut t,
+            &[
+                "training.device=tpu".into(),
+                "checkpoint.mode=max".into(),
+                "data.context_length=1".into(),
+            ],
+        );
+        assert!(issues.is_empty());
+        // Unknown keys stop before semantic checks, so check them separately.
+        let err = load::<TrainConfig>(t.clone(), "t").unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == "optimizer.beta3" && i.message.contains("beta1")),
+            "{err}"
+        );
+        t["optimizer"].as_table_mut().unwrap().remove("beta3");
+        let err = load::<TrainConfig>(t, "t").unwrap_err();
+        let paths: Vec<_> = err.issues.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "optimizer.lr",
+            "training.batch_size",
+            "training.device",
+            "checkpoint.mode",
+            "data.context_length",
+        ] {
+            assert!(paths.contains(&p), "missing {p}: {err}");
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The data pipeline: corpus → tokenizer → token ids → cached shards → packed blocks →
+//! seeded train/val split → per-epoch shuffled batches with an exact cursor.
+//!
+//! Token ids are cached as shards (`u32` little-endian) with a `manifest.json` keyed by the
+//! sha256 of the sources, the tokenizer and the reading settings; an unchanged corpus is
+//! not tokenized again. Blocks are `context_length + 1` tokens starting every
+//! `context_length` tokens (input and shifted target), so every token is a target once.
+//! The cursor is a global sample index: sample `k` is position `k % n_train` of the
+//! permutation of epoch `k / n_train`, which depends only on the seed and the epoch, so a
+//! resumed run reads exactly the batches an uninterrupted one would.
+
+use crate::config::{DataFormat, TokenizerKind, TrainConfig};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use codex_core::hash::sha256_bytes;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The corpus compiled into the binary (see `data/README.md`).
+pub const EMBEDDED_CORPUS: &[u8] = include_bytes!("../../../data/cpython-stdlib.txt");
+/// Name the embedded corpus goes by in manifests and provenance.
+pub const EMBEDDED_NAME: &str = "<embedded>/data/cpython-stdlib.txt";
+
+const SHARD_TOKENS: usize = 1 << 20;
+const MANIFEST: &str = "manifest.json";
+
+/// How text becomes ids.
+pub enum TextTokenizer {
+    /// UTF-8 bytes; vocabulary 256.
+    Byte,
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl TextTokenizer {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextTokenizer::Byte => 256,
+            TextTokenizer::Hf(t) => t.get_vocab_size(true),
+        }
+    }
+
+    /// Token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        self.encode_into(text, &mut out)?;
+        Ok(out)
+    }
+
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        match self {
+            TextTokenizer::Byte => out.extend(text.bytes().map(u32::from)),
+            TextTokenizer::Hf(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                out.extend_from_slice(enc.get_ids());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One source file of the corpus, as recorded in the manifest and provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceDigest {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ShardEntry {
+    file: String,
+    tokens: u64,
+    sha256: String,
+}
+
+/// `cache/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    schema_version: u32,
+    /// sha256 over sources, tokenizer and settings; a different key means re-tokenize.
+    key: String,
+    sources: Vec<SourceDigest>,
+    tokenizer: String,
+    vocab_size: usize,
+    total_tokens: u64,
+    shards: Vec<ShardEntry>,
+}
+
+/// The tokenized corpus, split into blocks.
+pub struct Dataset {
+    tokens: Vec<u32>,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    /// Start offsets of training blocks.
+    train: Vec<usize>,
+    /// Start offsets of validation blocks (in corpus order).
+    val: Vec<usize>,
+    seed: u64,
+    /// sha256 over the sources, tokenizer and settings (the cache key).
+    pub data_hash: String,
+    pub sources: Vec<SourceDigest>,
+    /// Whether the shards came from the cache.
+    pub cache_hit: bool,
+    /// Where the tokenizer came from (`byte`, a path, or `trained`).
+    pub tokenizer_desc: String,
+}
+
+/// What the caller learns while data is prepared.
+pub struct Prepared {
+    pub dataset: Dataset,
+    /// The tokenizer (to copy into the run directory, or for `codex eval` to reuse).
+    pub tokenizer: TextTokenizer,
+}
+
+/// Resolves, reads, tokenizes (or loads from cache) and splits the corpus of `cfg`.
+/// `cache_dir` is where shards live; `None` disables caching.
+pub fn prepare(
+    cfg: &TrainConfig,
+    cache_dir: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Prepared> {
+    let d = &cfg.data;
+    // 1. Sources and their digests (cheap, and needed for the cache key before tokenizing).
+    let corpus = if d.inputs.is_empty() {
+        None
+    } else {
+        Some(resolve_corpus(cfg)?)
+    };
+    let sources = match &corpus {
+        None => vec![SourceDigest {
+            path: EMBEDDED_NAME.into(),
+            bytes: EMBEDDED_CORPUS.len() as u64,
+            sha256: sha256_bytes(EMBEDDED_CORPUS),
+        }],
+        Some(c) => c
+            .digests()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .into_iter()
+            .map(|f| SourceDigest {
+                path: f.path,
+                bytes: f.bytes,
+                sha256: f.sha256,
+            })
+            .collect(),
+    };
+    // 2. Tokenizer.
+    let (tokenizer, tokenizer_id, tokenizer_desc) = match cfg.tokenizer.kind {
+        TokenizerKind::Byte => (
+            TextTokenizer::Byte,
+            "byte-level-256".to_string(),
+            "byte".to_string(),
+        ),
+        TokenizerKind::Load => {
+            let path = Path::new(&cfg.tokenizer.path);
+            let tok = codex_tokenizer::source::load(&cfg.tokenizer.path)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let resolved = codex_tokenizer::source::resolve(&cfg.tokenizer.path)
+                .unwrap_or_else(|_| path.to_path_buf());
+            let (sha, _) =
+                codex_core::hash::sha256_file(&resolved).map_err(|source| Error::Read {
+                    path: resolved.clone(),
+                    source,
+                })?;
+            (
+                TextTokenizer::Hf(Box::new(tok)),
+                format!("file:{sha}"),
+                resolved.display().to_string(),
+            )
+        }
+        TokenizerKind::Train => {
+            log(&format!(
+                "training a BPE tokenizer (vocab {}) on the corpus",
+                cfg.tokenizer.vocab_size
+            ));
+            let tc = codex_tokenizer::train::TrainConfig {
+                vocab_size: cfg.tokenizer.vocab_size,
+                min_frequency: cfg.tokenizer.min_frequency,
+                normalization: codex_tokenizer::train::Normalization::None,
+                ..Default::default()
+            };
+            let trained = match &corpus {
+                Some(c) => codex_tokenizer::train::train(&tc, c.documents(), &|_| {}),
+                None => {
+                    let text = String::from_utf8_lossy(EMBEDDED_CORPUS).into_owned();
+                    let docs = text
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .enumerate()
+                        .map(|(i, l)| {
+                            Ok(codex_tokenizer::corpus::Document {
+                                text: l.to_string(),
+                                file: 0,
+                                line: i as u64 + 1,
+                            })
+                        })
+                        .collect::<Vec<_>>();
+                    codex_tokenizer::train::train(&tc, docs.into_iter(), &|_| {})
+                }
+            }
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let json = trained
+                .tokenizer
+                .to_string(false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            (
+                TextTokenizer::Hf(Box::new(trained.tokenizer)),
+                format!("trained:{}", sha256_bytes(json.as_bytes())),
+                "trained".into(),
+            )
+        }
+    };
+    let vocab_size = tokenizer.vocab_size();
+    // 3. Cache key: sources + tokenizer + reading settings (not the split: blocks are cheap).
+    let key_text = serde_json::json!({
+        "sources": sources, "tokenizer": tokenizer_id, "format": d.format, "text_field": d.text_field,
+        "schema_version": codex_core::SCHEMA_VERSION,
+    })
+    .to_string();
+    let key = sha256_bytes(key_text.as_bytes());
+    let cached = match cache_dir {
+        Some(dir) => read_cache(dir, &key)?,
+        None => None,
+    };
+    let cache_hit = cached.is_some();
+    let tokens = match cached {
+        Some(t) => {
+            log(&format!(
+                "data: reusing {} cached tokens (key {})",
+                t.len(),
+                &key[..12]
+            ));
+            t
+        }
+        None => {
+            let mut tokens = Vec::new();
+            match &corpus {
+                None => {
+                    let text = std::str::from_utf8(EMBEDDED_CORPUS).map_err(|e| {
+                        Error::Internal(format!("embedded corpus is not UTF-8: {e}"))
+                    })?;
+                    tokenizer.encode_into(text, &mut tokens)?;
+                }
+                Some(c) => {
+                    for doc in c.documents() {
+                        let doc = doc.map_err(|e| Error::Invalid(e.to_string()))?;
+                        tokenizer.encode_into(&doc.text, &mut tokens)?;
+                    }
+                }
+            }
+            if let Some(dir) = cache_dir {
+                write_cache(dir, &key, &sources, &tokenizer_id, vocab_size, &tokens)?;
+            }
+            log(&format!(
+                "data: {} tokens from {} source file(s)",
+                tokens.len(),
+                sources.len()
+            ));
+            tokens
+        }
+    };
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {vocab_size}"
+        )));
+    }
+    let dataset = Dataset::new(
+        tokens,
+        vocab_size,
+        d.context_length,
+        d.val_fraction,
+        d.seed,
+        key,
+        sources,
+        cache_hit,
+        tokenizer_desc,
+    )?;
+    Ok(Prepared { dataset, tokenizer })
+}
+
+fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> {
+    let d = &cfg.data;
+    let jsonl = match d.format {
+        DataFormat::Jsonl => true,
+        DataFormat::Text => false,
+        DataFormat::Auto => d
+            .inputs
+            .iter()
+            .all(|i| i.ends_with(".jsonl") || i.ends_with(".ndjson")),
+    };
+    let spec = codex_tokenizer::corpus::CorpusSpec {
+        inputs: d.inputs.clone(),
+        jsonl_field: jsonl.then(|| d.text_field.clone()),
+        // A whole file is one document, so code keeps its line structure.
+        unit: codex_tokenizer::corpus::Unit::File,
+        ..Default::default()
+    };
+    spec.resolve()
+        .map_err(|e| Error::Invalid(format!("data.inputs: {e}")))
+}
+
+fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
+    let path = dir.join(MANIFEST);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let Ok(m) = serde_json::from_str::<Manifest>(&text) else {
+        return Ok(None);
+    };
+    if m.key != key {
+        return Ok(None);
+    }
+    let mut tokens = Vec::with_capacity(m.total_tokens as usize);
+    for s in &m.shards {
+        let p = dir.join(&s.file);
+        let Ok(bytes) = std::fs::read(&p) else {
+            return Ok(None);
+        };
+        // A shard that does not match its manifest is rebuilt, never trusted.
+        if sha256_bytes(&bytes) != s.sha256 || bytes.len() as u64 != s.tokens * 4 {
+            return Ok(None);
+        }
+        tokens.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    Ok((tokens.len() as u64 == m.total_tokens).then_some(tokens))
+}
+
+fn write_cache(
+    dir: &Path,
+    key: &str,
+    sources: &[SourceDigest],
+    tokenizer: &str,
+    vocab_size: usize,
+    tokens: &[u32],
+) -> Result<()> {
+    codex_core::fsutil::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut shards = Vec::new();
+    for (i, chunk) in tokens.chunks(SHARD_TOKENS).enumerate() {
+        let file = format!("tokens-{}-{i:05}.u32", &key[..16]);
+        let bytes: Vec<u8> = chunk.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let path = dir.join(&file);
+        codex_core::fsutil::atomic_write(&path, &bytes)
+            .map_err(|source| Error::Write { path, source })?;
+        shards.push(ShardEntry {
+            file,
+            tokens: chunk.len() as u64,
+            sha256: sha256_bytes(&bytes),
+        });
+    }
+    let m = Manifest {
+        schema_version: codex_core::SCHEMA_VERSION,
+        key: key.to_string(),
+        sources: sources.to_vec(),
+        tokenizer: tokenizer.to_string(),
+        vocab_size,
+        total_tokens: tokens.len() as u64,
+        shards,
+    };
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
+    // The manifest goes last: shards without it are never read.
+    codex_core::fsutil::atomic_write(&path, &text).map_err(|source| Error::Write { path, source })
+}
+
+/// Where the data cache of a run lives.
+pub fn cache_dir_for(cfg: &TrainConfig, run_dir: &Path) -> Option<PathBuf> {
+    if !cfg.data.cache {
+        None
+    } else if cfg.data.cache_dir.is_empty() {
+        Some(codex_core::rundir::RunDir::new(run_dir).cache())
+    } else {
+        Some(PathBuf::from(&cfg.data.cache_dir))
+    }
+}
+
+/// A batch of inputs and targets, `[batch, context]` u32 each.
+pub struct Batch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+}
+
+impl Dataset {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tokens: Vec<u32>,
+        vocab_size: usize,
+        context_length: usize,
+        val_fraction: f64,
+        seed: u64,
+        data_hash: String,
+        sources: Vec<SourceDigest>,
+        cache_hit: bool,
+        tokenizer_desc: String,
+    ) -> Result<Self> {
+        let n_blocks = tokens.len().saturating_sub(1) / context_length;
+        let n_val = ((n_blocks as f64) * val_fraction).round().max(1.0) as usize;
+        if n_blocks < n_val + 1 {
+            return Err(Error::Invalid(format!(
+                "the corpus has {} tokens: {n_blocks} block(s) of context_length {context_length}, too few for a train and a validation split",
+                tokens.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..n_blocks).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut val: Vec<usize> = order[..n_val].iter().map(|b| b * context_length).collect();
+        val.sort_unstable();
+        let mut train: Vec<usize> = order[n_val..].iter().map(|b| b * context_length).collect();
+        train.sort_unstable();
+        Ok(Self {
+            tokens,
+            vocab_size,
+            context_length,
+            train,
+            val,
+            seed,
+            data_hash,
+            sources,
+            cache_hit,
+            tokenizer_desc,
+        })
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn n_train(&self) -> usize {
+        self.train.len()
+    }
+    pub fn n_val(&self) -> usize {
+        self.val.len()
+    }
+
+    /// The permutation of training blocks for `epoch` (a pure function of seed and epoch).
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order = self.train.clone();
+        let seed = self.seed ^ (epoch.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        order
+    }
+
+    /// The training batch of `batch_size` samples starting at global sample `cursor`.
+    pub fn train_batch(&self, cursor: u64, batch_size: usize, device: &Device) -> Result<Batch> {
+        let n = self.train.len() as u64;
+        let mut starts = Vec::with_capacity(batch_size);
+        let mut epoch = u64::MAX;
+        let mut order = Vec::new();
+        for k in cursor..cursor + batch_size as u64 {
+            if k / n != epoch {
+                epoch = k / n;
+                order = self.epoch_order(epoch);
+            }
+            starts.push(order[(k % n) as usize]);
+        }
+        self.batch_from(&starts, device)
+    }
+
+    /// Validation batches of up to `batch_size` blocks; `max_batches = 0` means all.
+    pub fn val_batches(
+        &self,
+        batch_size: usize,
+        max_batches: usize,
+    ) -> impl Iterator<Item = &[usize]> {
+        let take = if max_batches == 0 {
+            usize::MAX
+        } else {
+            max_batches
+        };
+        self.val.chunks(batch_size).take(take)
+    }
+
+    pub fn batch_from(&self, starts: &[usize], device: &Device) -> Result<Batch> {
+        let c = self.context_length;
+        let mut x = Vec::with_capacity(starts.len() * c);
+        let mut y = Vec::with_capacity(starts.len() * c);
+        for &s in starts {
+            x.extend_from_slice(&self.tokens[s..s + c]);
+            y.extend_from_slice(&self.tokens[s + 1..s + c + 1]);
+        }
+        let shape = (starts.len(), c);
+        Ok(Batch {
+            inputs: Tensor::from_vec(x, shape, device)?,
+            targets: Tensor::from_vec(y, shape, device)?,
+        })
+    }
+
+    /// A dataset whose every block is evaluated (for `codex eval --file`).
+    pub fn eval_only(tokens: Vec<u32>, vocab_size: usize, context_length: usize) -> Result<Self> {
+        let n_blocks = tokens.len().saturating_sub(1) / context_length;
+        if n_blocks == 0 {
+            return Err(Error::Invalid(format!(
+                "{} tokens are fewer than one block of context_length {context_length} + 1",
+                tokens.len()
+            )));
+        }
+        let val = (0..n_blocks).map(|b| b * context_length).collect();
+        Ok(Self {
+            tokens,
+            vocab_size,
+            context_length,
+            train: Vec::new(),
+            val,
+            seed: 0,
+            data_hash: String::new(),
+            sources: Vec::new(),
+            cache_hit: false,
+            tokenizer_desc: String::new(),
+        })
+    }
+
+    /// Makes the training split the one [`Dataset::val_batches`] walks (eval on `train`).
+    pub fn evaluate_train_split(&mut self) {
+        self.val = self.train.clone();
+    }
+
+    /// Epoch of global sample `cursor`.
+    pub fn epoch_of(&self, cursor: u64) -> u64 {
+        cursor / self.train.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(n: usize, ctx: usize) -> Dataset {
+        let tokens: Vec<u32> = (0..n as u32).map(|i| i % 256).collect();
+        Dataset::new(
+            tokens,
+            256,
+            ctx,
+            0.2,
+            7,
+            "k".into(),
+            vec![],
+            false,
+            "byte".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn blocks_cover_every_token_once_and_split_is_disjoint() {
+        let d = ds(1001, 10);
+        assert_eq!(d.n_train() + d.n_val(), 100);
+        assert_eq!(d.n_val(), 20);
+        let mut all: Vec<usize> = d.train.iter().chain(&d.val).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).map(|b| b * 10).collect::<Vec<_>>());
+        let b = d.batch_from(&[0, 10], &Device::Cpu).unwrap();
+        let x = b.inputs.to_vec2::<u32>().unwrap();
+        let y = b.targets.to_vec2::<u32>().unwrap();
+        assert_eq!(x[0][1..], y[0][..9]);
+        assert_eq!(y[0][9], 10);
+    }
+
+    #[test]
+    fn cursor_is_exact_across_epochs_and_seeded() {
+        let d = ds(1001, 10);
+        // Reading 7 batches of 30 in one go equals reading them one by one from cursors.
+        let all = d
+            .train_batch(0, 210, &Device::Cpu)
+            .unwrap()
+            .inputs
+            .to_vec2::<u32>()
+            .unwrap();
+        for i in 0..7u64 {
+            let part = d
+                .train_batch(i * 30, 30, &Device::Cpu)
+                .unwrap()
+                .inputs
+                .to_vec2::<u32>()
+                .unwrap();
+            assert_eq!(part[..], all[(i as usize) * 30..(i as usize + 1) * 30]);
+        }
+        // Each epoch visits every training block exactly once, in a different order.
+        let e0 = d.epoch_order(0);
+        let e1 = d.epoch_order(1);
+        assert_ne!(e0, e1);
+        let (mut s0, mut s1) = (e0.clone(), e1.clone());
+        s0.sort_unstable();
+        s1.sort_unstable();
+        assert_eq!(s0, d.train);
+        assert_eq!(s1, d.train);
+        assert_eq!(ds(1001, 10).epoch_order(3), d.epoch_order(3));
+    }
+
+    #[test]
+    fn too_small_corpus_is_a_clear_error() {
+        let err = Dataset::new(
+            vec![1; 15],
+            256,
+            10,
+            0.1,
+            1,
+            "k".into(),
+            vec![],
+            false,
+            "byte".into(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("too few"), "{err}");
+    }
+
+    #[test]
+    fn cache_is_reused_and_rebuilt_when_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = TrainConfig::default();
+        let corpus = dir.path().join("a.txt");
+        std::fs::write(&corpus, "def f(x):\n    return x + 1\n".repeat(40)).unwrap();
+        cfg.data.inputs = vec![corpus.display().to_string()];
+        cfg.data.context_length = 16;
+        let cache = dir.path().join("cache");
+        let p1 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(!p1.dataset.cache_hit);
+        let p2 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(p2.dataset.cache_hit);
+        assert_eq!(p1.dataset.tokens, p2.dataset.tokens);
+        assert_eq!(p1.dataset.tokens.len(), 40 * 27);
+        // Corrupt a shard: it is detected and rebuilt.
+        let shard = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "u32"))
+            .unwrap();
+        std::fs::write(&shard, b"xxxx").unwrap();
+        let p3 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(!p3.dataset.cache_hit);
+        assert_eq!(p3.dataset.tokens, p1.dataset.tokens);
+        // A changed source changes the key.
+        std::fs::write(&corpus, "print('hello')\n".repeat(80)).unwrap();
+        let p4 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(!p4.dataset.cache_hit);
+        assert_ne!(p4.dataset.data_hash, p1.dataset.data_hash);
+    }
+}

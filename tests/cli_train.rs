@@ -1,0 +1,347 @@
+//! `codex train` / `codex eval` end to end, running the real binary.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn codex() -> Command {
+    let mut c = Command::cargo_bin("codex").unwrap();
+    c.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    c
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/train")
+        .join(name)
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A small deterministic Python-like corpus.
+fn corpus(dir: &Path) -> String {
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!(
+            "def f{i}(x):\n    return x * {} + {}\n\n",
+            i % 7,
+            i % 13
+        ));
+    }
+    let p = dir.join("corpus.py");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn tiny_args(input: &str, out: &Path) -> Vec<String> {
+    vec![
+        "train".into(),
+        "--config".into(),
+        fixture("tiny.toml").display().to_string(),
+        format!("data.inputs=[{:?}]", input),
+        format!("output.dir={:?}", out.display().to_string()),
+    ]
+}
+
+#[test]
+fn default_config_shortened_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = codex()
+        .current_dir(dir.path())
+        .args([
+            "--json",
+            "train",
+            "training.steps=40",
+            "training.eval_every=20",
+            "checkpoint.every=20",
+        ])
+        .arg(format!("output.dir={:?}", run.display().to_string()))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    // stdout: the same events as metrics.ndjson, one JSON object per line.
+    let events: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let file = lines(&run.join("metrics.ndjson"));
+    assert_eq!(events.len(), file.len());
+    for e in &file {
+        for k in ["event", "schema_version", "run_id", "ts", "step"] {
+            assert!(e.get(k).is_some(), "{k} missing in {e}");
+        }
+    }
+    let steps: Vec<&Value> = file.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(steps.len(), 4);
+    for k in [
+        "train_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "step_time_ms",
+    ] {
+        assert!(steps[0][k].is_number(), "{k} in {}", steps[0]);
+    }
+    let evals: Vec<f64> = file
+        .iter()
+        .filter(|e| e["event"] == "eval")
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    // Step 0 (untrained baseline), 20 and 40. Untrained is about ln 256 = 5.55; the loss must
+    // fall well below it and keep falling.
+    assert_eq!(evals.len(), 3);
+    assert!(
+        evals[0] > 5.0 && evals[1] < 4.5 && evals[2] < evals[1],
+        "val_loss did not fall: {evals:?}"
+    );
+    let end = file.last().unwrap();
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["status"], "completed");
+    assert!(end["tokens_per_s"].as_f64().unwrap() > 0.0);
+    // A complete run directory.
+    for f in [
+        "config.toml",
+        "metrics.ndjson",
+        "provenance.json",
+        "checkpoints/index.json",
+        "checkpoints/step-00000040/MANIFEST.json",
+        "checkpoints/step-00000040/model.safetensors",
+        "checkpoints/step-00000040/optimizer.safetensors",
+        "checkpoints/step-00000040/trainer_state.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let prov: Value =
+        serde_json::from_slice(&std::fs::read(run.join("provenance.json")).unwrap()).unwrap();
+    assert!(prov["rustc"].as_str().unwrap().starts_with("rustc"));
+    assert_eq!(prov["data"]["sources"][0]["bytes"], 999_748);
+    // The resolved config round-trips through `config validate`.
+    codex()
+        .arg("config")
+        .arg("validate")
+        .arg(run.join("config.toml"))
+        .assert()
+        .success();
+
+    // `codex eval` on the run: NDJSON + CSV + JSON summary, same val loss as the final eval
+    // when the same batches are used.
+    let out = codex()
+        .args(["--json", "eval"])
+        .arg(&run)
+        .args(["--max-batches", "16"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let summary: Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        (summary["loss"].as_f64().unwrap() - evals[2]).abs() < 1e-4,
+        "{summary} vs {}",
+        evals[2]
+    );
+    assert!(run.join("eval/eval.csv").is_file());
+    assert!(lines(&run.join("eval/eval.ndjson")).last().unwrap()["event"] == "eval_summary");
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    let a = dir.path().join("a");
+    let long = |out: &Path| {
+        let mut v = tiny_args(&input, out);
+        v.push("training.steps=60".into());
+        v
+    };
+    codex().args(long(&a)).assert().success();
+
+    let b = dir.path().join("b");
+    // Deterministic "random" kill delays (LCG, fixed seed).
+    let mut state: u64 = 0x5eed;
+    let mut kills = 0;
+    let mut finished = false;
+    for attempt in 0..30 {
+        let mut args = long(&b);
+        if codex_has_checkpoint(&b) {
+            args.push("--resume".into());
+        }
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("codex"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if attempt < 8 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let delay = 150 + (state >> 33) % 700;
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+        }
+        let status = child.wait().unwrap();
+        if status.success() {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "never finished");
+    eprintln!("{kills} SIGKILLs");
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed; the run is too short for this test"
+    );
+    let end = lines(&b.join("metrics.ndjson"))
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "end")
+        .unwrap();
+    assert_eq!(end["status"], "completed");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let fa = std::fs::read(a.join("checkpoints/step-00000060").join(f)).unwrap();
+        let fb = std::fs::read(b.join("checkpoints/step-00000060").join(f)).unwrap();
+        assert!(fa == fb, "{f} differs from the uninterrupted run");
+    }
+}
+
+fn codex_has_checkpoint(run: &Path) -> bool {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().join("MANIFEST.json").is_file())
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn interrupt_writes_checkpoint_and_exits_130_then_resume_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    let run = dir.path().join("r");
+    let mut args = tiny_args(&input, &run);
+    args.extend([
+        "--stop-at-step=5".into(),
+        "--system-metrics=cpu".into(),
+        "--system-metrics-interval=0.2".into(),
+    ]);
+    codex().args(&args).assert().code(130);
+    // The sampler ran beside the loop and was stopped; its lines carry the step.
+    let samples = lines(&run.join("system_metrics.ndjson"));
+    assert!(
+        samples.iter().all(|s| s.get("step").is_some()),
+        "{samples:?}"
+    );
+    assert!(
+        run.join("checkpoints/step-00000005/MANIFEST.json")
+            .is_file()
+    );
+    let end = lines(&run.join("metrics.ndjson")).last().cloned().unwrap();
+    assert_eq!(end["status"], "interrupted");
+    // A fresh run on it is refused; --resume continues and reports what it restored.
+    codex().args(tiny_args(&input, &run)).assert().code(1);
+    let mut args = tiny_args(&input, &run);
+    args.push("--resume".into());
+    let out = codex()
+        .args(&args)
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let stderr = String::from_utf8(out).unwrap();
+    assert!(
+        stderr.contains("resumed from") && stderr.contains("step 5"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_finite_losses_stop_with_exit_1_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    let run = dir.path().join("nan");
+    let mut args = tiny_args(&input, &run);
+    // An absurd LR blows the weights up to inf within a step or two.
+    args.extend([
+        "optimizer.lr=1e30".into(),
+        "schedule.warmup_steps=0".into(),
+        "training.max_anomalies=2".into(),
+        "training.clip_norm=0".into(),
+    ]);
+    codex().args(&args).assert().code(1);
+    let ev = lines(&run.join("metrics.ndjson"));
+    assert!(ev.iter().filter(|e| e["event"] == "anomaly").count() >= 2);
+    let end = ev.last().unwrap();
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["status"], "anomaly_stopped");
+    assert!(
+        end["last_checkpoint"].is_string(),
+        "a checkpoint of the last good state: {end}"
+    );
+}
+
+#[test]
+fn bad_input_file_is_exit_1_and_still_leaves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("missing");
+    let args = tiny_args(&dir.path().join("nope.txt").display().to_string(), &run);
+    let assert = codex().args(&args).assert().code(1);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("nope.txt"), "{stderr}");
+    let end = lines(&run.join("metrics.ndjson")).last().cloned().unwrap();
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["status"], "error");
+}
+
+#[test]
+fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    let run = dir.path().join("int");
+    let mut args = tiny_args(&input, &run);
+    args.push("training.steps=100000".into());
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("codex"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way (the first checkpoint exists), then Ctrl-C.
+    let t0 = std::time::Instant::now();
+    while !run
+        .join("checkpoints/step-00000002/MANIFEST.json")
+        .is_file()
+    {
+        assert!(t0.elapsed().as_secs() < 60, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let end = lines(&run.join("metrics.ndjson")).pop().unwrap();
+    assert_eq!(end["status"], "interrupted");
+    let step = end["steps"].as_u64().unwrap();
+    assert!(
+        run.join(format!("checkpoints/step-{step:08}/MANIFEST.json"))
+            .is_file(),
+        "no checkpoint at the interrupted step {step}"
+    );
+}

@@ -40,21 +40,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train, apply, inspect and validate tokenizers (HF tokenizer.json).
-    #[command(hide = true)]
     Tokenizer(commands::tokenizer::Args),
     /// List, inspect models; merge LoRA adapters.
     Model(commands::model::Args),
     /// Train a model from a TOML config plus `a.b=c` overrides.
-    #[command(hide = true)]
     Train(commands::train::Args),
     /// Evaluate a model or checkpoint: loss, perplexity, token accuracy.
-    #[command(hide = true)]
     Eval(commands::eval::Args),
     /// List, verify and prune checksummed checkpoints.
-    #[command(hide = true)]
     Checkpoint(commands::checkpoint::Args),
     /// Sample CPU and GPU telemetry.
-    #[command(hide = true)]
     Metrics(commands::metrics::Args),
     /// Map a repository: languages, line counts, key files, public symbols.
     #[command(name = "repo-map")]
@@ -62,7 +57,6 @@ enum Command {
     /// Audit capabilities, placeholders, runs and reproducibility.
     Status(commands::status::Args),
     /// Show or validate the effective configuration.
-    #[command(hide = true)]
     Config(commands::config::Args),
 }
 

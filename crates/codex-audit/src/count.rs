@@ -46,8 +46,20 @@ fn trim_start(s: &[u8]) -> &[u8] {
     }
 }
 
+/// `w.starts_with(p)` for the 1–4 byte tokens of a language, compared inline: the generic
+/// slice comparison calls `memcmp` at every byte position, which dominated the profile.
+#[inline(always)]
+fn sw(w: &[u8], p: &[u8]) -> bool {
+    w.len() >= p.len() && w.first() == p.first() && w.iter().zip(p).all(|(a, b)| a == b)
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    let Some(&first) = needle.first() else {
+        return false;
+    };
+    hay.iter()
+        .enumerate()
+        .any(|(i, &b)| b == first && sw(&hay[i..], needle))
 }
 
 /// End (exclusive, including the `\n`) of the line starting at `start`.
@@ -58,8 +70,31 @@ fn line_end(text: &[u8], start: usize) -> usize {
         .map_or(text.len(), |p| start + p + 1)
 }
 
+/// Bytes at which some token of a language can begin (a 256-entry table), so the scanners
+/// only try token matches where one can start.
+struct Starts([bool; 256]);
+
+impl Starts {
+    fn new(tokens: impl IntoIterator<Item = &'static str>) -> Self {
+        let mut t = [false; 256];
+        for tok in tokens {
+            if let Some(&b) = tok.as_bytes().first() {
+                t[b as usize] = true;
+            }
+        }
+        Self(t)
+    }
+}
+
 struct Syntax {
     lang: &'static Lang,
+    /// First bytes of the tokens that make a line "important" (needs the state machine).
+    important: Starts,
+    /// First bytes at which the state machine can change state (plus `\\`, and whitespace
+    /// for Rust, whose doc-comment child is found after skipping whitespace).
+    active: Starts,
+    /// Markdown's child search scans the rest of the line itself: never skip positions.
+    scan_all: bool,
     quote: Option<&'static str>,
     quote_is_verbatim: bool,
     stack: Vec<&'static str>,
@@ -78,8 +113,34 @@ enum Report {
 
 impl Syntax {
     fn new(lang: &'static Lang) -> Self {
+        let pairs =
+            |p: &'static [(&'static str, &'static str)]| p.iter().flat_map(|(a, b)| [*a, *b]);
+        let important = Starts::new(
+            lang.quotes
+                .iter()
+                .chain(lang.doc_quotes)
+                .chain(lang.multi_line)
+                .map(|(s, _)| *s)
+                .chain(lang.important.iter().copied()),
+        );
+        let mut active = Starts::new(
+            pairs(lang.quotes)
+                .chain(pairs(lang.doc_quotes))
+                .chain(pairs(lang.verbatim_quotes))
+                .chain(pairs(lang.multi_line))
+                .chain(lang.line_comments.iter().copied())
+                .chain(["\\"]),
+        );
+        if lang.name == "Rust" {
+            for b in [b' ', b'\t', b'\n', b'\x0b', b'\x0c', b'\r'] {
+                active.0[b as usize] = true;
+            }
+        }
         Self {
             lang,
+            important,
+            active,
+            scan_all: lang.name == "Markdown",
             quote: None,
             quote_is_verbatim: false,
             stack: Vec::new(),
@@ -90,13 +151,22 @@ impl Syntax {
         self.quote.is_none() && self.stack.is_empty()
     }
 
+    /// Whether `line` contains a quote, doc-quote or multi-line start or an important token
+    /// (tokei's `important_syntax`), in one pass over the line.
     fn has_important(&self, line: &[u8]) -> bool {
         let l = self.lang;
-        let any = |pairs: &[(&str, &str)]| pairs.iter().any(|(s, _)| contains(line, s.as_bytes()));
-        any(l.quotes)
-            || any(l.doc_quotes)
-            || any(l.multi_line)
-            || l.important.iter().any(|s| contains(line, s.as_bytes()))
+        line.iter().enumerate().any(|(i, &b)| {
+            if !self.important.0[b as usize] {
+                return false;
+            }
+            let w = &line[i..];
+            l.quotes
+                .iter()
+                .chain(l.doc_quotes)
+                .chain(l.multi_line)
+                .any(|(s, _)| sw(w, s.as_bytes()))
+                || l.important.iter().any(|s| sw(w, s.as_bytes()))
+        })
     }
 
     fn single_line(&self, line: &[u8], c: &mut Counts) -> bool {
@@ -112,7 +182,7 @@ impl Syntax {
                 .lang
                 .line_comments
                 .iter()
-                .any(|p| line.starts_with(p.as_bytes()))
+                .any(|p| sw(line, p.as_bytes()))
         {
             c.comments += 1;
         } else {
@@ -123,7 +193,7 @@ impl Syntax {
 
     fn end_of_quote(&mut self, w: &[u8]) -> Option<usize> {
         if let Some(q) = self.quote
-            && w.starts_with(q.as_bytes())
+            && sw(w, q.as_bytes())
         {
             self.quote = None;
             return Some(q.len());
@@ -137,7 +207,7 @@ impl Syntax {
                 .lang
                 .quotes
                 .iter()
-                .any(|(s, _)| w[1..].starts_with(s.as_bytes()))
+                .any(|(s, _)| sw(&w[1..], s.as_bytes()))
         {
             return Some(2);
         }
@@ -146,7 +216,7 @@ impl Syntax {
 
     fn end_of_multi(&mut self, w: &[u8]) -> Option<usize> {
         let last = *self.stack.last()?;
-        if w.starts_with(last.as_bytes()) {
+        if sw(w, last.as_bytes()) {
             self.stack.pop();
             Some(last.len())
         } else {
@@ -164,7 +234,7 @@ impl Syntax {
             (l.verbatim_quotes, true),
             (l.quotes, false),
         ] {
-            if let Some((s, e)) = pairs.iter().find(|(s, _)| w.starts_with(s.as_bytes())) {
+            if let Some((s, e)) = pairs.iter().find(|(s, _)| sw(w, s.as_bytes())) {
                 self.quote = Some(e);
                 self.quote_is_verbatim = verbatim;
                 return Some(s.len());
@@ -178,7 +248,7 @@ impl Syntax {
             return None;
         }
         for &(s, e) in self.lang.multi_line {
-            if w.starts_with(s.as_bytes()) {
+            if sw(w, s.as_bytes()) {
                 if self.stack.is_empty() || self.lang.nested {
                     self.stack.push(e);
                 }
@@ -191,15 +261,22 @@ impl Syntax {
     fn multi_line(&mut self, text: &[u8], start: usize, end: usize) -> Report {
         let mut ended_with_comments = false;
         let mut skip = 0usize;
+        // tokei stops when the rest of the *file* is whitespace: past its last non-space byte.
+        let content_end = text.iter().rposition(|&c| !is_ws(c)).map_or(0, |p| p + 1);
         for i in start..end {
             if skip != 0 {
                 skip -= 1;
                 continue;
             }
-            let w = &text[i..];
-            if trim(w).is_empty() {
+            if i >= content_end {
                 break;
             }
+            // No token starts here, so none of the branches below can fire.
+            if !self.scan_all && !self.active.0[text[i] as usize] {
+                ended_with_comments = false;
+                continue;
+            }
+            let w = &text[i..];
             ended_with_comments = false;
             if let Some(n) = self.end_of_quote(w).or_else(|| self.end_of_multi(w)) {
                 ended_with_comments = true;
@@ -217,13 +294,7 @@ impl Syntax {
                 skip = n - 1;
                 continue;
             }
-            if self.plain()
-                && self
-                    .lang
-                    .line_comments
-                    .iter()
-                    .any(|c| w.starts_with(c.as_bytes()))
-            {
+            if self.plain() && self.lang.line_comments.iter().any(|c| sw(w, c.as_bytes())) {
                 ended_with_comments = true;
                 break;
             }
@@ -250,12 +321,14 @@ impl Syntax {
                 let mut block_end = text.len();
                 while pos < text.len() {
                     let e = line_end(text, pos);
-                    let line = trim_start(&text[pos..e]);
-                    if !line.starts_with(marker) {
+                    // As tokei: the marker test trims the rest of the *file*, so a blank line
+                    // (or the newline ending a code line) before more doc lines joins the block.
+                    if !trim_start(&text[pos..]).starts_with(marker) {
                         block_end = pos;
                         break;
                     }
-                    md.extend_from_slice(&line[3..]);
+                    let line = trim_start(&text[pos..e]);
+                    md.extend_from_slice(&line[3.min(line.len())..]);
                     block_end = e;
                     pos = e;
                 }
@@ -320,13 +393,10 @@ impl Syntax {
         {
             return true;
         }
-        let whole = l
-            .line_comments
-            .iter()
-            .any(|c| line.starts_with(c.as_bytes()))
+        let whole = l.line_comments.iter().any(|c| sw(line, c.as_bytes()))
             || l.multi_line
                 .iter()
-                .any(|(s, e)| line.starts_with(s.as_bytes()) && line.ends_with(e.as_bytes()));
+                .any(|(s, e)| sw(line, s.as_bytes()) && line.ends_with(e.as_bytes()));
         if whole || started_in_comments {
             return true;
         }
@@ -334,7 +404,7 @@ impl Syntax {
             Some(q) => l
                 .multi_line
                 .iter()
-                .any(|(s, e)| e == q && line.starts_with(s.as_bytes())),
+                .any(|(s, e)| e == q && sw(line, s.as_bytes())),
             None => false,
         }
     }
@@ -420,6 +490,25 @@ mod tests {
             cc(5, 1, 0)
         );
         assert_eq!(py("s = '#not a comment'\n"), cc(1, 0, 0));
+    }
+
+    #[test]
+    fn rust_doc_block_joins_across_a_code_line() {
+        // winnow's src/_topic/ini.rs: tokei swallows the `#![doc]` line into the doc block.
+        assert_eq!(
+            rs("//! # INI\n//!\n//! ```rust\n#![doc = include_str!(\"x.rs\")]\n//! ```\n"),
+            cc(0, 3, 1)
+        );
+    }
+
+    #[test]
+    fn toml_triple_quotes_win_over_single() {
+        // tokei sorts quotes longest first: the blank line is inside a `\"\"\"` string.
+        let toml = lang::by_name("TOML").unwrap();
+        assert_eq!(
+            count(toml, b"a = \"\"\"\nx\n\ny\n\"\"\"\nb = 1\n"),
+            cc(6, 0, 0)
+        );
     }
 
     #[test]

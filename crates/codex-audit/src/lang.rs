@@ -79,10 +79,11 @@ pub static LANGS: &[Lang] = &[
         &["#"],
         NO_PAIRS,
         &[
-            ("\"", "\""),
-            ("'", "'"),
+            // Longest first: tokei's build.rs sorts quotes by length, so `"""` wins over `"`.
             ("\"\"\"", "\"\"\""),
-            ("'''", "'''")
+            ("'''", "'''"),
+            ("\"", "\""),
+            ("'", "'")
         ],
         &["toml"]
     ),
@@ -173,7 +174,8 @@ pub fn by_name(name: &str) -> Option<&'static Lang> {
 }
 
 /// The language of `path` by (lower-cased) file name, then extension, then — for files without
-/// an extension — the shebang on the first line (`first_line` is read lazily by the caller).
+/// an extension — the shebang on the first line (`first_line` is read lazily by the caller;
+/// tokei reads at most 128 bytes for it).
 pub fn detect(path: &Path, first_line: impl FnOnce() -> Option<Vec<u8>>) -> Option<&'static Lang> {
     let name = path.file_name()?.to_string_lossy().to_lowercase();
     if let Some(l) = LANGS.iter().find(|l| l.filenames.contains(&name.as_str())) {
@@ -191,20 +193,44 @@ pub fn detect(path: &Path, first_line: impl FnOnce() -> Option<Vec<u8>>) -> Opti
     }
 }
 
+/// tokei 15's `from_shebang`: the first whitespace-separated word of the first line is
+/// matched against literal shebangs (`#!/bin/sh -e` is Shell); after exactly
+/// `#!/usr/bin/env`, the next word is matched by prefix (`python3.11` is Python; flags such as
+/// `-S` are not skipped, and `#!usr/bin/env` or `#!/bin/env` are not recognised).
 fn from_shebang(line: &[u8]) -> Option<&'static Lang> {
-    let line = std::str::from_utf8(line).ok()?.trim_end();
-    if !line.starts_with("#!") {
-        return None;
-    }
-    if let Some(l) = LANGS.iter().find(|l| l.shebangs.contains(&line)) {
-        return Some(l);
-    }
+    let line = std::str::from_utf8(line).ok()?;
     let mut words = line.split_whitespace();
     let first = words.next()?;
-    if !first.ends_with("/env") {
+    if let Some(l) = LANGS.iter().find(|l| l.shebangs.contains(&first)) {
+        return Some(l);
+    }
+    if first != "#!/usr/bin/env" {
         return None;
     }
-    // `#!/usr/bin/env -S python3 -u`: skip flags to reach the interpreter.
-    let interp = words.find(|w| !w.starts_with('-'))?;
-    LANGS.iter().find(|l| l.env.contains(&interp))
+    let interp = words.next()?;
+    LANGS
+        .iter()
+        .find(|l| l.env.iter().any(|e| interp.starts_with(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sb(line: &str) -> Option<&'static str> {
+        from_shebang(line.as_bytes()).map(|l| l.name)
+    }
+
+    // Expected: what tokei 15 reports for an extensionless file with this first line.
+    #[test]
+    fn shebangs_as_tokei() {
+        assert_eq!(sb("#!/usr/bin/env python3"), Some("Python"));
+        assert_eq!(sb("#!/usr/bin/env python3.11 -u"), Some("Python"));
+        assert_eq!(sb("#!/bin/sh -e"), Some("Shell"));
+        assert_eq!(sb("#!/bin/bash"), Some("BASH"));
+        // CPython's Lib/idlelib/idle_test/example_noext: no slash after `#!`.
+        assert_eq!(sb("#!usr/bin/env python"), None);
+        assert_eq!(sb("#!/usr/bin/env -S python3"), None);
+        assert_eq!(sb("#!/usr/bin/env node"), None);
+    }
 }

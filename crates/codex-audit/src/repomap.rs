@@ -104,7 +104,7 @@ fn rel(root: &Path, p: &Path) -> String {
 }
 
 fn first_line(path: &Path) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 128]; // tokei's READ_LIMIT for shebang detection
     let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
     let line = &buf[..n];
     Some(line.split(|&c| c == b'\n').next().unwrap_or(line).to_vec())
@@ -128,6 +128,8 @@ pub fn build(root: &Path, opts: &Options) -> Result<RepoMap, AuditError> {
     });
     walker(root).build_parallel().run(|| {
         let out = &out;
+        // One read buffer per walker thread, reused for every file it reads.
+        let mut buf = Vec::new();
         Box::new(move |entry| {
             let entry = match entry {
                 Ok(e) => e,
@@ -145,7 +147,7 @@ pub fn build(root: &Path, opts: &Options) -> Result<RepoMap, AuditError> {
                 return ignore::WalkState::Continue;
             }
             let path = entry.path();
-            let result = process(root, path);
+            let result = process(root, path, &mut buf);
             if let Ok(mut o) = out.lock() {
                 match result {
                     Ok(Some(f)) => o.files.push(f),
@@ -217,16 +219,20 @@ pub fn build(root: &Path, opts: &Options) -> Result<RepoMap, AuditError> {
     })
 }
 
-fn process(root: &Path, path: &Path) -> Result<Option<FileEntry>, String> {
+fn process(root: &Path, path: &Path, buf: &mut Vec<u8>) -> Result<Option<FileEntry>, String> {
     let Some(lang) = lang::detect(path, || first_line(path)) else {
         return Ok(None);
     };
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let c = count::count(lang, &bytes);
+    buf.clear();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(buf))
+        .map_err(|e| e.to_string())?;
+    let bytes: &[u8] = buf;
+    let c = count::count(lang, bytes);
     let symbols = match lang.name {
         // Symbols need text; a non-UTF-8 file is still counted, its symbols read lossily.
-        "Rust" => symbols::rust(&String::from_utf8_lossy(&bytes)),
-        "Python" => symbols::python(&String::from_utf8_lossy(&bytes)),
+        "Rust" => symbols::rust(&String::from_utf8_lossy(bytes)),
+        "Python" => symbols::python(&String::from_utf8_lossy(bytes)),
         _ => Vec::new(),
     };
     Ok(Some(FileEntry {
@@ -259,10 +265,12 @@ fn rank(root: &Path, files: &mut [FileEntry]) {
         let Ok(bytes) = std::fs::read(root.join(&f.path)) else {
             continue;
         };
-        let text = String::from_utf8_lossy(&bytes);
         let mut seen = HashSet::new();
-        for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if let Some(&n) = names.get(word)
+        // Byte-level split (non-ASCII bytes stay inside words, so UTF-8 identifiers survive),
+        // without decoding the whole file to a String first.
+        let is_word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b >= 0x80;
+        for word in bytes.split(|b| !is_word(b)).filter(|w| !w.is_empty()) {
+            if let Some(&n) = std::str::from_utf8(word).ok().and_then(|w| names.get(w))
                 && seen.insert(n)
             {
                 mentions.entry(n).or_default().push(i);

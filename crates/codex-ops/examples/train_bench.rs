@@ -20,7 +20,9 @@ fn main() -> ExitCode {
             "--output" => output = args.next(),
             _ if a.contains('=') => overrides.push(a),
             _ => {
-                eprintln!("usage: train_bench --config FILE [--output DIR] [KEY=VALUE...]; got {a:?}");
+                eprintln!(
+                    "usage: train_bench --config FILE [--output DIR] [KEY=VALUE...]; got {a:?}"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -35,7 +37,10 @@ fn main() -> ExitCode {
     let cfg = read_toml_file(&config).and_then(|mut table| {
         let issues = apply_overrides(&mut table, &overrides);
         if !issues.is_empty() {
-            return Err(codex_core::config::ConfigError { source_name: config.display().to_string(), issues });
+            return Err(codex_core::config::ConfigError {
+                source_name: config.display().to_string(),
+                issues,
+            });
         }
         load::<TrainConfig>(table, &config.display().to_string())
     });
@@ -46,7 +51,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let opts = RunOptions { resume: Resume::No, stop_at_step: None };
+    let opts = RunOptions {
+        resume: Resume::No,
+        stop_at_step: None,
+    };
     match codex_train::train(&cfg, &opts, &mut NoObserver) {
         Ok(s) => {
             println!(

@@ -6,7 +6,9 @@ use codex_telemetry::{GpuMode, Sampler, SamplerConfig, sample_once};
 use std::time::Duration;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "gpu_check.ndjson".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "gpu_check.ndjson".into());
     let (s, warnings) = sample_once(GpuMode::Gpu)?;
     eprintln!("warnings: {warnings:?}");
     println!("{}", serde_json::to_string_pretty(&s)?);

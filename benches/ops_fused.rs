@@ -53,7 +53,7 @@ fn pair(
 }
 
 fn ops(c: &mut Criterion) {
-    let run = || -> Result<()> {
+    let mut run = || -> Result<()> {
         let w = rand(&[128], 3)?;
         let bias = rand(&[128], 4)?;
         pair(
@@ -92,7 +92,7 @@ fn ops(c: &mut Criterion) {
 }
 
 fn adamw(c: &mut Criterion) {
-    let run = || -> Result<()> {
+    let mut run = || -> Result<()> {
         let hp = codex_ops::AdamWParams {
             lr: 1e-3,
             beta1: 0.9,

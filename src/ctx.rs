@@ -25,14 +25,26 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(quiet: bool, verbose: u8, json: bool, color: ColorChoice, no_progress: bool) -> Self {
+    pub fn new(
+        quiet: bool,
+        verbose: u8,
+        json: bool,
+        color: ColorChoice,
+        no_progress: bool,
+    ) -> Self {
         let tty = std::io::stderr().is_terminal();
         let color = match color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
             ColorChoice::Auto => tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         };
-        Self { quiet, verbose, json, color, progress: tty && !no_progress && !quiet }
+        Self {
+            quiet,
+            verbose,
+            json,
+            color,
+            progress: tty && !no_progress && !quiet,
+        }
     }
 
     /// Logs (tracing) go to stderr; `RUST_LOG` overrides the level from -q/-v.
@@ -76,7 +88,11 @@ impl Ctx {
     }
 
     fn draw_target(&self) -> ProgressDrawTarget {
-        if self.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() }
+        if self.progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        }
     }
 
     /// A warning on stderr (suppressed by -q).
@@ -99,7 +115,9 @@ impl Ctx {
         let mut stderr = std::io::stderr().lock();
         // A hint is attached as anyhow context, so it appears in the chain as a message of
         // its own; anyhow's downcast finds it in any context layer. Print it last, as `hint:`.
-        let hint = err.downcast_ref::<codex_core::error::Hint>().map(|h| h.0.clone());
+        let hint = err
+            .downcast_ref::<codex_core::error::Hint>()
+            .map(|h| h.0.clone());
         let mut skipped_hint = false;
         let mut first = true;
         for cause in err.chain() {
@@ -121,7 +139,11 @@ impl Ctx {
     }
 
     fn paint(&self, text: &str, code: &str) -> String {
-        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
 }
 

@@ -65,7 +65,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             // --help and --version are not errors.
-            let code = if err.use_stderr() { codex_core::exit::INTERNAL } else { 0 };
+            let code = if err.use_stderr() {
+                codex_core::exit::INTERNAL
+            } else {
+                0
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }

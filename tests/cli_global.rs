@@ -20,7 +20,13 @@ fn version_prints_package_version() {
 
 #[test]
 fn help_lists_commands_and_exits_zero() {
-    let out = codex().arg("--help").assert().success().get_output().stdout.clone();
+    let out = codex()
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("Usage: codex"), "{text}");
     assert!(text.contains("--json"), "{text}");
@@ -42,17 +48,27 @@ fn unknown_flag_is_a_usage_error() {
 
 #[test]
 fn missing_command_is_a_usage_error() {
-    codex().assert().code(2).stderr(predicate::str::contains("Usage"));
+    codex()
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("Usage"));
 }
 
 #[test]
 fn stdout_is_empty_on_errors() {
-    codex().arg("frobnicate").assert().code(2).stdout(predicate::str::is_empty());
+    codex()
+        .arg("frobnicate")
+        .assert()
+        .code(2)
+        .stdout(predicate::str::is_empty());
 }
 
 #[test]
 fn errors_carry_their_hint_line_and_exit_one() {
-    let out = codex().args(["model", "show", "no-such-model-anywhere"]).assert().code(1);
+    let out = codex()
+        .args(["model", "show", "no-such-model-anywhere"])
+        .assert()
+        .code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     let first = stderr.lines().next().unwrap_or_default();
     assert!(first.starts_with("error: "), "{stderr}");

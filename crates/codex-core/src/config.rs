@@ -24,7 +24,11 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     pub fn new(path: impl Into<String>, value: Option<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), value, message: message.into() }
+        Self {
+            path: path.into(),
+            value,
+            message: message.into(),
+        }
     }
 
     /// A semantic problem with a value (for [`Validate`] implementations).
@@ -77,7 +81,11 @@ pub trait Validate {
 pub fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| ConfigError {
         source_name: source_name.to_string(),
-        issues: vec![ConfigIssue::new("<file>", None, format!("TOML syntax error: {e}"))],
+        issues: vec![ConfigIssue::new(
+            "<file>",
+            None,
+            format!("TOML syntax error: {e}"),
+        )],
     })
 }
 
@@ -86,7 +94,11 @@ pub fn read_toml_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         source_name: name.clone(),
-        issues: vec![ConfigIssue::new("<file>", None, format!("cannot read: {e}"))],
+        issues: vec![ConfigIssue::new(
+            "<file>",
+            None,
+            format!("cannot read: {e}"),
+        )],
     })?;
     parse_toml(&text, &name)
 }
@@ -107,12 +119,20 @@ pub fn merge(base: &mut toml::Table, top: toml::Table) {
 /// (`3`, `1e-3`, `true`, `[1, 2]`, `"quoted"`), and as a bare string otherwise (`adamw`).
 pub fn parse_override(text: &str) -> Result<(Vec<String>, toml::Value), ConfigIssue> {
     let Some((key, raw)) = text.split_once('=') else {
-        return Err(ConfigIssue::new(text, None, "an override must look like `section.key=value`"));
+        return Err(ConfigIssue::new(
+            text,
+            None,
+            "an override must look like `section.key=value`",
+        ));
     };
     let key = key.trim();
     let segments: Vec<String> = key.split('.').map(|s| s.trim().to_string()).collect();
     if segments.iter().any(|s| s.is_empty()) {
-        return Err(ConfigIssue::new(key, Some(raw.to_string()), "empty key segment in override"));
+        return Err(ConfigIssue::new(
+            key,
+            Some(raw.to_string()),
+            "empty key segment in override",
+        ));
     }
     let raw = raw.trim();
     let value = format!("v = {raw}")
@@ -140,11 +160,17 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Vec<Con
     issues
 }
 
-fn set_path(table: &mut toml::Table, segments: &[String], value: toml::Value) -> Result<(), ConfigIssue> {
+fn set_path(
+    table: &mut toml::Table,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), ConfigIssue> {
     let (last, parents) = segments.split_last().expect("non-empty override path");
     let mut cur = table;
     for (i, seg) in parents.iter().enumerate() {
-        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry {
             toml::Value::Table(t) => cur = t,
             other => {
@@ -176,10 +202,17 @@ where
                 let segments = path_segments(err.path());
                 let path = display_path(&segments);
                 let received = get_path(&table, &segments).map(|v| v.to_string());
-                issues.push(ConfigIssue::new(path, received, clean_message(&err.inner().to_string())));
+                issues.push(ConfigIssue::new(
+                    path,
+                    received,
+                    clean_message(&err.inner().to_string()),
+                ));
                 if segments.is_empty() || !remove_path(&mut table, &segments) {
                     // Nothing left to strip: report what we have.
-                    return Err(ConfigError { source_name: source_name.to_string(), issues });
+                    return Err(ConfigError {
+                        source_name: source_name.to_string(),
+                        issues,
+                    });
                 }
             }
         }
@@ -205,7 +238,10 @@ where
     if issues.is_empty() {
         Ok(parsed)
     } else {
-        Err(ConfigError { source_name: source_name.to_string(), issues })
+        Err(ConfigError {
+            source_name: source_name.to_string(),
+            issues,
+        })
     }
 }
 
@@ -227,12 +263,20 @@ fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {
 }
 
 fn display_path(segments: &[String]) -> String {
-    if segments.is_empty() { "<root>".to_string() } else { segments.join(".") }
+    if segments.is_empty() {
+        "<root>".to_string()
+    } else {
+        segments.join(".")
+    }
 }
 
 fn clean_message(msg: &str) -> String {
     // toml's messages sometimes span lines; keep one line per issue.
-    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn get_path<'a>(table: &'a toml::Table, segments: &[String]) -> Option<&'a toml::Value> {
@@ -249,7 +293,9 @@ fn get_path<'a>(table: &'a toml::Table, segments: &[String]) -> Option<&'a toml:
 }
 
 fn remove_path(table: &mut toml::Table, segments: &[String]) -> bool {
-    let Some((first, rest)) = segments.split_first() else { return false };
+    let Some((first, rest)) = segments.split_first() else {
+        return false;
+    };
     if rest.is_empty() {
         return table.remove(first).is_some();
     }
@@ -282,7 +328,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -319,7 +367,11 @@ mod tests {
     impl Validate for Cfg {
         fn validate(&self, issues: &mut Vec<ConfigIssue>) {
             if self.optimizer.lr < 0.0 {
-                issues.push(ConfigIssue::invalid("optimizer.lr", self.optimizer.lr, "must be >= 0"));
+                issues.push(ConfigIssue::invalid(
+                    "optimizer.lr",
+                    self.optimizer.lr,
+                    "must be >= 0",
+                ));
             }
         }
     }
@@ -330,17 +382,37 @@ mod tests {
 
     #[test]
     fn all_problems_reported_at_once() {
-        let t = table("steps = \"many\"\nstepz = 3\n[optimizer]\nlr = \"fast\"\nname = \"adamx\"\nlrr = 1\n");
+        let t = table(
+            "steps = \"many\"\nstepz = 3\n[optimizer]\nlr = \"fast\"\nname = \"adamx\"\nlrr = 1\n",
+        );
         let err = load::<Cfg>(t, "test").unwrap_err();
         let paths: Vec<_> = err.issues.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths.len(), 5, "{err}");
-        for p in ["steps", "stepz", "optimizer.lr", "optimizer.name", "optimizer.lrr"] {
+        for p in [
+            "steps",
+            "stepz",
+            "optimizer.lr",
+            "optimizer.name",
+            "optimizer.lrr",
+        ] {
             assert!(paths.contains(&p), "missing {p} in {err}");
         }
-        let lr = err.issues.iter().find(|i| i.path == "optimizer.lr").unwrap();
+        let lr = err
+            .issues
+            .iter()
+            .find(|i| i.path == "optimizer.lr")
+            .unwrap();
         assert_eq!(lr.value.as_deref(), Some("\"fast\""));
-        let typo = err.issues.iter().find(|i| i.path == "optimizer.lrr").unwrap();
-        assert!(typo.message.contains("did you mean `lr`"), "{}", typo.message);
+        let typo = err
+            .issues
+            .iter()
+            .find(|i| i.path == "optimizer.lrr")
+            .unwrap();
+        assert!(
+            typo.message.contains("did you mean `lr`"),
+            "{}",
+            typo.message
+        );
     }
 
     #[test]
@@ -348,11 +420,24 @@ mod tests {
         let mut t = table("[optimizer]\nlr = 0.1\n");
         let issues = apply_overrides(
             &mut t,
-            &["optimizer.lr=3e-4".into(), "optimizer.name=sgd".into(), "steps=7".into()],
+            &[
+                "optimizer.lr=3e-4".into(),
+                "optimizer.name=sgd".into(),
+                "steps=7".into(),
+            ],
         );
         assert!(issues.is_empty());
         let cfg: Cfg = load(t, "test").unwrap();
-        assert_eq!(cfg, Cfg { steps: 7, optimizer: Opt { lr: 3e-4, name: Kind::Sgd } });
+        assert_eq!(
+            cfg,
+            Cfg {
+                steps: 7,
+                optimizer: Opt {
+                    lr: 3e-4,
+                    name: Kind::Sgd
+                }
+            }
+        );
     }
 
     #[test]

@@ -33,8 +33,14 @@ pub fn atomic_write_with(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
     write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -43,8 +49,12 @@ pub fn atomic_write_with(
 
 /// Creates `dir` and its parents, with a message that names the path on failure.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create directory {}: {e}", dir.display())))
+    fs::create_dir_all(dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create directory {}: {e}", dir.display()),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -16,10 +16,18 @@ pub struct NdjsonWriter {
 impl NdjsonWriter {
     /// Opens `path` for appending, creating it (a resumed run continues the same file).
     pub fn append(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-        })?;
-        Ok(Self { path: path.to_path_buf(), out: BufWriter::new(file), lines: 0 })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            lines: 0,
+        })
     }
 
     /// Creates or truncates `path`.
@@ -27,7 +35,11 @@ impl NdjsonWriter {
         let file = File::create(path).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
         })?;
-        Ok(Self { path: path.to_path_buf(), out: BufWriter::new(file), lines: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            lines: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {

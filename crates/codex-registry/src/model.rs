@@ -3,7 +3,9 @@
 use crate::config::{ArchConfig, BertConfig, GptConfig, LlamaConfig};
 use crate::error::{RegistryError, Result};
 use crate::lora::LoraConfig;
-use crate::nn::{DropoutGen, Fwd, Linear, Mask, Norm, attention, embed, merge_heads, split_heads};
+use crate::nn::{
+    DropoutGen, Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads,
+};
 use crate::ops;
 use crate::weights::{Builder, Init};
 use candle_core::{D, DType, Device, Tensor, Var};
@@ -117,7 +119,7 @@ impl Gpt2 {
             Some(w) => f.w(w),
             None => wte,
         };
-        Ok(h.broadcast_matmul(&head.t()?)?)
+        lm_head(&h, &head)
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
@@ -260,7 +262,7 @@ impl Llama {
             Some(w) => f.w(w),
             None => emb,
         };
-        Ok(h.broadcast_matmul(&head.t()?)?)
+        lm_head(&h, &head)
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

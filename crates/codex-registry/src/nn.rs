@@ -216,6 +216,16 @@ pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     Ok(table.embedding(&flat)?.reshape((b, t, d))?)
 }
 
+/// LM head `[B, T, d] x [V, d]^T -> [B, T, V]` as one 2-D matmul on `[B*T, d]`: a broadcast
+/// matmul would make backward compute a `[B, d, V]` weight gradient and sum it over `B`.
+pub(crate) fn lm_head(h: &Tensor, head: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = h.dims3()?;
+    let v = head.dim(0)?;
+    Ok(h.reshape((b * t, d))?
+        .matmul(&head.t()?)?
+        .reshape((b, t, v))?)
+}
+
 /// Masking used by [`attention`].
 pub(crate) enum Mask<'a> {
     Causal,
@@ -231,11 +241,11 @@ pub(crate) fn attention(
     dropout: f32,
     f: &Fwd,
 ) -> Result<Tensor> {
-    let hd = q.dim(3)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    let scores = q.matmul(&k.t()?)?;
     let probs = match mask {
-        Mask::Causal => ops::causal_softmax(&scores)?,
-        Mask::Additive(m) => ops::masked_softmax(&scores, m)?,
+        Mask::Causal => ops::causal_softmax(&scores, scale)?,
+        Mask::Additive(m) => ops::masked_softmax(&(scores * scale)?, m)?,
     };
     let probs = f.dropout(&probs, dropout)?;
     Ok(probs.matmul(v)?)

@@ -67,11 +67,13 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Softmax of attention scores `[B, H, T, S]` with a causal mask (query `t` sees keys
-/// `0..=t + S - T`), computed in f32 and returned in the input dtype.
-pub fn causal_softmax(scores: &Tensor) -> Result<Tensor> {
+/// `0..=t + S - T`), computed in f32 and returned in the input dtype. `scale` multiplies the
+/// scores first; on CPU f32 it is fused into the kernel (no separate `[B, H, T, S]` op).
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     if scores.device().is_cpu() && scores.dtype() == DType::F32 {
-        return codex_ops::causal_softmax(scores, 1.0);
+        return codex_ops::causal_softmax(scores, scale);
     }
+    let scores = &(scores * scale)?;
     let (t, s) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
     let offset = s.saturating_sub(t);
     let mask: Vec<f32> = (0..t)

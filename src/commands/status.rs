@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             Capability::new(
                 cap,
                 Level::Missing,
-                format!("`codex {cmd}` is not available yet (hidden placeholder)"),
+                format!("`codex {cmd}` is hidden from --help (not shipped in this build)"),
             )
         }
     };

@@ -151,9 +151,9 @@ fn patterns() -> Vec<(&'static str, String)> {
     vec![
         ("todo!", format!("{}!(", "todo")),
         ("unimplemented!", format!("{}!(", "unimplemented")),
-        ("TODO", ["TO", "DO"].concat()),
-        ("FIXME", ["FIX", "ME"].concat()),
-        ("NotImplementedError", ["NotImplemented", "Error"].concat()),
+        ("TODO", ["TO", "DO"].concat()), // codex-audit: allow-placeholder
+        ("FIXME", ["FIX", "ME"].concat()), // codex-audit: allow-placeholder
+        ("NotImplementedError", ["NotImplemented", "Error"].concat()), // codex-audit: allow-placeholder
         ("stub", ["not ", "implemented"].concat()),
         ("stub", ["not available ", "yet"].concat()),
         ("stub", ["pass  # ", "stub"].concat()),
@@ -173,7 +173,7 @@ fn word_at(line: &str, idx: usize, len: usize) -> bool {
 }
 
 /// Placeholder scan over source files (not prose, not tests: a test that asserts on a
-/// "not implemented" message is not a placeholder). Rust files stop at `#[cfg(test)]`.
+/// message about a missing feature is not a placeholder). Rust files stop at `#[cfg(test)]`.
 pub fn scan_placeholders(root: &Path) -> Vec<Placeholder> {
     let pats = patterns();
     let allow = allow_marker();

@@ -9,12 +9,14 @@
 //!   [`grad_sq_norm`] / [`scale_inplace`] for clipping by global norm;
 //! - candle `CustomOp`s with hand-written backward: [`layer_norm`], [`gelu`] (tanh
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
-//!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly).
+//!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly);
+//! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
 //!
 //! Every public function takes the fused path for contiguous f32 tensors on the CPU and falls back
 //! to plain candle ops otherwise (other dtypes, CUDA), so callers never need to branch.
 
 mod adamw;
+mod alloc;
 mod gelu;
 mod norm;
 mod softmax;
@@ -22,6 +24,7 @@ mod util;
 mod xent;
 
 pub use adamw::{AdamWParams, adamw_step, grad_sq_norm, scale_inplace};
+pub use alloc::keep_freed_memory;
 pub use gelu::{gelu, gelu_reference};
 pub use norm::{layer_norm, layer_norm_reference};
 pub use softmax::{causal_softmax, causal_softmax_reference};

@@ -376,6 +376,8 @@ pub fn train_with(
     build: &Builder<'_>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
+    // Every step re-allocates the same large buffers; keep them mapped (no per-step faults).
+    codex_ops::keep_freed_memory();
     let run = RunDir::new(&cfg.output.dir);
     codex_core::fsutil::create_dir_all(run.root()).map_err(|source| Error::Write {
         path: run.root().to_path_buf(),

@@ -64,7 +64,7 @@ pub const CAPABILITIES: &[&str] = &[
 pub struct Placeholder {
     pub path: String,
     pub line: u32,
-    pub pattern: &'static str,
+    pub pattern: String,
     pub snippet: String,
 }
 
@@ -146,17 +146,23 @@ pub struct StatusInput {
     pub extra: Vec<Capability>,
 }
 
-// Built at run time so this file itself holds none of the markers it scans for.
-fn patterns() -> Vec<(&'static str, String)> {
+// Built at run time so this file itself holds none of the markers it scans for; each entry is
+// (label, needle), and the label of a marker is the marker itself.
+fn patterns() -> Vec<(String, String)> {
+    let marker = |m: String| (m.clone(), m);
+    let stub = |needle: String| ("stub".to_string(), needle);
     vec![
-        ("todo!", format!("{}!(", "todo")),
-        ("unimplemented!", format!("{}!(", "unimplemented")),
-        ("TODO", ["TO", "DO"].concat()), // codex-audit: allow-placeholder
-        ("FIXME", ["FIX", "ME"].concat()), // codex-audit: allow-placeholder
-        ("NotImplementedError", ["NotImplemented", "Error"].concat()), // codex-audit: allow-placeholder
-        ("stub", ["not ", "implemented"].concat()),
-        ("stub", ["not available ", "yet"].concat()),
-        ("stub", ["pass  # ", "stub"].concat()),
+        (format!("{}!", "todo"), format!("{}!(", "todo")),
+        (
+            format!("{}!", "unimplemented"),
+            format!("{}!(", "unimplemented"),
+        ),
+        marker(["TO", "DO"].concat()),
+        marker(["FIX", "ME"].concat()),
+        marker(["NotImplemented", "Error"].concat()),
+        stub(["not ", "implemented"].concat()),
+        stub(["not available ", "yet"].concat()),
+        stub(["pass  # ", "stub"].concat()),
     ]
 }
 
@@ -234,7 +240,7 @@ pub fn scan_placeholders(root: &Path) -> Vec<Placeholder> {
                         hits.push(Placeholder {
                             path: rel.clone(),
                             line: i as u32 + 1,
-                            pattern: label,
+                            pattern: label.clone(),
                             snippet,
                         });
                         break;

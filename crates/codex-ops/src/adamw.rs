@@ -195,6 +195,31 @@ pub fn adamw_step(
     param.set(&new)
 }
 
+/// The AdamW update of [`adamw_step`] over plain f32 slices (parameter or fp32 master copy,
+/// gradient, moments), parallel over chunks: for callers that hold the data themselves, such as
+/// bf16 training with fp32 master weights or a host round trip from another device.
+pub fn adamw_update_slices(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: &AdamWParams,
+    step: u64,
+    grad_scale: f32,
+) -> Result<()> {
+    let n = p.len();
+    if g.len() != n || m.len() != n || v.len() != n {
+        bail!(
+            "adamw_update_slices: lengths differ (param {n}, grad {}, moments {} and {})",
+            g.len(),
+            m.len(),
+            v.len()
+        );
+    }
+    Folded::new(hp, step, grad_scale)?.update_par(p, g, m, v);
+    Ok(())
+}
+
 /// Sum of squares of all elements of all `grads`, accumulated in f64 (the square of the global
 /// L2 norm used for clipping). One fused pass per CPU f32 tensor, no temporaries.
 pub fn grad_sq_norm(grads: &[&Tensor]) -> Result<f64> {

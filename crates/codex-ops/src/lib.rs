@@ -23,7 +23,7 @@ mod softmax;
 mod util;
 mod xent;
 
-pub use adamw::{AdamWParams, adamw_step, grad_sq_norm, scale_inplace};
+pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scale_inplace};
 pub use alloc::keep_freed_memory;
 pub use gelu::{gelu, gelu_reference};
 pub use norm::{layer_norm, layer_norm_reference};

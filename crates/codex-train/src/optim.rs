@@ -58,19 +58,15 @@ pub struct Optimizer {
 struct Hyper {
     kind: OptimizerKind,
     lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
     wd: f32,
     momentum: f32,
     /// Multiplies the raw gradient (clipping).
     gscale: f32,
-    /// `lr / (1 - beta1^t)`, folded in f64 as codex-ops does, so every path agrees bit for bit.
-    step_size: f32,
-    /// `1 / sqrt(1 - beta2^t)`.
-    inv_sqrt_bc2: f32,
-    /// `1 - lr * wd`, folded in f64.
-    decay: f32,
+    /// AdamW's parameters for this parameter (weight decay 0 where it is not decayed); every
+    /// AdamW path runs codex-ops' one kernel, so all paths agree bit for bit.
+    adamw: codex_ops::AdamWParams,
+    /// The 1-based step (bias correction).
+    t: u64,
 }
 
 impl Optimizer {
@@ -146,15 +142,17 @@ impl Optimizer {
         let h = Hyper {
             kind: self.kind,
             lr: lr as f32,
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            eps: c.eps as f32,
             wd: c.weight_decay as f32,
             momentum: c.momentum as f32,
             gscale: grad_scale as f32,
-            decay: (1.0 - lr * c.weight_decay) as f32,
-            step_size: (lr / (1.0 - c.beta1.powi(self.t as i32))) as f32,
-            inv_sqrt_bc2: (1.0 / (1.0 - c.beta2.powi(self.t as i32)).sqrt()) as f32,
+            adamw: codex_ops::AdamWParams {
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+            },
+            t: self.t,
         };
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
@@ -164,19 +162,23 @@ impl Optimizer {
                 g.to_dtype(DType::F32)?
             };
             let g = g.contiguous()?;
-            let (wd, decay) = if p.decay { (h.wd, h.decay) } else { (0.0, 1.0) };
-            let h = Hyper { wd, decay, ..h };
+            let h = if p.decay {
+                h
+            } else {
+                let adamw = codex_ops::AdamWParams {
+                    weight_decay: 0.0,
+                    ..h.adamw
+                };
+                Hyper {
+                    wd: 0.0,
+                    adamw,
+                    ..h
+                }
+            };
             let t = p.var.as_tensor();
             if h.kind == OptimizerKind::Adamw && t.dtype() == DType::F32 && !force_host {
-                // codex-ops' fused in-place AdamW (the same formulas as `adamw_chunk`).
-                let hp = codex_ops::AdamWParams {
-                    lr,
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    eps: c.eps,
-                    weight_decay: if p.decay { c.weight_decay } else { 0.0 },
-                };
-                codex_ops::adamw_step(&p.var, &g, &mut p.m, &mut p.v, &hp, self.t, h.gscale)?;
+                // codex-ops' fused in-place AdamW on the parameter's own storage.
+                codex_ops::adamw_step(&p.var, &g, &mut p.m, &mut p.v, &h.adamw, h.t, h.gscale)?;
             } else if t.device().is_cpu() && !force_host {
                 let op = FusedUpdate {
                     h,
@@ -193,7 +195,7 @@ impl Optimizer {
                 } else {
                     std::mem::take(&mut p.master)
                 };
-                update_slice(&h, &mut pv, &gv, &mut p.m, &mut p.v);
+                update_slice(&h, &mut pv, &gv, &mut p.m, &mut p.v)?;
                 let new = Tensor::from_slice(&pv, t.shape(), t.device())?.to_dtype(t.dtype())?;
                 p.var.set(&new)?;
                 if t.dtype() != DType::F32 {
@@ -316,35 +318,24 @@ pub fn clip_coef(norm: f64, max_norm: f64) -> f64 {
 }
 
 /// One parameter's update over plain slices (PyTorch's formulas).
-fn update_slice(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+fn update_slice(
+    h: &Hyper,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) -> candle_core::Result<()> {
     match h.kind {
-        OptimizerKind::Adamw => p
-            .par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| adamw_chunk(h, p, g, m, v)),
+        OptimizerKind::Adamw => {
+            codex_ops::adamw_update_slices(p, g, m, v, &h.adamw, h.t, h.gscale)?;
+        }
         OptimizerKind::Sgd => p
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .for_each(|((p, g), m)| sgd_chunk(h, p, g, m)),
     }
-}
-
-#[inline]
-fn adamw_chunk(h: &Hyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    // The same arithmetic, in the same order, as `codex_ops::adamw_step`.
-    let (c1, c2) = (1.0 - h.beta1, 1.0 - h.beta2);
-    for i in 0..p.len() {
-        let gi = g[i] * h.gscale;
-        let mi = h.beta1 * m[i] + c1 * gi;
-        let vi = h.beta2 * v[i] + c2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        let denom = vi.sqrt() * h.inv_sqrt_bc2 + h.eps;
-        p[i] = p[i] * h.decay - h.step_size * mi / denom;
-    }
+    Ok(())
 }
 
 #[inline]
@@ -389,10 +380,10 @@ impl candle_core::InplaceOp2 for FusedUpdate<'_> {
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
         match s1 {
-            CpuStorage::F32(p) => update_slice(&self.h, &mut p[a1..b1], g, &mut m, &mut v),
+            CpuStorage::F32(p) => update_slice(&self.h, &mut p[a1..b1], g, &mut m, &mut v)?,
             CpuStorage::BF16(p) => {
                 let mut master = self.master.borrow_mut();
-                update_slice(&self.h, &mut master, g, &mut m, &mut v);
+                update_slice(&self.h, &mut master, g, &mut m, &mut v)?;
                 for (dst, &src) in p[a1..b1].iter_mut().zip(master.iter()) {
                     *dst = bf16::from_f32(src);
                 }

@@ -167,7 +167,18 @@ fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
     codex().args(long(&a)).assert().success();
 
     let b = dir.path().join("b");
-    // Deterministic "random" kill delays (LCG, fixed seed).
+    // Kills land at pseudo-random training steps (LCG, fixed seed) plus a pseudo-random few
+    // milliseconds, found by watching the run's metrics: the same test must land them on a slow
+    // debug build and on a fast release build. Steps inside a checkpoint write are included.
+    let newest_step = |run: &Path| -> u64 {
+        std::fs::read_to_string(run.join("metrics.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|e| e["step"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
     let mut state: u64 = 0x5eed;
     let mut kills = 0;
     let mut finished = false;
@@ -186,8 +197,12 @@ fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let delay = 150 + (state >> 33) % 700;
-            std::thread::sleep(std::time::Duration::from_millis(delay));
+            let target = 1 + 6 * attempt as u64 + (state >> 33) % 6; // ≤ 48 of 60 steps
+            let extra_ms = (state >> 20) % 8;
+            while newest_step(&b) < target && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(extra_ms));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
                 kills += 1;

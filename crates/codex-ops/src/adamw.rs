@@ -227,8 +227,11 @@ pub fn grad_sq_norm(grads: &[&Tensor]) -> Result<f64> {
     for g in grads {
         total += if is_cpu_f32(g) {
             with_f32(g, "grad_sq_norm", |s| {
+                // Per-chunk sums added in chunk order: reproducible whatever rayon's split.
                 Ok(s.par_chunks(CHUNK)
                     .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                    .collect::<Vec<_>>()
+                    .iter()
                     .sum::<f64>())
             })?
         } else {

@@ -9,7 +9,9 @@
 //!   [`grad_sq_norm`] / [`scale_inplace`] for clipping by global norm;
 //! - candle `CustomOp`s with hand-written backward: [`layer_norm`], [`gelu`] (tanh
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
-//!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly);
+//!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly), [`linear`] (matmul with
+//!   the bias fused in) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
+//!   recomputation in backward), the last two calling the `gemm` kernels on strided views;
 //! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
 //!
 //! Every public function takes the fused path for contiguous f32 tensors on the CPU and falls back
@@ -17,7 +19,10 @@
 
 mod adamw;
 mod alloc;
+mod attention;
 mod gelu;
+mod linear;
+mod matmul;
 mod norm;
 mod softmax;
 mod util;
@@ -25,7 +30,9 @@ mod xent;
 
 pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scale_inplace};
 pub use alloc::keep_freed_memory;
+pub use attention::{causal_attention, causal_attention_reference};
 pub use gelu::{gelu, gelu_reference};
+pub use linear::{WeightLayout, linear, linear_reference};
 pub use norm::{layer_norm, layer_norm_reference};
 pub use softmax::{causal_softmax, causal_softmax_reference};
 pub use xent::{cross_entropy, cross_entropy_reference};

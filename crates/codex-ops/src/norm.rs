@@ -78,41 +78,35 @@ impl CustomOp3 for LayerNorm {
                         .par_chunks_mut(chunk)
                         .zip(x.par_chunks(chunk))
                         .zip(dy.par_chunks(chunk))
-                        .fold(
-                            || vec![0f32; 2 * d],
-                            |mut acc, ((dx, x), dy)| {
-                                let (dw, db) = acc.split_at_mut(d);
-                                for ((dx, x), dy) in dx
-                                    .chunks_exact_mut(d)
-                                    .zip(x.chunks_exact(d))
-                                    .zip(dy.chunks_exact(d))
-                                {
-                                    let (mean, rstd) = stats(x, eps);
-                                    let (mut sg, mut sgx) = (0f32, 0f32);
-                                    for i in 0..d {
-                                        let xh = (x[i] - mean) * rstd;
-                                        let g = dy[i] * w[i];
-                                        sg += g;
-                                        sgx += g * xh;
-                                        dw[i] += dy[i] * xh;
-                                        db[i] += dy[i];
-                                    }
-                                    let (mg, mgx) = (sg / d as f32, sgx / d as f32);
-                                    for i in 0..d {
-                                        let xh = (x[i] - mean) * rstd;
-                                        dx[i] = rstd * (dy[i] * w[i] - mg - xh * mgx);
-                                    }
+                        .map(|((dx, x), dy)| {
+                            let mut acc = vec![0f32; 2 * d];
+                            let (dw, db) = acc.split_at_mut(d);
+                            for ((dx, x), dy) in dx
+                                .chunks_exact_mut(d)
+                                .zip(x.chunks_exact(d))
+                                .zip(dy.chunks_exact(d))
+                            {
+                                let (mean, rstd) = stats(x, eps);
+                                let (mut sg, mut sgx) = (0f32, 0f32);
+                                for i in 0..d {
+                                    let xh = (x[i] - mean) * rstd;
+                                    let g = dy[i] * w[i];
+                                    sg += g;
+                                    sgx += g * xh;
+                                    dw[i] += dy[i] * xh;
+                                    db[i] += dy[i];
                                 }
-                                acc
-                            },
-                        )
-                        .reduce(
-                            || vec![0f32; 2 * d],
-                            |mut a, b| {
-                                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                                a
-                            },
-                        );
+                                let (mg, mgx) = (sg / d as f32, sgx / d as f32);
+                                for i in 0..d {
+                                    let xh = (x[i] - mean) * rstd;
+                                    dx[i] = rstd * (dy[i] * w[i] - mg - xh * mgx);
+                                }
+                            }
+                            acc
+                        })
+                        .collect::<Vec<_>>();
+                    // Partials added in chunk order: bitwise reproducible, unlike a rayon reduce.
+                    let dwdb = crate::util::sum_in_order(&dwdb, 2 * d);
                     Ok((dx, dwdb))
                 })
             })

@@ -42,6 +42,17 @@ pub(crate) fn rows_cols(l: &Layout, op: &str) -> Result<(usize, usize)> {
     Ok((l.shape().elem_count() / cols, cols))
 }
 
+/// Element-wise sum of per-chunk partial results, in chunk order. Parallel reductions collect
+/// their partials and finish here so that results do not depend on how rayon split the work
+/// (exact resume compares weights bit for bit).
+pub(crate) fn sum_in_order(partials: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    for p in partials {
+        out.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+    }
+    out
+}
+
 /// Builds an f32 CPU tensor from a plain vector.
 pub(crate) fn cpu_tensor(data: Vec<f32>, shape: &candle_core::Shape) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)

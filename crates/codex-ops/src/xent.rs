@@ -63,7 +63,9 @@ impl CustomOp2 for CrossEntropy {
                 }
                 Ok(acc)
             })
-            .sum::<Result<f64>>()?;
+            .collect::<Result<Vec<f64>>>()?
+            .iter()
+            .sum::<f64>(); // chunk order: reproducible whatever rayon's split
         Ok((
             CpuStorage::F32(vec![(total / n as f64) as f32]),
             Shape::from(()),

@@ -103,11 +103,23 @@ impl Gpt2 {
         for blk in &self.blocks {
             let a = blk.ln_1.forward(&h, f)?;
             let qkv = blk.c_attn.forward(&a, f)?;
-            let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, heads)?;
-            let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, heads)?;
-            let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, heads)?;
-            let y = attention(&q, &k, &v, Mask::Causal, self.cfg.attn_pdrop, f)?;
-            let y = blk.attn_proj.forward(&merge_heads(&y)?, f)?;
+            let y = if f.train && self.cfg.attn_pdrop > 0.0 {
+                // Dropout on the attention probabilities needs them materialised.
+                let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, heads)?;
+                let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, heads)?;
+                let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, heads)?;
+                merge_heads(&attention(
+                    &q,
+                    &k,
+                    &v,
+                    Mask::Causal,
+                    self.cfg.attn_pdrop,
+                    f,
+                )?)?
+            } else {
+                ops::causal_attention(&qkv, heads)?
+            };
+            let y = blk.attn_proj.forward(&y, f)?;
             h = (h + f.dropout(&y, self.cfg.resid_pdrop)?)?;
             let m = blk.ln_2.forward(&h, f)?;
             let m = self.act(&blk.c_fc.forward(&m, f)?)?;

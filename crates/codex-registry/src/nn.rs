@@ -107,10 +107,20 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let w = f.w(&self.weight);
+        if let (Some(bias), false, None) = (&self.bias, f.frozen, &self.lora) {
+            // Trainable weight and bias: one fused op on any leading shape (its backward always
+            // produces dW and db, which a frozen base would discard).
+            let layout = if self.conv1d {
+                codex_ops::WeightLayout::InOut
+            } else {
+                codex_ops::WeightLayout::OutIn
+            };
+            return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?);
+        }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_dim))?;
-        let w = f.w(&self.weight);
         let mut y = if self.conv1d {
             x2.matmul(&w)?
         } else {

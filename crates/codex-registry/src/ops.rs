@@ -92,6 +92,12 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last(&x)?.to_dtype(scores.dtype())
 }
 
+/// Causal self-attention of a packed `[B, T, 3·d]` projection (GPT-2's `c_attn` output) to
+/// `[B, T, d]`, heads merged. Fused on CPU f32 (`codex_ops::causal_attention`).
+pub fn causal_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    codex_ops::causal_attention(qkv, heads)
+}
+
 /// Softmax of attention scores plus an additive mask broadcastable to them (BERT padding).
 pub fn masked_softmax(scores: &Tensor, additive_mask: &Tensor) -> Result<Tensor> {
     let x = internal(scores)?.broadcast_add(&additive_mask.to_dtype(DType::F32)?)?;

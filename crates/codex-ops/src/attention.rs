@@ -1,0 +1,340 @@
+//! Causal multi-head self-attention from a packed `qkv` projection, forward and backward in one
+//! op each.
+//!
+//! Composed from candle ops, one attention layer records about fifteen nodes (three head splits
+//! with copies, two batched matmuls, the softmax, the head merge), and backward allocates a
+//! gradient buffer plus a zero-filled accumulator for each. Here one task per (batch, head)
+//! multiplies strided views of `qkv` directly with `gemm`, skips the masked upper triangle in
+//! blocks of [`BLOCK`] rows, and keeps only the per-row log-sum-exp of the softmax: backward
+//! recomputes the probabilities (as FlashAttention does) instead of storing `[B, H, T, T]`.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::matmul::{SharedMut, View, gemm_into};
+use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, with_f32};
+
+/// Query rows per block: block `[r0, r1)` only multiplies keys `0..r1`.
+const BLOCK: usize = 32;
+
+struct CausalAttention {
+    heads: usize,
+    /// `log Σ exp` of each query row's scaled scores, `[B, H, T]`, filled by the forward pass.
+    lse: Mutex<Vec<f32>>,
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl Dims {
+    fn of(shape: &Shape, heads: usize) -> Result<Self> {
+        let dims = shape.dims();
+        let &[b, t, d3] = dims else {
+            bail!("causal_attention: expected qkv of shape (batch, time, 3·d), got {dims:?}")
+        };
+        if d3 == 0 || d3 % 3 != 0 || heads == 0 || (d3 / 3) % heads != 0 {
+            bail!("causal_attention: last dim {d3} must be 3·d with d divisible by {heads} heads");
+        }
+        let d = d3 / 3;
+        let hd = d / heads;
+        Ok(Self {
+            b,
+            t,
+            d,
+            heads,
+            hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        })
+    }
+
+    /// Views of head `h` of batch `bi`: (q, k, v) in `qkv`, and the head's columns of a
+    /// `[B, T, d]` tensor.
+    fn views(&self, bi: usize, h: usize) -> (View, View, View, View) {
+        let (t, d, hd) = (self.t, self.d, self.hd);
+        let base = bi * t * 3 * d + h * hd;
+        (
+            View::rows(base, t, hd, 3 * d),
+            View::rows(base + d, t, hd, 3 * d),
+            View::rows(base + 2 * d, t, hd, 3 * d),
+            View::rows(bi * t * d + h * hd, t, hd, d),
+        )
+    }
+}
+
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
+}
+
+/// `s[r0..r1, 0..r1] = scale · q[r0..r1] · k[0..r1]ᵀ`.
+fn scores(s: &mut [f32], dm: &Dims, qkv: &[f32], q: View, k: View, r0: usize, r1: usize) {
+    let sv = View::rows(0, dm.t, dm.t, dm.t).sub(r0, r1, 0, r1);
+    let (n, hd) = (s.len(), dm.hd);
+    gemm_into(
+        s.as_mut_ptr(),
+        n,
+        sv,
+        qkv,
+        q.sub(r0, r1, 0, hd),
+        qkv,
+        k.sub(0, r1, 0, hd).t(),
+        dm.scale,
+        false,
+        1,
+    );
+}
+
+impl CustomOp1 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "codex-causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l.shape(), self.heads)?;
+        let qkv = f32_slice(s, l, "causal_attention")?;
+        let (t, d) = (dm.t, dm.d);
+        let mut y = vec![0f32; dm.b * t * d];
+        let mut lse = vec![0f32; dm.b * dm.heads * t];
+        let y_len = y.len();
+        let yp = SharedMut(y.as_mut_ptr());
+        lse.par_chunks_mut(t.max(1)).enumerate().for_each_init(
+            || vec![0f32; t * t],
+            |p, (u, lse)| {
+                let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                for (r0, r1) in blocks(t) {
+                    scores(p, &dm, qkv, q, k, r0, r1);
+                    for i in r0..r1 {
+                        let row = &mut p[i * t..i * t + r1];
+                        let (vis, masked) = row.split_at_mut(i + 1);
+                        let max = vis.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0f32;
+                        for x in vis.iter_mut() {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        vis.iter_mut().for_each(|x| *x *= inv);
+                        masked.fill(0.0);
+                        lse[i] = max + sum.ln();
+                    }
+                    // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1]. Task (b, h) alone writes the
+                    // columns of head h in the rows of batch b.
+                    let pv = View::rows(0, t, t, t).sub(r0, r1, 0, r1);
+                    gemm_into(
+                        yp.get(),
+                        y_len,
+                        yv.sub(r0, r1, 0, dm.hd),
+                        p,
+                        pv,
+                        qkv,
+                        v.sub(0, r1, 0, dm.hd),
+                        1.0,
+                        false,
+                        1,
+                    );
+                }
+            },
+        );
+        *self
+            .lse
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lse;
+        Ok((CpuStorage::F32(y), Shape::from((dm.b, t, d))))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dm = Dims::of(arg.shape(), self.heads)?;
+        let lse = self
+            .lse
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lse.len() != dm.b * dm.heads * dm.t {
+            bail!("causal_attention backward: the forward pass did not run on the CPU");
+        }
+        let (t, hd) = (dm.t, dm.hd);
+        let op = "causal_attention backward";
+        let dqkv = with_f32(arg, op, |qkv| {
+            with_f32(res, op, |y| {
+                with_f32(grad_res, op, |dy| {
+                    let mut dqkv = vec![0f32; qkv.len()];
+                    let n = dqkv.len();
+                    let dp = SharedMut(dqkv.as_mut_ptr());
+                    lse.par_chunks(t.max(1)).enumerate().for_each_init(
+                        || (vec![0f32; t * t], vec![0f32; t * t]),
+                        |(p, ds), (u, lse)| {
+                            let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                            let full = View::rows(0, t, t, t);
+                            for (r0, r1) in blocks(t) {
+                                // P again from the saved log-sum-exp, then dP = dY · vᵀ.
+                                scores(p, &dm, qkv, q, k, r0, r1);
+                                let ds_len = ds.len();
+                                gemm_into(
+                                    ds.as_mut_ptr(),
+                                    ds_len,
+                                    full.sub(r0, r1, 0, r1),
+                                    dy,
+                                    yv.sub(r0, r1, 0, hd),
+                                    qkv,
+                                    v.sub(0, r1, 0, hd).t(),
+                                    1.0,
+                                    false,
+                                    1,
+                                );
+                                for i in r0..r1 {
+                                    let yo = yv.offset + i * yv.rs;
+                                    // Σ_j P_ij dP_ij = dY_i · Y_i (the softmax backward's dot).
+                                    let dot: f32 = (0..hd).map(|c| dy[yo + c] * y[yo + c]).sum();
+                                    let prow = &mut p[i * t..i * t + r1];
+                                    let dsrow = &mut ds[i * t..i * t + r1];
+                                    for j in 0..=i {
+                                        let pij = (prow[j] - lse[i]).exp();
+                                        prow[j] = pij;
+                                        dsrow[j] = dm.scale * pij * (dsrow[j] - dot);
+                                    }
+                                    prow[i + 1..].fill(0.0);
+                                    dsrow[i + 1..].fill(0.0);
+                                }
+                                // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
+                                gemm_into(
+                                    dp.get(),
+                                    n,
+                                    q.sub(r0, r1, 0, hd),
+                                    ds,
+                                    full.sub(r0, r1, 0, r1),
+                                    qkv,
+                                    k.sub(0, r1, 0, hd),
+                                    1.0,
+                                    false,
+                                    1,
+                                );
+                            }
+                            // Keys j0..j1 receive from queries j0..t (entries above the
+                            // diagonal were zeroed above).
+                            for (j0, j1) in blocks(t) {
+                                gemm_into(
+                                    dp.get(),
+                                    n,
+                                    k.sub(j0, j1, 0, hd),
+                                    ds,
+                                    full.sub(j0, t, j0, j1).t(),
+                                    qkv,
+                                    q.sub(j0, t, 0, hd),
+                                    1.0,
+                                    false,
+                                    1,
+                                );
+                                gemm_into(
+                                    dp.get(),
+                                    n,
+                                    v.sub(j0, j1, 0, hd),
+                                    p,
+                                    full.sub(j0, t, j0, j1).t(),
+                                    dy,
+                                    yv.sub(j0, t, 0, hd),
+                                    1.0,
+                                    false,
+                                    1,
+                                );
+                            }
+                        },
+                    );
+                    Ok(dqkv)
+                })
+            })
+        })?;
+        Ok(Some(cpu_tensor(dqkv, arg.shape())?))
+    }
+}
+
+/// Causal self-attention of a packed projection: `qkv` `[B, T, 3·d]` (queries, keys, values
+/// side by side, as GPT-2's `c_attn` output) → `[B, T, d]` with heads merged, scores scaled by
+/// `1/sqrt(d / heads)`. One fused op forward and one backward on CPU f32; the plain candle
+/// composition ([`causal_attention_reference`]) elsewhere.
+pub fn causal_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    Dims::of(qkv.shape(), heads)?;
+    if is_cpu_f32(qkv) {
+        qkv.contiguous()?.apply_op1(CausalAttention {
+            heads,
+            lse: Mutex::new(Vec::new()),
+        })
+    } else {
+        causal_attention_reference(qkv, heads)
+    }
+}
+
+/// The candle composition: split heads, `softmax(q kᵀ / sqrt(hd) + mask) v`, merge heads.
+pub fn causal_attention_reference(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let dm = Dims::of(qkv.shape(), heads)?;
+    let split = |i: usize| -> Result<Tensor> {
+        qkv.narrow(D::Minus1, i * dm.d, dm.d)?
+            .reshape((dm.b, dm.t, heads, dm.hd))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scores = q.matmul(&k.t()?)?;
+    let probs = crate::softmax::causal_softmax_reference(&scores, f64::from(dm.scale))?;
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((dm.b, dm.t, dm.d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::testing::{assert_close, rand};
+    use candle_core::{DType, Device, Var};
+
+    fn check(b: usize, t: usize, d: usize, heads: usize) -> Result<()> {
+        let x = Var::from_tensor(&rand(11, &[b, t, 3 * d], 2.0)?)?;
+        let r = rand(12, &[b, t, d], 1.0)?;
+        let y1 = causal_attention(&x, heads)?;
+        let y2 = causal_attention_reference(&x, heads)?;
+        assert_close(&y1, &y2, 1e-5, "attention forward")?;
+        let g1 = (y1 * &r)?.sum_all()?.backward()?;
+        let g2 = (y2 * &r)?.sum_all()?.backward()?;
+        let (Some(a), Some(b)) = (g1.get(&x), g2.get(&x)) else {
+            panic!("missing grad")
+        };
+        assert_close(a, b, 1e-4, "attention grad")
+    }
+
+    #[test]
+    fn matches_candle_composition_single_block() -> Result<()> {
+        check(2, 7, 12, 3)
+    }
+
+    #[test]
+    fn matches_candle_composition_across_blocks() -> Result<()> {
+        // 70 rows = two full blocks and a partial one; hd = 8.
+        check(3, 70, 32, 4)
+    }
+
+    #[test]
+    fn first_query_sees_only_itself() -> Result<()> {
+        // Query 0 attends key 0 alone, so its output is exactly v_0 (d = 2: v is columns 4..6).
+        let qkv = rand(5, &[1, 4, 6], 1.0)?;
+        let y = causal_attention(&qkv, 2)?.to_vec3::<f32>()?;
+        let x = qkv.to_vec3::<f32>()?;
+        assert_eq!(y[0][0], x[0][0][4..6].to_vec());
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let z = Tensor::zeros((2, 3, 10), DType::F32, &Device::Cpu).unwrap();
+        let err = causal_attention(&z, 2).unwrap_err();
+        assert!(err.to_string().contains("3·d"), "{err}");
+    }
+}

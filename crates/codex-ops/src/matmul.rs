@@ -1,0 +1,223 @@
+//! Strided f32 matrix products through the `gemm` crate (the kernels candle's CPU matmul uses),
+//! so fused ops can multiply views of a buffer (one head of a packed `qkv`, a transposed
+//! weight) without the copies and allocations of candle's tensor API.
+
+use gemm::Parallelism;
+
+/// An `rows × cols` view into a buffer: element `(r, c)` lives at `offset + r * rs + c * cs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View {
+    /// A row-major view with row stride `rs`.
+    pub fn rows(offset: usize, rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            offset,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no data moves).
+    pub fn t(self) -> Self {
+        Self {
+            offset: self.offset,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Rows `r0..r1` and columns `c0..c1`.
+    pub fn sub(self, r0: usize, r1: usize, c0: usize, c1: usize) -> Self {
+        debug_assert!(r0 <= r1 && r1 <= self.rows && c0 <= c1 && c1 <= self.cols);
+        Self {
+            offset: self.offset + r0 * self.rs + c0 * self.cs,
+            rows: r1 - r0,
+            cols: c1 - c0,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+
+    /// One past the largest index the view touches (0 when empty).
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return 0;
+        }
+        self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+    }
+}
+
+/// `dst = scale · a · b` (or `dst += scale · a · b` with `accumulate`), bounds-checked.
+///
+/// `dst` is passed as a raw pointer plus its length because fused ops write disjoint strided
+/// views of one output from several threads; the caller guarantees that no other thread touches
+/// the elements of `dv` while this runs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: *mut f32,
+    dst_len: usize,
+    dv: View,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(
+        dv.rows == av.rows && dv.cols == bv.cols && av.cols == bv.rows,
+        "gemm_into: shape mismatch {dv:?} = {av:?} x {bv:?}"
+    );
+    assert!(dv.end() <= dst_len && av.end() <= a.len() && bv.end() <= b.len());
+    if dv.rows == 0 || dv.cols == 0 {
+        return;
+    }
+    if av.cols == 0 {
+        if !accumulate {
+            for r in 0..dv.rows {
+                for c in 0..dv.cols {
+                    // SAFETY: inside `dv`, which lies within `dst_len` (checked above).
+                    unsafe { *dst.add(dv.offset + r * dv.rs + c * dv.cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: all three views were checked to lie inside their buffers, `a` and `b` are shared
+    // borrows that outlive the call, and the caller guarantees exclusive access to `dv`.
+    unsafe {
+        gemm::gemm(
+            dv.rows,
+            dv.cols,
+            av.cols,
+            dst.add(dv.offset),
+            dv.cs as isize,
+            dv.rs as isize,
+            accumulate,
+            a.as_ptr().add(av.offset),
+            av.cs as isize,
+            av.rs as isize,
+            b.as_ptr().add(bv.offset),
+            bv.cs as isize,
+            bv.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// A raw pointer that may cross threads; each user documents why its writes are disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: only used to hand disjoint regions of one buffer to parallel tasks.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], av: View, b: &[f32], bv: View) -> Vec<f32> {
+        let mut out = vec![0f32; av.rows * bv.cols];
+        for r in 0..av.rows {
+            for c in 0..bv.cols {
+                out[r * bv.cols + c] = (0..av.cols)
+                    .map(|k| {
+                        a[av.offset + r * av.rs + k * av.cs] * b[bv.offset + k * bv.rs + c * bv.cs]
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_views_match_naive_product() {
+        let a: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..300).map(|i| (i as f32 * 0.11).cos()).collect();
+        // a: 5x7 block of a 10-wide buffer; b: transposed 7x6 view of a 6x7 block.
+        let av = View::rows(3, 5, 7, 10);
+        let bv = View::rows(2, 6, 7, 9).t();
+        let want = naive(&a, av, &b, bv);
+        let mut out = vec![1f32; 30];
+        gemm_into(
+            out.as_mut_ptr(),
+            30,
+            View::rows(0, 5, 6, 6),
+            &a,
+            av,
+            &b,
+            bv,
+            1.0,
+            false,
+            1,
+        );
+        for (x, y) in out.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        // Accumulate with a scale: out = want + 0.5 want.
+        gemm_into(
+            out.as_mut_ptr(),
+            30,
+            View::rows(0, 5, 6, 6),
+            &a,
+            av,
+            &b,
+            bv,
+            0.5,
+            true,
+            2,
+        );
+        for (x, y) in out.iter().zip(&want) {
+            assert!((x - 1.5 * y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm_into")]
+    fn shape_mismatch_panics_before_touching_memory() {
+        let a = vec![0f32; 12];
+        let mut out = vec![0f32; 9];
+        gemm_into(
+            out.as_mut_ptr(),
+            9,
+            View::rows(0, 3, 3, 3),
+            &a,
+            View::rows(0, 3, 4, 4),
+            &a,
+            View::rows(0, 3, 3, 3),
+            1.0,
+            false,
+            1,
+        );
+    }
+}

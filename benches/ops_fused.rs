@@ -40,7 +40,7 @@ fn pair(
     plain: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<()> {
     let x = Var::from_tensor(&rand(shape, 1)?)?;
-    let r = rand(shape, 2)?;
+    let r = rand(fused(x.as_tensor())?.dims(), 2)?;
     let mut g = c.benchmark_group(name);
     g.bench_function("codex-ops", |b| {
         b.iter(|| fwd_bwd(&x, &r, fused).expect("fused op"))
@@ -53,6 +53,8 @@ fn pair(
 }
 
 fn ops(c: &mut Criterion) {
+    // As the trainer does: freed buffers stay mapped, so timings exclude page faults.
+    codex_ops::keep_freed_memory();
     let mut run = || -> Result<()> {
         let w = rand(&[128], 3)?;
         let bias = rand(&[128], 4)?;
@@ -76,6 +78,22 @@ fn ops(c: &mut Criterion) {
             &[16, 4, 128, 128],
             &|x| codex_ops::causal_softmax(x, 0.125),
             &|x| codex_ops::causal_softmax_reference(x, 0.125),
+        )?;
+        // gpt-medium's attention: batch 16, context 128, d = 256 in 8 heads.
+        pair(
+            c,
+            "causal_attention 16x128x(3x256) h8",
+            &[16, 128, 768],
+            &|x| codex_ops::causal_attention(x, 8),
+            &|x| codex_ops::causal_attention_reference(x, 8),
+        )?;
+        let (w, b) = (rand(&[256, 1024], 5)?, rand(&[1024], 6)?);
+        pair(
+            c,
+            "linear 2048x256 -> 1024",
+            &[2048, 256],
+            &|x| codex_ops::linear(x, &w, &b, codex_ops::WeightLayout::InOut),
+            &|x| codex_ops::linear_reference(x, &w, &b, codex_ops::WeightLayout::InOut),
         )?;
         let t: Vec<u32> = (0..2048u32).map(|i| (i * 37 + 11) % 256).collect();
         let t = Tensor::new(t.as_slice(), &Device::Cpu)?;

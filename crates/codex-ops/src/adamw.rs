@@ -6,6 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var, bail};
 use rayon::prelude::*;
 
+use crate::simd::with_avx2;
 use crate::util::{f32_slice, is_cpu_f32, with_f32};
 
 /// Elements per rayon task of the element-wise kernels (about 64 KiB of f32 per slice).
@@ -85,14 +86,22 @@ impl Folded {
     /// The update over whole slices, parallel over chunks.
     fn update_par(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         if p.len() <= CHUNK {
-            self.update(p, g, m, v);
+            with_avx2(
+                #[inline(always)]
+                || self.update(p, g, m, v),
+            );
             return;
         }
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| self.update(p, g, m, v));
+            .for_each(|(((p, g), m), v)| {
+                with_avx2(
+                    #[inline(always)]
+                    || self.update(p, g, m, v),
+                )
+            });
     }
 }
 

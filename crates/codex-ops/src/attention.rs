@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor, bail}
 use rayon::prelude::*;
 
 use crate::matmul::{SharedMut, View, gemm_into};
+use crate::simd::{self, with_avx2};
 use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 
 /// Query rows per block: block `[r0, r1)` only multiplies keys `0..r1`.
@@ -110,39 +111,41 @@ impl CustomOp1 for CausalAttention {
         lse.par_chunks_mut(t.max(1)).enumerate().for_each_init(
             || vec![0f32; t * t],
             |p, (u, lse)| {
-                let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                for (r0, r1) in blocks(t) {
-                    scores(p, &dm, qkv, q, k, r0, r1);
-                    for i in r0..r1 {
-                        let row = &mut p[i * t..i * t + r1];
-                        let (vis, masked) = row.split_at_mut(i + 1);
-                        let max = vis.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0f32;
-                        for x in vis.iter_mut() {
-                            *x = (*x - max).exp();
-                            sum += *x;
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                        for (r0, r1) in blocks(t) {
+                            scores(p, &dm, qkv, q, k, r0, r1);
+                            for i in r0..r1 {
+                                let row = &mut p[i * t..i * t + r1];
+                                let (vis, masked) = row.split_at_mut(i + 1);
+                                let max = simd::max(vis);
+                                vis.iter_mut().for_each(|x| *x = simd::exp(*x - max));
+                                let sum = simd::sum(vis);
+                                let inv = 1.0 / sum;
+                                vis.iter_mut().for_each(|x| *x *= inv);
+                                masked.fill(0.0);
+                                lse[i] = max + sum.ln();
+                            }
+                            // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1]. Task (b, h) alone writes the
+                            // columns of head h in the rows of batch b.
+                            let pv = View::rows(0, t, t, t).sub(r0, r1, 0, r1);
+                            gemm_into(
+                                yp.get(),
+                                y_len,
+                                yv.sub(r0, r1, 0, dm.hd),
+                                p,
+                                pv,
+                                qkv,
+                                v.sub(0, r1, 0, dm.hd),
+                                1.0,
+                                false,
+                                1,
+                            );
                         }
-                        let inv = 1.0 / sum;
-                        vis.iter_mut().for_each(|x| *x *= inv);
-                        masked.fill(0.0);
-                        lse[i] = max + sum.ln();
-                    }
-                    // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1]. Task (b, h) alone writes the
-                    // columns of head h in the rows of batch b.
-                    let pv = View::rows(0, t, t, t).sub(r0, r1, 0, r1);
-                    gemm_into(
-                        yp.get(),
-                        y_len,
-                        yv.sub(r0, r1, 0, dm.hd),
-                        p,
-                        pv,
-                        qkv,
-                        v.sub(0, r1, 0, dm.hd),
-                        1.0,
-                        false,
-                        1,
-                    );
-                }
+                    },
+                )
             },
         );
         *self
@@ -172,80 +175,87 @@ impl CustomOp1 for CausalAttention {
                     lse.par_chunks(t.max(1)).enumerate().for_each_init(
                         || (vec![0f32; t * t], vec![0f32; t * t]),
                         |(p, ds), (u, lse)| {
-                            let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                            let full = View::rows(0, t, t, t);
-                            for (r0, r1) in blocks(t) {
-                                // P again from the saved log-sum-exp, then dP = dY · vᵀ.
-                                scores(p, &dm, qkv, q, k, r0, r1);
-                                let ds_len = ds.len();
-                                gemm_into(
-                                    ds.as_mut_ptr(),
-                                    ds_len,
-                                    full.sub(r0, r1, 0, r1),
-                                    dy,
-                                    yv.sub(r0, r1, 0, hd),
-                                    qkv,
-                                    v.sub(0, r1, 0, hd).t(),
-                                    1.0,
-                                    false,
-                                    1,
-                                );
-                                for i in r0..r1 {
-                                    let yo = yv.offset + i * yv.rs;
-                                    // Σ_j P_ij dP_ij = dY_i · Y_i (the softmax backward's dot).
-                                    let dot: f32 = (0..hd).map(|c| dy[yo + c] * y[yo + c]).sum();
-                                    let prow = &mut p[i * t..i * t + r1];
-                                    let dsrow = &mut ds[i * t..i * t + r1];
-                                    for j in 0..=i {
-                                        let pij = (prow[j] - lse[i]).exp();
-                                        prow[j] = pij;
-                                        dsrow[j] = dm.scale * pij * (dsrow[j] - dot);
+                            with_avx2(
+                                #[inline(always)]
+                                || {
+                                    let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                                    let full = View::rows(0, t, t, t);
+                                    for (r0, r1) in blocks(t) {
+                                        // P again from the saved log-sum-exp, then dP = dY · vᵀ.
+                                        scores(p, &dm, qkv, q, k, r0, r1);
+                                        let ds_len = ds.len();
+                                        gemm_into(
+                                            ds.as_mut_ptr(),
+                                            ds_len,
+                                            full.sub(r0, r1, 0, r1),
+                                            dy,
+                                            yv.sub(r0, r1, 0, hd),
+                                            qkv,
+                                            v.sub(0, r1, 0, hd).t(),
+                                            1.0,
+                                            false,
+                                            1,
+                                        );
+                                        for i in r0..r1 {
+                                            let yo = yv.offset + i * yv.rs;
+                                            // Σ_j P_ij dP_ij = dY_i · Y_i (the softmax backward's dot).
+                                            let dot = simd::dot(&dy[yo..yo + hd], &y[yo..yo + hd]);
+                                            let prow = &mut p[i * t..i * t + r1];
+                                            let dsrow = &mut ds[i * t..i * t + r1];
+                                            let li = lse[i];
+                                            for (pij, dsij) in
+                                                prow[..=i].iter_mut().zip(&mut dsrow[..=i])
+                                            {
+                                                *pij = simd::exp(*pij - li);
+                                                *dsij = dm.scale * *pij * (*dsij - dot);
+                                            }
+                                            prow[i + 1..].fill(0.0);
+                                            dsrow[i + 1..].fill(0.0);
+                                        }
+                                        // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
+                                        gemm_into(
+                                            dp.get(),
+                                            n,
+                                            q.sub(r0, r1, 0, hd),
+                                            ds,
+                                            full.sub(r0, r1, 0, r1),
+                                            qkv,
+                                            k.sub(0, r1, 0, hd),
+                                            1.0,
+                                            false,
+                                            1,
+                                        );
                                     }
-                                    prow[i + 1..].fill(0.0);
-                                    dsrow[i + 1..].fill(0.0);
-                                }
-                                // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
-                                gemm_into(
-                                    dp.get(),
-                                    n,
-                                    q.sub(r0, r1, 0, hd),
-                                    ds,
-                                    full.sub(r0, r1, 0, r1),
-                                    qkv,
-                                    k.sub(0, r1, 0, hd),
-                                    1.0,
-                                    false,
-                                    1,
-                                );
-                            }
-                            // Keys j0..j1 receive from queries j0..t (entries above the
-                            // diagonal were zeroed above).
-                            for (j0, j1) in blocks(t) {
-                                gemm_into(
-                                    dp.get(),
-                                    n,
-                                    k.sub(j0, j1, 0, hd),
-                                    ds,
-                                    full.sub(j0, t, j0, j1).t(),
-                                    qkv,
-                                    q.sub(j0, t, 0, hd),
-                                    1.0,
-                                    false,
-                                    1,
-                                );
-                                gemm_into(
-                                    dp.get(),
-                                    n,
-                                    v.sub(j0, j1, 0, hd),
-                                    p,
-                                    full.sub(j0, t, j0, j1).t(),
-                                    dy,
-                                    yv.sub(j0, t, 0, hd),
-                                    1.0,
-                                    false,
-                                    1,
-                                );
-                            }
+                                    // Keys j0..j1 receive from queries j0..t (entries above the
+                                    // diagonal were zeroed above).
+                                    for (j0, j1) in blocks(t) {
+                                        gemm_into(
+                                            dp.get(),
+                                            n,
+                                            k.sub(j0, j1, 0, hd),
+                                            ds,
+                                            full.sub(j0, t, j0, j1).t(),
+                                            qkv,
+                                            q.sub(j0, t, 0, hd),
+                                            1.0,
+                                            false,
+                                            1,
+                                        );
+                                        gemm_into(
+                                            dp.get(),
+                                            n,
+                                            v.sub(j0, j1, 0, hd),
+                                            p,
+                                            full.sub(j0, t, j0, j1).t(),
+                                            dy,
+                                            yv.sub(j0, t, 0, hd),
+                                            1.0,
+                                            false,
+                                            1,
+                                        );
+                                    }
+                                },
+                            )
                         },
                     );
                     Ok(dqkv)

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::simd::with_avx2;
 use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 
 const CHUNK: usize = 4096;
@@ -53,7 +54,12 @@ impl CustomOp1 for Gelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = fwd(x)));
+            .for_each(|(y, x)| {
+                with_avx2(
+                    #[inline(always)]
+                    || y.iter_mut().zip(x).for_each(|(y, &x)| *y = fwd(x)),
+                )
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -65,9 +71,14 @@ impl CustomOp1 for Gelu {
                     .zip(x.par_chunks(CHUNK))
                     .zip(dy.par_chunks(CHUNK))
                     .for_each(|((dx, x), dy)| {
-                        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                            *dx = dy * dfdx(x);
-                        }
+                        with_avx2(
+                            #[inline(always)]
+                            || {
+                                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                                    *dx = dy * dfdx(x);
+                                }
+                            },
+                        )
                     });
                 Ok(dx)
             })

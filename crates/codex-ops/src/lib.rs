@@ -24,6 +24,7 @@ mod gelu;
 mod linear;
 mod matmul;
 mod norm;
+mod simd;
 mod softmax;
 mod util;
 mod xent;

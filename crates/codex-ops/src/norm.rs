@@ -3,14 +3,15 @@
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::simd::{self, with_avx2};
 use crate::util::{ROWS_PER_TASK, cpu_tensor, f32_slice, is_cpu_f32, rows_cols, with_f32};
 
 /// Mean and 1/sqrt(var + eps) of one row (biased variance, as PyTorch).
 #[inline(always)]
 fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = simd::sum(x) / n;
+    let var = simd::sum_sq_dev(x, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -47,12 +48,17 @@ impl CustomOp3 for LayerNorm {
         y.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(y, x)| {
-                for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let (mean, rstd) = stats(x, self.eps);
-                    for i in 0..d {
-                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                            let (mean, rstd) = stats(x, self.eps);
+                            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                                *y = (x - mean) * rstd * w + b;
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -79,30 +85,31 @@ impl CustomOp3 for LayerNorm {
                         .zip(x.par_chunks(chunk))
                         .zip(dy.par_chunks(chunk))
                         .map(|((dx, x), dy)| {
-                            let mut acc = vec![0f32; 2 * d];
-                            let (dw, db) = acc.split_at_mut(d);
-                            for ((dx, x), dy) in dx
-                                .chunks_exact_mut(d)
-                                .zip(x.chunks_exact(d))
-                                .zip(dy.chunks_exact(d))
-                            {
-                                let (mean, rstd) = stats(x, eps);
-                                let (mut sg, mut sgx) = (0f32, 0f32);
-                                for i in 0..d {
-                                    let xh = (x[i] - mean) * rstd;
-                                    let g = dy[i] * w[i];
-                                    sg += g;
-                                    sgx += g * xh;
-                                    dw[i] += dy[i] * xh;
-                                    db[i] += dy[i];
-                                }
-                                let (mg, mgx) = (sg / d as f32, sgx / d as f32);
-                                for i in 0..d {
-                                    let xh = (x[i] - mean) * rstd;
-                                    dx[i] = rstd * (dy[i] * w[i] - mg - xh * mgx);
-                                }
-                            }
-                            acc
+                            with_avx2(
+                                #[inline(always)]
+                                || {
+                                    let mut acc = vec![0f32; 2 * d];
+                                    let (dw, db) = acc.split_at_mut(d);
+                                    for ((dx, x), dy) in dx
+                                        .chunks_exact_mut(d)
+                                        .zip(x.chunks_exact(d))
+                                        .zip(dy.chunks_exact(d))
+                                    {
+                                        let (mean, rstd) = stats(x, eps);
+                                        // Σ g and Σ g·x̂ with g = dy·w, x̂ = (x − mean)·rstd.
+                                        let sg = simd::dot(dy, w);
+                                        let sgx = rstd * (simd::dot3(dy, w, x) - mean * sg);
+                                        let (mg, mgx) = (sg / d as f32, sgx / d as f32);
+                                        for i in 0..d {
+                                            let xh = (x[i] - mean) * rstd;
+                                            dw[i] += dy[i] * xh;
+                                            db[i] += dy[i];
+                                            dx[i] = rstd * (dy[i] * w[i] - mg - xh * mgx);
+                                        }
+                                    }
+                                    acc
+                                },
+                            )
                         })
                         .collect::<Vec<_>>();
                     // Partials added in chunk order: bitwise reproducible, unlike a rayon reduce.

@@ -3,6 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::simd;
+use crate::simd::with_avx2;
 use crate::util::{ROWS_PER_TASK, cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 
 struct CausalSoftmax {
@@ -42,19 +44,24 @@ impl CustomOp1 for CausalSoftmax {
             .zip(x.par_chunks(chunk))
             .enumerate()
             .for_each(|(c, (y, x))| {
-                for (r, (y, x)) in y.chunks_exact_mut(tk).zip(x.chunks_exact(tk)).enumerate() {
-                    let n = visible(c * ROWS_PER_TASK + r, tq, tk);
-                    let (yv, xv) = (&mut y[..n], &x[..n]);
-                    let max = xv.iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
-                    let mut sum = 0f32;
-                    for (y, &x) in yv.iter_mut().zip(xv) {
-                        *y = (x * self.scale - max).exp();
-                        sum += *y;
-                    }
-                    let inv = 1.0 / sum;
-                    yv.iter_mut().for_each(|y| *y *= inv);
-                    // Masked entries stay 0 from the allocation.
-                }
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (r, (y, x)) in
+                            y.chunks_exact_mut(tk).zip(x.chunks_exact(tk)).enumerate()
+                        {
+                            let n = visible(c * ROWS_PER_TASK + r, tq, tk);
+                            let (yv, xv) = (&mut y[..n], &x[..n]);
+                            let max = simd::max(xv) * self.scale;
+                            for (y, &x) in yv.iter_mut().zip(xv) {
+                                *y = simd::exp(x * self.scale - max);
+                            }
+                            let inv = 1.0 / simd::sum(yv);
+                            yv.iter_mut().for_each(|y| *y *= inv);
+                            // Masked entries stay 0 from the allocation.
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -79,7 +86,7 @@ impl CustomOp1 for CausalSoftmax {
                             .enumerate()
                         {
                             let n = visible(c * ROWS_PER_TASK + r, tq, tk);
-                            let dot: f32 = y[..n].iter().zip(&dy[..n]).map(|(a, b)| a * b).sum();
+                            let dot = simd::dot(&y[..n], &dy[..n]);
                             for i in 0..n {
                                 dx[i] = scale * y[i] * (dy[i] - dot);
                             }

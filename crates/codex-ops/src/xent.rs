@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::simd::{self, with_avx2};
 use crate::util::{ROWS_PER_TASK, cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 
 struct CrossEntropy;
@@ -26,8 +27,17 @@ fn targets_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
 
 #[inline(always)]
 fn log_sum_exp(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + x.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+    let max = simd::max(x);
+    // Eight lanes of exp-sums (vectorised), no temporary buffer.
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| simd::exp(v - max)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += simd::exp(c[l] - max);
+        }
+    }
+    max + (acc.iter().sum::<f32>() + tail).ln()
 }
 
 fn check_target(t: u32, v: usize) -> Result<usize> {
@@ -57,11 +67,16 @@ impl CustomOp2 for CrossEntropy {
             .par_chunks(v * ROWS_PER_TASK)
             .zip(t.par_chunks(ROWS_PER_TASK))
             .map(|(x, t)| {
-                let mut acc = 0f64;
-                for (x, &t) in x.chunks_exact(v).zip(t) {
-                    acc += f64::from(log_sum_exp(x) - x[check_target(t, v)?]);
-                }
-                Ok(acc)
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        let mut acc = 0f64;
+                        for (x, &t) in x.chunks_exact(v).zip(t) {
+                            acc += f64::from(log_sum_exp(x) - x[check_target(t, v)?]);
+                        }
+                        Ok(acc)
+                    },
+                )
             })
             .collect::<Result<Vec<f64>>>()?
             .iter()
@@ -89,14 +104,21 @@ impl CustomOp2 for CrossEntropy {
                 .zip(x.par_chunks(v * ROWS_PER_TASK))
                 .zip(t.par_chunks(ROWS_PER_TASK))
                 .try_for_each(|((dx, x), t)| {
-                    for ((dx, x), &t) in dx.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t) {
-                        let lse = log_sum_exp(x);
-                        for (d, &x) in dx.iter_mut().zip(x) {
-                            *d = (x - lse).exp() * g;
-                        }
-                        dx[check_target(t, v)?] -= g;
-                    }
-                    Ok::<(), candle_core::Error>(())
+                    with_avx2(
+                        #[inline(always)]
+                        || {
+                            for ((dx, x), &t) in
+                                dx.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t)
+                            {
+                                let lse = log_sum_exp(x);
+                                for (d, &x) in dx.iter_mut().zip(x) {
+                                    *d = simd::exp(x - lse) * g;
+                                }
+                                dx[check_target(t, v)?] -= g;
+                            }
+                            Ok::<(), candle_core::Error>(())
+                        },
+                    )
                 })?;
             Ok(dx)
         })?;

@@ -60,7 +60,19 @@ enum Command {
     Config(commands::config::Args),
 }
 
+/// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
+/// op; with few cores that spinning takes CPU from the gemm threads. 1,000 measured ~10% more
+/// training tokens/s on 2 cores (`benches/compare_train.sh`). A user's own setting wins.
+fn tune_candle_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        // SAFETY: called first thing in `main`, before any thread exists.
+        unsafe { std::env::set_var(VAR, "1000") };
+    }
+}
+
 fn main() -> ExitCode {
+    tune_candle_threads();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

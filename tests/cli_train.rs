@@ -360,3 +360,41 @@ fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
         "no checkpoint at the interrupted step {step}"
     );
 }
+
+#[test]
+fn bf16_compute_trains_and_checkpoints_bf16_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    let run = dir.path().join("run");
+    let mut args = tiny_args(&input, &run);
+    args.extend([
+        "training.dtype=bf16".into(),
+        "training.steps=24".into(),
+        "training.eval_every=12".into(),
+        "checkpoint.every=12".into(),
+    ]);
+    codex().args(&args).assert().success();
+    let file = lines(&run.join("metrics.ndjson"));
+    let evals: Vec<f64> = file
+        .iter()
+        .filter(|e| e["event"] == "eval")
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(
+        evals.len() >= 2 && evals.last().unwrap() < &(evals[0] - 0.3),
+        "bf16 val_loss did not fall: {evals:?}"
+    );
+    assert_eq!(file.last().unwrap()["status"], "completed");
+    // The checkpoint holds the model in its compute dtype, per the safetensors header.
+    let bytes = std::fs::read(run.join("checkpoints/step-00000024/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let dtypes: Vec<&str> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap())
+        .collect();
+    assert!(!dtypes.is_empty() && dtypes.iter().all(|d| *d == "BF16"), "{dtypes:?}");
+}

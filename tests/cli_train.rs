@@ -396,5 +396,66 @@ fn bf16_compute_trains_and_checkpoints_bf16_weights() {
         .filter(|(k, _)| *k != "__metadata__")
         .map(|(_, v)| v["dtype"].as_str().unwrap())
         .collect();
-    assert!(!dtypes.is_empty() && dtypes.iter().all(|d| *d == "BF16"), "{dtypes:?}");
+    assert!(
+        !dtypes.is_empty() && dtypes.iter().all(|d| *d == "BF16"),
+        "{dtypes:?}"
+    );
+}
+
+#[test]
+fn fine_tunes_a_pretrained_hf_dir_fully_and_with_lora() {
+    use codex_registry::candle_core::{DType, Device};
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(dir.path());
+    // An HF model directory (config.json + model.safetensors) written by the registry.
+    let hf = dir.path().join("hf-gpt2");
+    let o = codex_registry::PresetOverrides {
+        vocab_size: Some(256),
+        max_positions: Some(32),
+        dropout: None,
+    };
+    codex_registry::build_preset("gpt-tiny", &o, &Device::Cpu, DType::F32, 3)
+        .unwrap()
+        .save_pretrained(&hf)
+        .unwrap();
+    let hf_names = |p: &Path| -> Vec<String> {
+        let mut n: Vec<String> = codex_registry::source::read_safetensors(p, &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
+        n.sort();
+        n
+    };
+    for (name, extra) in [
+        ("full", vec![]),
+        ("lora", vec!["model.lora.enabled=true", "model.lora.r=4"]),
+    ] {
+        let run = dir.path().join(name);
+        let mut args = tiny_args(&input, &run);
+        args.push(format!("model.pretrained={:?}", hf.display().to_string()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["training.steps=12".into(), "optimizer.lr=1e-2".into()]);
+        codex().args(&args).assert().success();
+        let file = lines(&run.join("metrics.ndjson"));
+        let evals: Vec<f64> = file
+            .iter()
+            .filter(|e| e["event"] == "eval")
+            .map(|e| e["val_loss"].as_f64().unwrap())
+            .collect();
+        assert!(
+            evals.len() >= 2 && evals.last().unwrap() < &evals[0],
+            "{name}: val_loss did not fall: {evals:?}"
+        );
+        let ck = run.join("checkpoints/step-00000012");
+        if name == "full" {
+            // The fine-tuned weights keep the pretrained model's HF tensor names.
+            assert_eq!(
+                hf_names(&ck.join("model.safetensors")),
+                hf_names(&hf.join("model.safetensors"))
+            );
+        } else {
+            assert!(ck.join("adapter_model.safetensors").is_file());
+            assert!(!ck.join("model.safetensors").exists());
+        }
+    }
 }

@@ -14,6 +14,10 @@
 //!   recomputation in backward), the last two calling the `gemm` kernels on strided views;
 //! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
 //!
+//! The elementwise loops are compiled twice, baseline and AVX2+FMA, and picked at run time
+//! (`simd::with_avx2`); parallel reductions add per-chunk partials in a fixed order, so results are
+//! bitwise reproducible whatever rayon's work stealing did (exact resume depends on it).
+//!
 //! Every public function takes the fused path for contiguous f32 tensors on the CPU and falls back
 //! to plain candle ops otherwise (other dtypes, CUDA), so callers never need to branch.
 

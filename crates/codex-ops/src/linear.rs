@@ -204,12 +204,11 @@ impl CustomOp3 for Affine {
 /// `x · W + b` over the last dimension of `x` (any leading shape), with the weight in `layout`.
 /// One op forward and one backward on CPU f32; candle's matmul and broadcast add elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
-    dims(x.shape(), w.shape(), b.shape(), layout)?;
+    let d = dims(x.shape(), w.shape(), b.shape(), layout)?;
     if is_cpu_f32(x) && is_cpu_f32(w) && is_cpu_f32(b) {
         x.contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, Affine { layout })
     } else {
-        let d = dims(x.shape(), w.shape(), b.shape(), layout)?;
         linear_reference(&x.reshape((d.n, d.i))?, w, b, layout)?.reshape(out_shape(x.shape(), d.o))
     }
 }

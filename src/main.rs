@@ -3,6 +3,8 @@
 
 mod commands;
 mod ctx;
+mod settings;
+mod sinks;
 
 use clap::{Parser, Subcommand};
 use ctx::{ColorChoice, Ctx};
@@ -136,12 +138,32 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Exit 2 for bugs and environment failures (tensor errors, panics caught in a loop), from
+/// every command; 1 for everything the user can fix. Decided by error type, never by text.
 fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<codex_core::error::Internal>().is_some()
-        || err.chain().any(|e| e.is::<codex_core::error::Internal>())
-    {
+    use codex_registry::candle_core;
+    let internal = err.chain().any(|e| {
+        e.is::<codex_core::error::Internal>()
+            || e.is::<candle_core::Error>()
+            || e.downcast_ref::<codex_train::Error>()
+                .is_some_and(codex_train::Error::is_internal)
+            || matches!(
+                e.downcast_ref::<codex_registry::RegistryError>(),
+                Some(codex_registry::RegistryError::Candle(_))
+            )
+    });
+    if internal {
         codex_core::exit::INTERNAL
     } else {
         codex_core::exit::INVALID
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,8 +1,8 @@
 //! `codex config show|validate`: the effective training configuration, and a check that
 //! lists every problem of a config file at once.
 
-use crate::commands::train::load_config;
 use crate::ctx::{Ctx, out_json, out_line};
+use crate::settings::load_config;
 use codex_core::exit;
 use std::path::PathBuf;
 

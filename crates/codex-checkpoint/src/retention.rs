@@ -194,12 +194,14 @@ pub fn plan(
         .collect()
 }
 
-/// The `[checkpoint]` section of a training config.
+/// The `[checkpoint]` section of a training config: the one definition, used by the trainer
+/// and by `codex checkpoint prune`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CheckpointConfig {
-    /// Save every N optimizer steps (0 = only at the end).
-    pub every_n_steps: u64,
+    /// Save every N optimizer steps (and at the end); 0 = only at the end.
+    #[serde(alias = "every_n_steps")]
+    pub every: u64,
     /// Keep the K best by `monitor`.
     pub keep_best: usize,
     /// Keep the N newest.
@@ -216,7 +218,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         let p = RetentionPolicy::default();
         Self {
-            every_n_steps: 500,
+            every: 100,
             keep_best: p.keep_best,
             keep_last: p.keep_last,
             pin_every: p.pin_every,

@@ -1,6 +1,8 @@
 //! Leaf crate of codex: what every other crate shares.
 //!
 //! - [`config`]: TOML + `a.b=c` overrides, every problem reported at once with its dotted path.
+//! - [`event`]: the run record's `Event` type and the `EventSink` fan-out.
+//! - [`mode`]: the system-metrics mode and the device grammar, defined once.
 //! - [`ndjson`]: the line writer behind `metrics.ndjson` and `system_metrics.ndjson`.
 //! - [`fsutil`]: atomic writes (temp + fsync + rename + fsync dir).
 //! - [`hash`]: sha256 while writing, and of files.
@@ -11,9 +13,11 @@
 
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod exit;
 pub mod fsutil;
 pub mod hash;
+pub mod mode;
 pub mod ndjson;
 pub mod rundir;
 pub mod signal;

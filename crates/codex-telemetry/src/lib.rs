@@ -36,18 +36,9 @@ pub use sampler::{
 
 use std::path::PathBuf;
 
-/// What to sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuMode {
-    /// Nothing: [`Sampler::start`] returns an idle handle.
-    Off,
-    /// Host CPU, memory, swap and our process tree.
-    #[default]
-    Cpu,
-    /// CPU fields plus every GPU NVML sees; a missing NVML is a warning, and the samples say why.
-    Gpu,
-}
+/// What to sample: `off`, `cpu`, or `gpu` (CPU fields plus every GPU NVML sees; a missing
+/// NVML is a warning, and the samples say why). One definition, in codex-core.
+pub use codex_core::mode::SystemMetricsMode as GpuMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

@@ -241,6 +241,14 @@ pub enum Monitor {
 }
 
 impl Monitor {
+    /// Every metric, as written in configs.
+    pub const ALL: [Monitor; 3] = [Monitor::ValLoss, Monitor::ValPpl, Monitor::ValTokenAcc];
+
+    /// The metric called `name`.
+    pub fn from_name(name: &str) -> Option<Monitor> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Monitor::ValLoss => "val_loss",
@@ -308,48 +316,10 @@ impl Default for TrainingSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MonitorMode {
-    #[default]
-    Min,
-    Max,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CheckpointSection {
-    /// Save every N steps (and at the end); 0 = only at the end.
-    pub every: u64,
-    pub keep_best: usize,
-    pub keep_last: usize,
-    /// Keep every checkpoint whose step is a multiple of this forever; 0 = none.
-    pub pin_every: u64,
-    pub monitor: Monitor,
-    pub mode: MonitorMode,
-}
-
-impl Default for CheckpointSection {
-    fn default() -> Self {
-        Self {
-            every: 100,
-            keep_best: 1,
-            keep_last: 2,
-            pin_every: 0,
-            monitor: Monitor::ValLoss,
-            mode: MonitorMode::Min,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SystemMetricsMode {
-    #[default]
-    Off,
-    Cpu,
-    Gpu,
-}
+/// `[checkpoint]`: defined once, in codex-checkpoint (`codex checkpoint prune` reads it too).
+pub use codex_checkpoint::{CheckpointConfig as CheckpointSection, Mode as MonitorMode};
+/// `off | cpu | gpu`: defined once, in codex-core.
+pub use codex_core::mode::SystemMetricsMode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -522,21 +492,24 @@ impl Validate for TrainConfig {
                 "must be >= 1: the newest checkpoint is what `--resume` continues from",
             ));
         }
-        let mode_fits = c.monitor.higher_is_better() == (c.mode == MonitorMode::Max);
-        if !mode_fits {
-            let want = if c.monitor.higher_is_better() {
-                "max"
-            } else {
-                "min"
-            };
-            issues.push(ConfigIssue::invalid(
-                "checkpoint.mode",
-                format!("{:?}", c.mode).to_lowercase(),
-                format!(
-                    "`{}` is better when it is {want}er; use mode = \"{want}\"",
-                    c.monitor.name()
-                ),
-            ));
+        match Monitor::from_name(&c.monitor) {
+            None => issues.push(ConfigIssue::invalid(
+                "checkpoint.monitor",
+                format!("{:?}", c.monitor),
+                "must be one of val_loss, val_ppl, val_token_acc",
+            )),
+            Some(m) if m.higher_is_better() != (c.mode == MonitorMode::Max) => {
+                let want = if m.higher_is_better() { "max" } else { "min" };
+                issues.push(ConfigIssue::invalid(
+                    "checkpoint.mode",
+                    format!("{:?}", c.mode).to_lowercase(),
+                    format!(
+                        "`{}` is better when it is {want}er; use mode = \"{want}\"",
+                        m.name()
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
         let s = &self.system_metrics;
         if s.mode != SystemMetricsMode::Off && s.interval_ms < 200 {
@@ -557,6 +530,11 @@ impl Validate for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The metric checkpoint retention ranks by (validated to be a known one).
+    pub fn checkpoint_monitor(&self) -> Monitor {
+        Monitor::from_name(&self.checkpoint.monitor).unwrap_or_default()
+    }
+
     /// The embedded default run, parsed and validated.
     pub fn default_run() -> Result<Self, codex_core::config::ConfigError> {
         let table =

@@ -55,7 +55,7 @@ impl TextTokenizer {
             TextTokenizer::Hf(t) => {
                 let enc = t
                     .encode(text, false)
-                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                    .map_err(|e| Error::Encode(e.to_string()))?;
                 out.extend_from_slice(enc.get_ids());
             }
         }
@@ -157,8 +157,7 @@ pub fn prepare(
         ),
         TokenizerKind::Load => {
             let path = Path::new(&cfg.tokenizer.path);
-            let tok = codex_tokenizer::source::load(&cfg.tokenizer.path)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let tok = codex_tokenizer::source::load(&cfg.tokenizer.path)?;
             let resolved = codex_tokenizer::source::resolve(&cfg.tokenizer.path)
                 .unwrap_or_else(|_| path.to_path_buf());
             let (sha, _) =
@@ -201,12 +200,10 @@ pub fn prepare(
                         .collect::<Vec<_>>();
                     codex_tokenizer::train::train(&tc, docs.into_iter(), &|_| {})
                 }
-            }
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            let json = trained
-                .tokenizer
-                .to_string(false)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            }?;
+            let json = trained.tokenizer.to_string(false).map_err(|e| {
+                Error::Internal(format!("cannot serialize the trained tokenizer: {e}"))
+            })?;
             (
                 TextTokenizer::Hf(Box::new(trained.tokenizer)),
                 format!("trained:{}", sha256_bytes(json.as_bytes())),

@@ -1,34 +1,18 @@
-//! Device selection: `cpu`, `cuda`, `cuda:N`, `auto`. Asking for CUDA on a build or machine
-//! without it is an error, never a silent fall back to the CPU.
+//! Opening the device of a [`DeviceSpec`] (the grammar lives in `codex_core::mode`). Asking for
+//! CUDA on a build or machine without it is an error, never a silent fall back to the CPU.
 
 use crate::error::{Error, Result};
 use candle_core::Device;
+pub use codex_core::mode::DeviceSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-    Auto,
-}
-
-/// Parses a device string.
+/// Parses a device string (`cpu`, `cuda`, `cuda:N`, `auto`).
 pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
-    match s.trim() {
-        "cpu" => Ok(DeviceSpec::Cpu),
-        "auto" => Ok(DeviceSpec::Auto),
-        "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(DeviceSpec::Cuda)
-            .ok_or_else(|| format!("unknown device `{other}`")),
-    }
+    s.parse()
 }
 
 /// Opens the device named by `s`.
 pub fn open_device(s: &str) -> Result<Device> {
-    let spec = parse_device(s).map_err(Error::Invalid)?;
-    match spec {
+    match parse_device(s).map_err(Error::Invalid)? {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Auto => {
             if cfg!(feature = "cuda")

@@ -6,27 +6,33 @@
 //! - [`optim`], [`schedule`]: AdamW (fp32 moments, decoupled weight decay) and SGD with
 //!   momentum as fused in-place CPU updates whose state is checkpointed; LR schedules;
 //!   global-norm clipping.
-//! - [`trainer`]: the loop (eval, early stopping, anomaly guard, checkpoints, exact resume,
-//!   system sampler, `metrics.ndjson` written whatever happens).
+//! - [`trainer`]: the [`trainer::Trainer`] (setup, step, eval, checkpoint, teardown; early
+//!   stopping, anomaly guard, exact resume, system sampler, `metrics.ndjson` written whatever
+//!   happens), with a [`Collective`] hook for data-parallel gradients.
+//! - [`eval`]: evaluation, and the `codex eval` job.
 //!
-//! The library never draws progress bars: callers observe a run through a callback trait.
+//! The library never draws progress bars: callers consume a run's typed events through
+//! `codex_core::event::EventSink`s.
 //!
 //! # Features
 //! - `cuda`: CUDA devices (needs nvcc at build time).
 
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod optim;
 pub mod provenance;
 pub mod schedule;
 pub mod trainer;
 
+pub use codex_core::event::{RunStatus, RunSummary};
+pub use collective::{Collective, Single};
 pub use config::TrainConfig;
 pub use error::{Error, Result};
+pub use eval::{EvalResult, evaluate};
 pub use model::TrainModel;
-pub use trainer::{
-    EvalResult, NoObserver, Observer, Resume, RunOptions, RunSummary, Status, evaluate, train,
-};
+pub use trainer::{Resume, RunOptions, TrainerState, train, train_with};

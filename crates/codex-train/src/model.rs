@@ -1,11 +1,12 @@
 //! What the trainer needs from a model, and the adapter over the registry's models.
 
+use crate::config::{Dtype, TrainConfig};
 use crate::error::{Error, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 /// A trainable language model: token ids `[batch, time]` (u32) → logits `[batch, time, vocab]`.
 ///
-/// The shipped trainer builds models through `codex-registry` (see [`crate::trainer::build_model`]);
+/// The shipped trainer builds models through `codex-registry` (see [`build_model`]);
 /// tests may implement this for small stand-ins.
 pub trait TrainModel {
     /// Logits for `ids`; `train` enables dropout.
@@ -28,9 +29,11 @@ pub trait TrainModel {
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t)
-                .ok_or_else(|| Error::Checkpoint(format!("checkpoint has no tensor `{name}`")))?;
+                .ok_or_else(|| {
+                    Error::CheckpointContents(format!("checkpoint has no tensor `{name}`"))
+                })?;
             if t.dims() != var.dims() {
-                return Err(Error::Checkpoint(format!(
+                return Err(Error::CheckpointContents(format!(
                     "tensor `{name}` has shape {:?} in the checkpoint, the model expects {:?}",
                     t.dims(),
                     var.dims()
@@ -54,5 +57,117 @@ pub trait TrainModel {
     /// Name of the weights file in a checkpoint.
     fn weights_file(&self) -> &'static str {
         "model.safetensors"
+    }
+}
+
+/// Builds the model named by `cfg.model` through the registry.
+pub fn build_model(
+    cfg: &TrainConfig,
+    vocab_size: usize,
+    device: &Device,
+) -> Result<Box<dyn TrainModel>> {
+    let dtype = match cfg.training.dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::Bf16 => DType::BF16,
+    };
+    let m = &cfg.model;
+    let mut model = if m.pretrained.trim().is_empty() {
+        let mut o = m.overrides.clone();
+        o.vocab_size = Some(o.vocab_size.unwrap_or(vocab_size));
+        if o.max_positions.is_none() {
+            let preset = codex_registry::registry::preset_config(
+                &m.preset,
+                &codex_registry::PresetOverrides::default(),
+            )?;
+            o.max_positions = Some(preset.max_positions().max(cfg.data.context_length));
+        }
+        codex_registry::build_preset(&m.preset, &o, device, dtype, cfg.training.seed)?
+    } else {
+        codex_registry::load_pretrained(&m.pretrained, device, dtype)?
+    };
+    if !model.is_causal_lm() {
+        return Err(Error::Invalid(format!(
+            "model `{}` is a `{}` encoder; `codex train` trains causal language models (gpt2, llama)",
+            if m.pretrained.is_empty() {
+                &m.preset
+            } else {
+                &m.pretrained
+            },
+            model.arch_name()
+        )));
+    }
+    if m.lora.enabled {
+        let lc = codex_registry::LoraConfig {
+            r: m.lora.r,
+            alpha: m.lora.alpha,
+            dropout: m.lora.dropout as f32,
+            target_modules: m.lora.target_modules.clone(),
+            ..Default::default()
+        };
+        codex_registry::apply_lora(&mut model, lc, cfg.training.seed)?;
+    }
+    if model.vocab_size() < vocab_size {
+        return Err(Error::Invalid(format!(
+            "the tokenizer has {vocab_size} tokens but the model's vocabulary is {}",
+            model.vocab_size()
+        )));
+    }
+    if model.max_positions() < cfg.data.context_length {
+        return Err(Error::Invalid(format!(
+            "data.context_length = {} exceeds the model's {} positions",
+            cfg.data.context_length,
+            model.max_positions()
+        )));
+    }
+    Ok(Box::new(RegistryModel(model)))
+}
+
+/// The registry's model as a [`TrainModel`].
+pub struct RegistryModel(pub codex_registry::Model);
+
+impl TrainModel for RegistryModel {
+    fn forward(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.0
+            .forward(ids, train)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+    fn named_trainable(&self) -> Vec<(String, candle_core::Var)> {
+        self.0.named_trainable()
+    }
+    fn state_for_save(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.0.state_for_save())
+    }
+    fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        self.0
+            .load_state(tensors.iter().cloned())
+            .map_err(Error::from)
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        self.0.max_positions()
+    }
+    fn extra_files(&self) -> Vec<(String, Vec<u8>)> {
+        match self.0.lora_config() {
+            Some(lc) => {
+                let text = serde_json::to_vec_pretty(&lc.to_peft_json(&self.0)).unwrap_or_default();
+                vec![(codex_checkpoint::ADAPTER_CONFIG_FILE.to_string(), text)]
+            }
+            None => Vec::new(),
+        }
+    }
+    fn weights_file(&self) -> &'static str {
+        if self.0.lora_config().is_some() {
+            codex_checkpoint::ADAPTER_MODEL_FILE
+        } else {
+            codex_checkpoint::MODEL_FILE
+        }
+    }
+    fn rng_state(&self) -> (u64, u64) {
+        self.0.dropout_state()
+    }
+    fn set_rng_state(&self, state: (u64, u64)) {
+        self.0.set_dropout_state(state.0, state.1)
     }
 }

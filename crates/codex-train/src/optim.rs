@@ -14,7 +14,7 @@ use crate::config::{OptimizerKind, OptimizerSection};
 use crate::error::{Error, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, Var};
 use half::bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -244,10 +244,10 @@ impl Optimizer {
     pub fn load_state(&mut self, tensors: &[StateTensor], steps_taken: u64) -> Result<()> {
         let find = |name: &str, want: usize| -> Result<Vec<f32>> {
             let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| {
-                Error::Checkpoint(format!("optimizer state has no tensor `{name}`"))
+                Error::CheckpointContents(format!("optimizer state has no tensor `{name}`"))
             })?;
             if t.data.len() != want {
-                return Err(Error::Checkpoint(format!(
+                return Err(Error::CheckpointContents(format!(
                     "optimizer tensor `{name}` has {} elements, expected {want}",
                     t.data.len()
                 )));
@@ -282,31 +282,13 @@ pub fn grads_for(opt: &Optimizer, store: &GradStore) -> Vec<Option<Tensor>> {
 }
 
 /// The global L2 norm of all gradients, computed in f64 over the f32 values.
+///
+/// The sum goes through `codex_ops::grad_sq_norm`, which adds per-chunk partial sums in chunk
+/// order: a rayon `.sum()` groups by work stealing, so the clip coefficient (and the weights)
+/// could differ in the last bit between two runs of one config.
 pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in grads.iter().flatten() {
-        sum += sum_sq(g)?;
-    }
-    Ok(sum.sqrt())
-}
-
-fn sum_sq(g: &Tensor) -> Result<f64> {
-    if g.device().is_cpu() && g.dtype() == DType::F32 {
-        let (storage, layout) = g.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
-            let s = &cpu.as_slice::<f32>()?[a..b];
-            return Ok(s
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-                .sum());
-        }
-    }
-    let s = g
-        .to_dtype(DType::F32)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok(f64::from(s))
+    let present: Vec<&Tensor> = grads.iter().flatten().collect();
+    Ok(codex_ops::grad_sq_norm(&present)?.sqrt())
 }
 
 /// The clipping coefficient for a gradient norm (PyTorch's `clip_grad_norm_`).

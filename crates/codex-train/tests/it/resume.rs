@@ -1,7 +1,7 @@
-//! Exact resume: 2N steps in one run equal N steps + resume + N steps, bit for bit (CPU).
+// Exact resume: 2N steps in one run equal N steps + resume + N steps, bit for bit (CPU).
 
 use codex_train::config::TrainConfig;
-use codex_train::{NoObserver, Resume, RunOptions, Status, train};
+use codex_train::{Resume, RunOptions, RunStatus as Status, train};
 use std::path::Path;
 
 fn corpus(dir: &Path) -> String {
@@ -57,7 +57,7 @@ fn resume_is_bit_exact() {
     let input = corpus(dir.path());
 
     let a = config(dir.path(), "a", &input);
-    let sa = train(&a, &RunOptions::default(), &mut NoObserver).unwrap();
+    let sa = train(&a, &RunOptions::default(), Vec::new()).unwrap();
     assert_eq!(sa.status, Status::Completed);
     assert_eq!(sa.steps, 8);
 
@@ -68,20 +68,20 @@ fn resume_is_bit_exact() {
             stop_at_step: Some(4),
             ..Default::default()
         },
-        &mut NoObserver,
+        Vec::new(),
     )
     .unwrap();
     assert_eq!(first.status, Status::Interrupted);
     assert_eq!(first.steps, 4);
     // A fresh run on a directory with checkpoints is refused.
-    assert!(train(&b, &RunOptions::default(), &mut NoObserver).is_err());
+    assert!(train(&b, &RunOptions::default(), Vec::new()).is_err());
     let second = train(
         &b,
         &RunOptions {
             resume: Resume::Latest,
             ..Default::default()
         },
-        &mut NoObserver,
+        Vec::new(),
     )
     .unwrap();
     assert_eq!(second.status, Status::Completed);

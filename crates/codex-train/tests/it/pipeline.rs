@@ -1,7 +1,7 @@
-//! Data formats, tokenizer kinds and LoRA through the whole trainer (tiny, CPU).
+// Data formats, tokenizer kinds and LoRA through the whole trainer (tiny, CPU).
 
 use codex_train::config::{DataFormat, TokenizerKind, TrainConfig};
-use codex_train::{NoObserver, RunOptions, Status, train};
+use codex_train::{RunOptions, RunStatus as Status, train};
 use std::path::Path;
 
 fn base(dir: &Path, run: &str) -> TrainConfig {
@@ -44,7 +44,7 @@ fn jsonl_text_field_and_trained_bpe_tokenizer() {
     c.data.text_field = "body".into();
     c.tokenizer.kind = TokenizerKind::Train;
     c.tokenizer.vocab_size = 300;
-    let s = train(&c, &RunOptions::default(), &mut NoObserver).unwrap();
+    let s = train(&c, &RunOptions::default(), Vec::new()).unwrap();
     assert_eq!(s.status, Status::Completed);
     let run = Path::new(&c.output.dir);
     // The trained tokenizer is kept with the run, and the corpus got shorter in tokens than bytes.
@@ -63,14 +63,14 @@ fn jsonl_text_field_and_trained_bpe_tokenizer() {
     bad.data.inputs = c.data.inputs.clone();
     bad.data.format = DataFormat::Jsonl;
     bad.data.text_field = "nope".into();
-    let err = train(&bad, &RunOptions::default(), &mut NoObserver)
+    let err = train(&bad, &RunOptions::default(), Vec::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
     let end = lines(&Path::new(&bad.output.dir).join("metrics.ndjson"))
         .pop()
         .unwrap();
-    assert_eq!(end["status"], "error");
+    assert_eq!(end["status"], "failed");
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn lora_trains_and_saves_only_the_adapter_in_peft_layout() {
     c.model.lora.enabled = true;
     c.model.lora.r = 4;
     c.optimizer.lr = 1e-2;
-    let s = train(&c, &RunOptions::default(), &mut NoObserver).unwrap();
+    let s = train(&c, &RunOptions::default(), Vec::new()).unwrap();
     assert_eq!(s.status, Status::Completed);
     let ck = Path::new(&c.output.dir).join("checkpoints/step-00000004");
     assert!(ck.join("adapter_model.safetensors").is_file());

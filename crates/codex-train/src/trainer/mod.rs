@@ -1,0 +1,712 @@
+//! The training loop as a [`Trainer`]: setup (lock, resume, data, model, run record), then a
+//! loop of [`Trainer::step`] (forward, backward, collective all-reduce, clip, update),
+//! `maybe_eval` and `maybe_checkpoint`, then teardown. Everything it reports is an
+//! [`Event`](codex_core::event::Event) emitted into [`Sinks`]; `metrics.ndjson` is written
+//! whatever happens, ending every segment with an `end` event.
+
+mod checkpoint;
+mod record;
+mod state;
+
+pub use record::{Provenance, new_run_id};
+pub use state::{RngState, ScheduleState, TrainerState};
+
+use crate::collective::{Collective, Single};
+use crate::config::{SystemMetricsMode, TrainConfig};
+use crate::data::{self, Dataset, TextTokenizer};
+use crate::error::{Error, Result};
+use crate::eval::{EvalResult, evaluate};
+use crate::model::{TrainModel, build_model};
+use crate::optim::{self, Optimizer};
+use crate::schedule::lr_at;
+use candle_core::{DType, Device, Tensor};
+use codex_checkpoint::{CheckpointManager, LoadedCheckpoint, RetentionPolicy};
+use codex_core::event::{
+    Anomaly, AnomalyKind, EventKind, EventSink, NdjsonSink, Progress, RunStatus, RunSummary, Sinks,
+    StepMetrics, Warning, WarningKind,
+};
+use codex_core::ndjson::NdjsonWriter;
+use codex_core::rundir::RunDir;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Where to start from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Resume {
+    /// A fresh run (refused when the run directory already has checkpoints).
+    #[default]
+    No,
+    /// The newest checkpoint that verifies.
+    Latest,
+    /// A given checkpoint directory.
+    From(PathBuf),
+}
+
+/// Options that are not part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: Resume,
+    /// Stop as an interrupt would once this many steps are done (checkpoint, `Interrupted`).
+    pub stop_at_step: Option<u64>,
+    /// The overrides and typed flags the config was built with, for the run record.
+    pub overrides: Vec<String>,
+}
+
+/// Builds the model for a config and vocabulary (tests pass small stand-ins).
+pub type Builder<'b> = dyn Fn(&TrainConfig, usize, &Device) -> Result<Box<dyn TrainModel>> + 'b;
+
+/// Trains as `cfg` says, with the model from the registry. `sinks` receive every event beside
+/// `metrics.ndjson` (stdout JSON, a progress display, trackers).
+pub fn train<'a>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    sinks: Vec<Box<dyn EventSink + 'a>>,
+) -> Result<RunSummary> {
+    train_with(cfg, opts, sinks, &build_model)
+}
+
+/// [`train`] with a given model builder.
+pub fn train_with<'a>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    sinks: Vec<Box<dyn EventSink + 'a>>,
+    build: &Builder<'_>,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    // Every step re-allocates the same large buffers; keep them mapped (no per-step faults).
+    codex_ops::keep_freed_memory();
+    // Nothing is written before the lock is held and the resume point is known: a refused
+    // run touches nothing.
+    let (mut trainer, resume) = Trainer::open(cfg, opts, sinks, started)?;
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.run(resume, build)))
+            .unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(Error::Internal(format!(
+                    "panic in the training loop: {msg}"
+                )))
+            });
+    trainer.teardown(result)
+}
+
+/// Loop counters that are not checkpointed.
+#[derive(Debug, Default)]
+struct Counters {
+    tokens: u64,
+    train_time: f64,
+    last_loss: Option<f64>,
+    anomalies: u64,
+    /// Steps, seconds, loss sum and tokens since the last step event.
+    window: (u64, f64, f64, u64),
+}
+
+/// What [`Trainer::step`] did.
+enum StepOutcome {
+    Updated,
+    /// The update was skipped (non-finite loss or gradient); `stop` when too many in a row.
+    Skipped {
+        stop: bool,
+    },
+}
+
+/// The parts that exist once setup succeeded.
+struct Live {
+    device: Device,
+    ds: Dataset,
+    model: Box<dyn TrainModel>,
+    opt: Optimizer,
+    total_steps: u64,
+    config_hash: String,
+    sampler: Option<codex_telemetry::SamplerHandle>,
+    step_counter: Arc<AtomicU64>,
+}
+
+/// One process segment of a run.
+pub struct Trainer<'a, 'c> {
+    cfg: &'c TrainConfig,
+    opts: &'c RunOptions,
+    run: RunDir,
+    sinks: Sinks<'a>,
+    manager: CheckpointManager,
+    collective: Box<dyn Collective>,
+    started: Instant,
+    st: TrainerState,
+    live: Option<Live>,
+    counters: Counters,
+    status: RunStatus,
+    resumed_from: Option<PathBuf>,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl<'a, 'c> Trainer<'a, 'c> {
+    /// Takes the run lock, finds the checkpoint to resume (verified), and opens the record.
+    fn open(
+        cfg: &'c TrainConfig,
+        opts: &'c RunOptions,
+        extra: Vec<Box<dyn EventSink + 'a>>,
+        started: Instant,
+    ) -> Result<(Self, Option<LoadedCheckpoint>)> {
+        let run = RunDir::new(&cfg.output.dir);
+        codex_core::fsutil::create_dir_all(run.root()).map_err(|source| Error::Write {
+            path: run.root().to_path_buf(),
+            source,
+        })?;
+        let policy = RetentionPolicy {
+            monitor: cfg.checkpoint_monitor().name().to_string(),
+            ..cfg.checkpoint.policy()
+        };
+        // The lock comes first: a second `codex train` on this run stops here, touching nothing.
+        let mut manager = CheckpointManager::open(run.root(), policy)?;
+        let resume = match &opts.resume {
+            Resume::No => {
+                let existing = codex_checkpoint::list(run.root())
+                    .map(|l| l.len())
+                    .unwrap_or(0);
+                if existing > 0 {
+                    return Err(Error::RunExists {
+                        dir: run.root().to_path_buf(),
+                        checkpoints: existing,
+                    });
+                }
+                None
+            }
+            Resume::Latest => {
+                Some(codex_checkpoint::latest_valid(run.root())?.ok_or_else(|| {
+                    Error::NothingToResume {
+                        dir: run.checkpoints(),
+                    }
+                })?)
+            }
+            Resume::From(p) => Some(codex_checkpoint::load(p)?),
+        };
+        let st = match &resume {
+            Some(ck) => {
+                manager.protect(ck.step);
+                checkpoint::read_state(ck)?
+            }
+            None => TrainerState::fresh(cfg, new_run_id(run.root())),
+        };
+        let writer = if resume.is_some() {
+            NdjsonWriter::append(&run.metrics())
+        } else {
+            NdjsonWriter::create(&run.metrics())
+        }
+        .map_err(|source| Error::Write {
+            path: run.metrics(),
+            source,
+        })?;
+        let mut sinks = Sinks::new(st.run_id.clone(), Some(Box::new(NdjsonSink::new(writer))));
+        for s in extra {
+            sinks.add(s);
+        }
+        let trainer = Trainer {
+            cfg,
+            opts,
+            run,
+            sinks,
+            manager,
+            collective: Box::new(Single),
+            started,
+            st,
+            live: None,
+            counters: Counters::default(),
+            status: RunStatus::Completed,
+            resumed_from: None,
+            last_checkpoint: None,
+        };
+        Ok((trainer, resume))
+    }
+
+    /// Setup, then the loop.
+    fn run(&mut self, resume: Option<LoadedCheckpoint>, build: &Builder<'_>) -> Result<()> {
+        self.setup(resume, build)?;
+        let total = self.live().total_steps;
+        if self.st.step == 0 && self.cfg.training.eval_at_start {
+            // Baseline of the untrained model, so the fall of the validation loss is visible.
+            self.eval_now()?;
+        }
+        while self.st.step < total {
+            if codex_core::signal::interrupted()
+                || self.opts.stop_at_step.is_some_and(|s| self.st.step >= s)
+            {
+                self.status = RunStatus::Interrupted;
+                break;
+            }
+            match self.step()? {
+                StepOutcome::Skipped { stop: true } => {
+                    self.status = RunStatus::AnomalyStopped;
+                    break;
+                }
+                StepOutcome::Skipped { stop: false } => continue,
+                StepOutcome::Updated => {}
+            }
+            let stop_early = self.maybe_eval()?;
+            if stop_early {
+                self.status = RunStatus::EarlyStopped;
+                break;
+            }
+            self.maybe_checkpoint()?;
+        }
+        // Final checkpoint (also on interrupt and anomaly stop: the weights are the last good
+        // ones), unless this step's is already written.
+        let already = self.last_checkpoint.as_ref().and_then(|p| p.file_name())
+            == Some(codex_checkpoint::step_dir_name(self.st.step).as_ref());
+        if !already && self.st.step > 0 {
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn live(&self) -> &Live {
+        self.live
+            .as_ref()
+            .expect("the loop runs only after setup succeeded")
+    }
+
+    /// Data, model, optimizer, restored state, run record, sampler.
+    fn setup(&mut self, resume: Option<LoadedCheckpoint>, build: &Builder<'_>) -> Result<()> {
+        let cfg = self.cfg;
+        let device = crate::device::open_device(&cfg.training.device)?;
+        let cache = data::cache_dir_for(cfg, self.run.root());
+        let prepared = data::prepare(cfg, cache.as_deref(), &mut |m| tracing::info!("{m}"))?;
+        let ds = prepared.dataset;
+        let model = build(cfg, ds.vocab_size, &device)?;
+        let config_text = codex_core::config::to_toml_string(cfg)
+            .map_err(|e| Error::Internal(format!("cannot serialize the config: {e}")))?;
+        let config_hash = codex_core::hash::sha256_bytes(config_text.as_bytes());
+        if let TextTokenizer::Hf(t) = &prepared.tokenizer {
+            let text = t
+                .to_string(true)
+                .map_err(|e| Error::Internal(format!("cannot serialize the tokenizer: {e}")))?;
+            write_file(&self.run.tokenizer(), text.as_bytes())?;
+        }
+        let tr = &cfg.training;
+        let per_step = (tr.batch_size * tr.grad_accum * self.collective.world()) as u64;
+        let total_steps = if tr.steps > 0 {
+            tr.steps
+        } else {
+            (tr.epochs * ds.n_train() as u64).div_ceil(per_step).max(1)
+        };
+        let mut opt = Optimizer::new(&cfg.optimizer, model.named_trainable())?;
+        let mut resumed = None;
+        if let Some(ck) = &resume {
+            checkpoint::restore(ck, &self.st, model.as_ref(), &mut opt, &device)?;
+            let r = self.resume_warnings(ck, &ds, total_steps, opt.steps_taken());
+            self.resumed_from = Some(ck.dir.clone());
+            resumed = Some(r);
+        }
+        drop(resume);
+        self.st.total_steps = total_steps;
+        // The monitor in force now ranks this segment's checkpoints.
+        if resume_monitor_changed(&self.st, cfg) {
+            self.st.metric = self.st.last_eval.map(|e| e.get(cfg.checkpoint_monitor()));
+        }
+        self.st.monitor = cfg.checkpoint_monitor().name().to_string();
+        self.st.data_hash = ds.data_hash.clone();
+        self.st.config_hash = config_hash.clone();
+        self.st.max_samples_per_step =
+            Some(self.st.max_samples_per_step.unwrap_or(0).max(per_step));
+        let trainable: u64 = model
+            .named_trainable()
+            .iter()
+            .map(|(_, v)| v.elem_count() as u64)
+            .sum();
+        let invocation = record::write_record(
+            &self.run,
+            cfg,
+            &config_text,
+            &config_hash,
+            &self.opts.overrides,
+            &ds,
+            &device,
+            trainable,
+            self.resumed_from.as_deref(),
+        )?;
+        self.sinks.emit(
+            self.st.step,
+            EventKind::Start(codex_core::event::Start {
+                invocation,
+                data: record::data_summary(&ds),
+                total_steps,
+                global_batch: per_step,
+                trainable_params: trainable,
+                resumed,
+            }),
+        );
+        // The system sampler runs beside the loop; dropping the handle (any exit) joins it.
+        let step_counter = Arc::new(AtomicU64::new(self.st.step));
+        let sampler = self.start_sampler(&step_counter);
+        self.live = Some(Live {
+            device,
+            ds,
+            model,
+            opt,
+            total_steps,
+            config_hash,
+            sampler,
+            step_counter,
+        });
+        Ok(())
+    }
+
+    /// Warnings about what changed since the checkpoint; the `resumed` part of `start`.
+    fn resume_warnings(
+        &mut self,
+        ck: &LoadedCheckpoint,
+        ds: &Dataset,
+        total_steps: u64,
+        optimizer_updates: u64,
+    ) -> codex_core::event::Resumed {
+        let step = self.st.step;
+        if self.st.data_hash != ds.data_hash {
+            self.warn(WarningKind::DataChanged, "the data changed since this checkpoint; the data cursor no longer means the same batches".into());
+        }
+        if self.st.total_steps != total_steps {
+            self.warn(
+                WarningKind::ScheduleChanged,
+                format!(
+                    "training.steps changed from {} to {total_steps} since this checkpoint; the LR schedule differs",
+                    self.st.total_steps
+                ),
+            );
+        }
+        for (dir, why) in &ck.skipped {
+            self.warn(
+                WarningKind::SkippedCheckpoint,
+                format!("skipped invalid checkpoint {}: {why}", dir.display()),
+            );
+        }
+        codex_core::event::Resumed {
+            from: ck.dir.clone(),
+            step,
+            files_verified: ck.manifest.files.len() as u64,
+            optimizer_updates,
+            data_cursor: self.st.data_cursor,
+            monitor: self.st.metric.map(|_| self.st.monitor.clone()),
+            metric: self.st.metric,
+        }
+    }
+
+    fn warn(&mut self, kind: WarningKind, message: String) {
+        self.sinks
+            .emit(self.st.step, EventKind::Warning(Warning { kind, message }));
+    }
+
+    fn start_sampler(&mut self, step: &Arc<AtomicU64>) -> Option<codex_telemetry::SamplerHandle> {
+        let cfg = self.cfg;
+        if cfg.system_metrics.mode == SystemMetricsMode::Off {
+            return None;
+        }
+        let sc = codex_telemetry::SamplerConfig {
+            interval: std::time::Duration::from_millis(cfg.system_metrics.interval_ms),
+            gpu: cfg.system_metrics.mode,
+            out: self.run.system_metrics(),
+            run_id: Some(self.st.run_id.clone()),
+            step: Some(Arc::clone(step)),
+            aggregate: false,
+        };
+        match codex_telemetry::Sampler::start(sc) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // Optional component: the run goes on and says so.
+                self.warn(
+                    WarningKind::SystemMetrics,
+                    format!("system metrics are off: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// One optimizer step: forward and backward over `grad_accum` micro-batches, the
+    /// collective all-reduce, the anomaly guard, clipping and the update.
+    fn step(&mut self) -> Result<StepOutcome> {
+        let t0 = Instant::now();
+        let tr = &self.cfg.training;
+        let live = self.live.as_mut().expect("setup ran");
+        let lr = lr_at(
+            &self.cfg.schedule,
+            self.cfg.optimizer.lr,
+            self.st.step,
+            live.total_steps,
+        );
+        let mut acc: Vec<Option<Tensor>> = Vec::new();
+        let mut loss_sum = 0.0f64;
+        for _ in 0..tr.grad_accum {
+            let b = live
+                .ds
+                .train_batch(self.st.data_cursor, tr.batch_size, &live.device)?;
+            self.st.data_cursor += tr.batch_size as u64;
+            let logits = live.model.forward(&b.inputs, true)?;
+            let (bs, t, v) = logits.dims3()?;
+            let flat = logits.reshape((bs * t, v))?;
+            let flat = if flat.dtype() == DType::F32 {
+                flat
+            } else {
+                flat.to_dtype(DType::F32)?
+            };
+            let loss = codex_ops::cross_entropy(&flat, &b.targets.flatten_all()?)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            let scaled = if tr.grad_accum > 1 {
+                (loss / tr.grad_accum as f64)?
+            } else {
+                loss
+            };
+            let grads = optim::grads_for(&live.opt, &scaled.backward()?);
+            if acc.is_empty() {
+                acc = grads;
+            } else {
+                for (a, g) in acc.iter_mut().zip(grads) {
+                    *a = match (a.take(), g) {
+                        (Some(x), Some(y)) => Some((x + y)?),
+                        (x, y) => x.or(y),
+                    };
+                }
+            }
+        }
+        // Data-parallel ranks exchange gradients here, before the norm and the clip.
+        self.collective.all_reduce_mean(&mut acc)?;
+        let loss = loss_sum / tr.grad_accum as f64;
+        let grad_norm = optim::global_norm(&acc)?;
+        self.st.step += 1;
+        live.step_counter.store(self.st.step, Ordering::Relaxed);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // Anomaly guard: the update is skipped, so the weights stay the last good ones.
+            self.st.consecutive_anomalies += 1;
+            self.counters.anomalies += 1;
+            let stop = self.st.consecutive_anomalies >= tr.max_anomalies;
+            let kind = if loss.is_finite() {
+                AnomalyKind::NonFiniteGrad
+            } else {
+                AnomalyKind::NonFiniteLoss
+            };
+            self.sinks.emit(
+                self.st.step,
+                EventKind::Anomaly(Anomaly {
+                    kind,
+                    train_loss: loss,
+                    grad_norm,
+                    consecutive: self.st.consecutive_anomalies,
+                    action: "skipped_update".into(),
+                }),
+            );
+            return Ok(StepOutcome::Skipped { stop });
+        }
+        self.st.consecutive_anomalies = 0;
+        live.opt
+            .step(&acc, lr, optim::clip_coef(grad_norm, tr.clip_norm))?;
+        drop(acc);
+        let dt = t0.elapsed().as_secs_f64();
+        let step_tokens = (tr.batch_size * tr.grad_accum * self.cfg.data.context_length) as u64;
+        let c = &mut self.counters;
+        c.tokens += step_tokens;
+        c.train_time += dt;
+        c.last_loss = Some(loss);
+        c.window = (
+            c.window.0 + 1,
+            c.window.1 + dt,
+            c.window.2 + loss,
+            c.window.3 + step_tokens,
+        );
+        let total_steps = live.total_steps;
+        self.sinks.progress(&Progress {
+            step: self.st.step,
+            total_steps,
+            train_loss: loss,
+            tokens_per_s: step_tokens as f64 / dt.max(1e-9),
+        });
+        if self.st.step.is_multiple_of(tr.log_every) || self.st.step == total_steps {
+            let (n, secs, loss_sum, tokens) = std::mem::take(&mut c.window);
+            let epoch = live.ds.epoch_of(self.st.data_cursor.saturating_sub(1));
+            let m = StepMetrics {
+                train_loss: loss,
+                train_loss_mean: loss_sum / n as f64,
+                lr,
+                grad_norm,
+                tokens_per_s: tokens as f64 / secs.max(1e-9),
+                step_time_ms: 1e3 * secs / n as f64,
+                epoch,
+                tokens_seen: self.st.data_cursor * self.cfg.data.context_length as u64,
+                total_steps,
+            };
+            self.sinks.emit(self.st.step, EventKind::Step(m));
+        }
+        Ok(StepOutcome::Updated)
+    }
+
+    /// Evaluates when due (every `eval_every` steps and at the last); returns whether early
+    /// stopping ends the run.
+    fn maybe_eval(&mut self) -> Result<bool> {
+        let tr = &self.cfg.training;
+        let last = self.st.step == self.live().total_steps;
+        if !(last || (tr.eval_every > 0 && self.st.step.is_multiple_of(tr.eval_every))) {
+            return Ok(false);
+        }
+        let e = self.eval_now()?;
+        let mon = tr.early_stopping_monitor;
+        let v = e.get(mon);
+        let better = self
+            .st
+            .best_metric
+            .is_none_or(|b| if mon.higher_is_better() { v > b } else { v < b });
+        if better {
+            self.st.best_metric = Some(v);
+            self.st.evals_since_best = 0;
+        } else {
+            self.st.evals_since_best += 1;
+        }
+        Ok(
+            tr.early_stopping_patience > 0
+                && self.st.evals_since_best >= tr.early_stopping_patience,
+        )
+    }
+
+    /// Evaluates now and records it.
+    fn eval_now(&mut self) -> Result<EvalResult> {
+        let tr = &self.cfg.training;
+        let live = self.live();
+        let e = evaluate(
+            live.model.as_ref(),
+            &live.ds,
+            tr.batch_size,
+            tr.eval_batches,
+            &live.device,
+        )?;
+        self.st.first_val_loss.get_or_insert(e.val_loss);
+        self.st.last_eval = Some(e);
+        self.st.last_eval_step = Some(self.st.step);
+        self.st.metric = Some(e.get(self.cfg.checkpoint_monitor()));
+        self.sinks.emit(self.st.step, EventKind::Eval(e.metrics()));
+        Ok(e)
+    }
+
+    /// Checkpoints every `checkpoint.every` steps (the last step's is written by teardown).
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        let every = self.cfg.checkpoint.every;
+        let last = self.st.step == self.live().total_steps;
+        if !last && every > 0 && self.st.step.is_multiple_of(every) {
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let live = self.live.as_ref().expect("setup ran");
+        self.st.epoch = live.ds.epoch_of(self.st.data_cursor.saturating_sub(1));
+        self.st.optimizer_steps = live.opt.steps_taken();
+        let pos = self.st.step.min(live.total_steps.saturating_sub(1));
+        self.st.schedule = ScheduleState {
+            kind: self.cfg.schedule.kind,
+            position: self.st.step,
+            lr: lr_at(
+                &self.cfg.schedule,
+                self.cfg.optimizer.lr,
+                pos,
+                live.total_steps,
+            ),
+        };
+        let (seed, counter) = live.model.rng_state();
+        self.st.rng.dropout_seed = seed;
+        self.st.rng.dropout_counter = counter;
+        let saved = checkpoint::save(
+            &mut self.manager,
+            live.model.as_ref(),
+            &live.opt,
+            &self.st,
+            &live.config_hash,
+        )?;
+        self.sinks
+            .emit(self.st.step, EventKind::Checkpoint(saved.event));
+        self.sinks.flush(self.st.step);
+        self.last_checkpoint = Some(saved.dir);
+        Ok(())
+    }
+
+    /// Stops the sampler, writes the `end` event and syncs the record, whatever happened.
+    fn teardown(mut self, result: Result<()>) -> Result<RunSummary> {
+        if let Some(h) = self.live.as_mut().and_then(|l| l.sampler.take()) {
+            let summary = h.stop();
+            for w in summary.warnings {
+                self.warn(WarningKind::SystemMetrics, format!("system metrics: {w}"));
+            }
+        }
+        let e = self.st.last_eval;
+        let c = &self.counters;
+        let mut summary = RunSummary {
+            run_dir: self.run.root().to_path_buf(),
+            run_id: self.st.run_id.clone(),
+            status: self.status,
+            steps: self.st.step,
+            total_steps: self
+                .live
+                .as_ref()
+                .map_or(self.st.total_steps, |l| l.total_steps),
+            tokens: c.tokens,
+            tokens_per_s: if c.train_time > 0.0 {
+                c.tokens as f64 / c.train_time
+            } else {
+                0.0
+            },
+            train_loss: c.last_loss,
+            val_loss: e.map(|e| e.val_loss),
+            val_step: e.and(self.st.last_eval_step),
+            val_ppl: e.map(|e| e.val_ppl),
+            val_token_acc: e.map(|e| e.val_token_acc),
+            first_val_loss: self.st.first_val_loss,
+            resumed_from: self.resumed_from.clone(),
+            last_checkpoint: self.last_checkpoint.clone(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            anomalies: c.anomalies,
+            peak_rss_bytes: peak_rss_bytes(),
+            error: None,
+            metrics_write_error: None,
+        };
+        if let Err(err) = &result {
+            summary.status = RunStatus::Failed;
+            summary.error = Some(error_chain(err));
+        }
+        summary.metrics_write_error = self.sinks.record_error().map(str::to_string);
+        self.sinks
+            .emit(summary.steps, EventKind::End(summary.clone()));
+        self.sinks.flush(summary.steps);
+        self.sinks.finish();
+        result.map(|()| summary)
+    }
+}
+
+/// Whether the checkpoint's metric was of another monitor than the config's.
+fn resume_monitor_changed(st: &TrainerState, cfg: &TrainConfig) -> bool {
+    st.metric.is_some() && st.last_eval.is_some() && st.monitor != cfg.checkpoint_monitor().name()
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    codex_core::fsutil::atomic_write(path, bytes).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Peak resident set size of this process (`VmHWM`), on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,31 +1,16 @@
 //! `codex config show|validate` and config errors of `codex train`.
 
-use assert_cmd::Command;
-use std::path::{Path, PathBuf};
-
-fn codex() -> Command {
-    let mut c = Command::cargo_bin("codex").unwrap();
-    c.env("NO_COLOR", "1");
-    c
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/train")
-        .join(name)
-}
+use crate::support::{codex, expect_exit, fixture, json_of, stdout_json, stdout_of, tempdir};
 
 #[test]
 fn validate_reports_every_bad_key_at_once() {
-    let out = codex()
-        .args(["config", "validate"])
-        .arg(fixture("bad.toml"))
-        .assert()
-        .code(1)
-        .get_output()
-        .stderr
-        .clone();
-    let err = String::from_utf8(out).unwrap();
+    let err = expect_exit(
+        codex()
+            .args(["config", "validate"])
+            .arg(fixture("train/bad.toml")),
+        1,
+    )
+    .stderr;
     for p in [
         "optimizer.name",
         "training.steps",
@@ -40,15 +25,13 @@ fn validate_reports_every_bad_key_at_once() {
 
 #[test]
 fn validate_reports_every_invalid_value_at_once() {
-    let out = codex()
-        .args(["config", "validate"])
-        .arg(fixture("invalid_values.toml"))
-        .assert()
-        .code(1)
-        .get_output()
-        .stderr
-        .clone();
-    let err = String::from_utf8(out).unwrap();
+    let err = expect_exit(
+        codex()
+            .args(["config", "validate"])
+            .arg(fixture("train/invalid_values.toml")),
+        1,
+    )
+    .stderr;
     for p in [
         "optimizer.lr",
         "optimizer.beta2",
@@ -59,34 +42,29 @@ fn validate_reports_every_invalid_value_at_once() {
         assert!(err.contains(p), "missing {p} in:\n{err}");
     }
     // --json: the same issues as data, still exit 1.
-    let out = codex()
-        .args(["--json", "config", "validate"])
-        .arg(fixture("invalid_values.toml"))
-        .assert()
-        .code(1)
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let out = expect_exit(
+        codex()
+            .args(["--json", "config", "validate"])
+            .arg(fixture("train/invalid_values.toml")),
+        1,
+    );
+    let v = json_of(out.stdout.as_bytes());
     assert_eq!(v["valid"], false);
     assert_eq!(v["issues"].as_array().unwrap().len(), 5);
 }
 
 #[test]
 fn train_with_bad_overrides_exits_1_listing_all() {
-    let out = codex()
-        .args([
+    let err = expect_exit(
+        codex().args([
             "train",
             "optimizer.lr=-1",
             "training.stepz=3",
             "training.batch_size=zero",
-        ])
-        .assert()
-        .code(1)
-        .get_output()
-        .stderr
-        .clone();
-    let err = String::from_utf8(out).unwrap();
+        ]),
+        1,
+    )
+    .stderr;
     for p in ["training.stepz", "training.batch_size"] {
         assert!(err.contains(p), "missing {p} in:\n{err}");
     }
@@ -94,29 +72,18 @@ fn train_with_bad_overrides_exits_1_listing_all() {
 
 #[test]
 fn show_prints_the_effective_config() {
-    let out = codex()
-        .args(["--json", "config", "show", "training.steps=5"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = stdout_json(codex().args(["--json", "config", "show", "training.steps=5"]));
     assert_eq!(v["training"]["steps"], 5);
     assert_eq!(v["model"]["preset"], "gpt-tiny");
     assert_eq!(v["tokenizer"]["kind"], "byte");
-    let out = codex()
-        .args(["config", "show", "--config"])
-        .arg(fixture("tiny.toml"))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
+    let text = stdout_of(
+        codex()
+            .args(["config", "show", "--config"])
+            .arg(fixture("train/tiny.toml")),
+    );
     assert!(text.contains("context_length = 16"), "{text}");
     // The printed TOML is itself a valid config.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let p = dir.path().join("c.toml");
     std::fs::write(&p, text).unwrap();
     codex()

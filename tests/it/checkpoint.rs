@@ -1,6 +1,6 @@
 //! `codex checkpoint list|verify|prune` against runs written by the codex-checkpoint library.
 
-use assert_cmd::Command;
+use crate::support::{codex, expect_exit, json_of, stdout_json, tempdir};
 use codex_checkpoint::{
     CheckpointFile, CheckpointManager, CheckpointSpec, Mode, RetentionPolicy, TensorData,
 };
@@ -8,15 +8,9 @@ use predicates::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn codex() -> Command {
-    let mut cmd = Command::cargo_bin("codex").unwrap();
-    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    cmd
-}
-
 /// A run with checkpoints at steps 1..=4 and metrics 4, 1, 3, 2 (keep everything).
 fn run_with_checkpoints() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let run = tmp.path().join("run");
     let keep_all = RetentionPolicy {
         keep_best: 0,
@@ -48,23 +42,10 @@ fn ckpt(run: &Path, step: u64) -> PathBuf {
         .join(codex_checkpoint::step_dir_name(step))
 }
 
-fn json_of(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(out)))
-}
-
 #[test]
 fn list_json_reports_every_checkpoint() {
     let (_tmp, run) = run_with_checkpoints();
-    let out = codex()
-        .args(["checkpoint", "list", "--json"])
-        .arg(&run)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v = json_of(&out);
+    let v = stdout_json(codex().args(["checkpoint", "list", "--json"]).arg(&run));
     assert_eq!(v["schema_version"], 1);
     let cps = v["checkpoints"].as_array().unwrap();
     assert_eq!(cps.len(), 4);
@@ -73,16 +54,13 @@ fn list_json_reports_every_checkpoint() {
     assert_eq!(cps[1]["status"], "unverified");
     assert_eq!(cps[3]["kept_because"], serde_json::json!(["last"]));
     assert!(cps[0]["size_bytes"].as_u64().unwrap() > 1024);
-    let out = codex()
-        .args(["checkpoint", "list", "--verify", "--json"])
-        .arg(&run)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let v = stdout_json(
+        codex()
+            .args(["checkpoint", "list", "--verify", "--json"])
+            .arg(&run),
+    );
     assert!(
-        json_of(&out)["checkpoints"]
+        v["checkpoints"]
             .as_array()
             .unwrap()
             .iter()
@@ -141,15 +119,13 @@ fn verify_ok_then_flipped_byte_exits_1_naming_file_and_hashes() {
             "error: 1 of 4 checkpoint(s) failed verification",
         ));
     // A single checkpoint directory, in JSON.
-    let out = codex()
-        .args(["checkpoint", "verify", "--json"])
-        .arg(ckpt(&run, 3))
-        .assert()
-        .code(1)
-        .get_output()
-        .stdout
-        .clone();
-    let v = json_of(&out);
+    let out = expect_exit(
+        codex()
+            .args(["checkpoint", "verify", "--json"])
+            .arg(ckpt(&run, 3)),
+        1,
+    );
+    let v = json_of(out.stdout.as_bytes());
     assert_eq!(v["ok"], false);
     assert_eq!(
         v["checkpoints"][0]["files"][0]["actual_sha256"],
@@ -210,25 +186,21 @@ fn prune_dry_run_then_for_real_with_flags() {
         .stdout(predicate::str::contains("would delete step-00000003"))
         .stdout(predicate::str::contains("keep    step-00000002  (best)"));
     assert!(ckpt(&run, 1).exists() && ckpt(&run, 3).exists());
-    let out = codex()
-        .args([
-            "checkpoint",
-            "prune",
-            "--json",
-            "--keep-best",
-            "1",
-            "--keep-last",
-            "1",
-            "--mode",
-            "max",
-        ])
-        .arg(&run)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v = json_of(&out);
+    let v = stdout_json(
+        codex()
+            .args([
+                "checkpoint",
+                "prune",
+                "--json",
+                "--keep-best",
+                "1",
+                "--keep-last",
+                "1",
+                "--mode",
+                "max",
+            ])
+            .arg(&run),
+    );
     // max mode: best is step 1 (metric 4.0); last is step 4.
     assert_eq!(v["deleted"], serde_json::json!([2, 3]));
     assert!(ckpt(&run, 1).exists() && !ckpt(&run, 2).exists() && ckpt(&run, 4).exists());

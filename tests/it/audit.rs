@@ -1,32 +1,24 @@
 //! `codex repo-map` and `codex status` end to end on temp-dir fixtures.
 
-use assert_cmd::Command;
+use crate::support::{codex, expect_exit, json_of, stdout_json, tempdir};
 use std::fs;
-
-fn codex() -> Command {
-    Command::cargo_bin("codex").unwrap()
-}
 
 #[test]
 fn repo_map_json_and_json_path() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     fs::create_dir_all(d.path().join("src")).unwrap();
     fs::write(d.path().join("src/lib.rs"), "pub fn f() {}\n// c\n\n").unwrap();
     let out_file = d.path().join("map.json");
-    let out = codex()
-        .args(["--json", "repo-map"])
-        .arg(d.path())
-        .arg("--json-path")
-        .arg(&out_file)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = stdout_json(
+        codex()
+            .args(["--json", "repo-map"])
+            .arg(d.path())
+            .arg("--json-path")
+            .arg(&out_file),
+    );
     assert_eq!(v["languages"]["Rust"]["code"], 1);
     assert_eq!(v["files"][0]["symbols"][0]["name"], "f");
-    let written: serde_json::Value = serde_json::from_slice(&fs::read(&out_file).unwrap()).unwrap();
+    let written = json_of(&fs::read(&out_file).unwrap());
     assert_eq!(written, v);
 }
 
@@ -41,7 +33,7 @@ fn repo_map_missing_path_is_exit_1() {
 
 #[test]
 fn status_reports_corrupt_checkpoint_with_exit_1() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let run = d.path().join("runs/r1");
     fs::create_dir_all(&run).unwrap();
     fs::write(
@@ -55,16 +47,14 @@ fn status_reports_corrupt_checkpoint_with_exit_1() {
     let mut b = fs::read(&f).unwrap();
     b[0] ^= 1;
     fs::write(&f, b).unwrap();
-    let out = codex()
-        .args(["--json", "status"])
-        .arg(d.path())
-        .arg("--verify")
-        .assert()
-        .code(1)
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let out = expect_exit(
+        codex()
+            .args(["--json", "status"])
+            .arg(d.path())
+            .arg("--verify"),
+        1,
+    );
+    let v = json_of(out.stdout.as_bytes());
     assert_eq!(v["runs"][0]["last_step"], 3);
     assert_eq!(v["runs"][0]["checkpoints"][0]["status"], "invalid");
     assert_eq!(v["capabilities"].as_array().unwrap().len(), 14);

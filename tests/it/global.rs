@@ -1,13 +1,7 @@
 //! Behaviour shared by every command: help, version, usage errors and exit codes.
 
-use assert_cmd::Command;
+use crate::support::{codex, expect_exit, stdout_of};
 use predicates::prelude::*;
-
-fn codex() -> Command {
-    let mut cmd = Command::cargo_bin("codex").expect("codex binary");
-    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
-    cmd
-}
 
 #[test]
 fn version_prints_package_version() {
@@ -20,14 +14,7 @@ fn version_prints_package_version() {
 
 #[test]
 fn help_lists_commands_and_exits_zero() {
-    let out = codex()
-        .arg("--help")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
+    let text = stdout_of(codex().arg("--help"));
     assert!(text.contains("Usage: codex"), "{text}");
     assert!(text.contains("--json"), "{text}");
 }
@@ -65,11 +52,7 @@ fn stdout_is_empty_on_errors() {
 
 #[test]
 fn errors_carry_their_hint_line_and_exit_one() {
-    let out = codex()
-        .args(["model", "show", "no-such-model-anywhere"])
-        .assert()
-        .code(1);
-    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    let stderr = expect_exit(codex().args(["model", "show", "no-such-model-anywhere"]), 1).stderr;
     let first = stderr.lines().next().unwrap_or_default();
     assert!(first.starts_with("error: "), "{stderr}");
     assert!(first.contains("no-such-model-anywhere"), "{stderr}");

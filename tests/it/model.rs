@@ -1,19 +1,8 @@
 //! `codex model list|show|lora merge` through the real binary.
 
-use assert_cmd::Command;
+use crate::support::{assert_ok, codex, fixture, json_of, tempdir};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
-use std::path::PathBuf;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/registry")
-        .join(name)
-}
-
-fn codex() -> Command {
-    Command::cargo_bin("codex").unwrap()
-}
 
 #[test]
 fn list_shows_architectures_and_presets() {
@@ -24,8 +13,8 @@ fn list_shows_architectures_and_presets() {
             .and(contains("gpt-tiny")),
     );
     let out = codex().args(["--json", "model", "list"]).output().unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     let presets = v["presets"].as_array().unwrap();
     let gpt2 = presets.iter().find(|p| p["name"] == "gpt2").unwrap();
     assert_eq!(gpt2["params"], 124_439_808);
@@ -34,18 +23,14 @@ fn list_shows_architectures_and_presets() {
 
 #[test]
 fn show_hf_dir_reports_params_dtype_hashes() {
-    let dir = fixture("gpt2-tiny");
+    let dir = fixture("registry/gpt2-tiny");
     let out = codex()
         .args(["--json", "model", "show"])
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     assert_eq!(v["architecture"], "gpt2");
     // 2 layers, d=32, vocab 101, ctx 32, tied head: 101·32 + 32·32 + 2·12704 + 64, which is
     // also `sum(p.numel() for p in GPT2LMHeadModel.parameters())` for this config.
@@ -69,17 +54,13 @@ fn codex_core_sha(p: &std::path::Path) -> (String, u64) {
 fn show_with_adapter_counts_only_adapter_as_trainable() {
     let out = codex()
         .args(["--json", "model", "show"])
-        .arg(fixture("llama-tiny"))
+        .arg(fixture("registry/llama-tiny"))
         .arg("--adapter")
-        .arg(fixture("llama-tiny-lora"))
+        .arg(fixture("registry/llama-tiny-lora"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     let lora = v["params"]["lora"].as_u64().unwrap();
     assert!(lora > 0);
     assert_eq!(v["params"]["trainable"].as_u64().unwrap(), lora);
@@ -93,7 +74,7 @@ fn show_unknown_model_is_exit_1_with_hint() {
         .assert()
         .code(1)
         .stderr(contains("no-such-preset").and(contains("see `codex model list`")));
-    let cache = tempfile::tempdir().unwrap();
+    let cache = tempdir();
     codex()
         .env("HF_HUB_CACHE", cache.path())
         .args(["model", "show", "acme/missing@main"])
@@ -104,15 +85,19 @@ fn show_unknown_model_is_exit_1_with_hint() {
 
 #[test]
 fn lora_merge_writes_an_hf_dir_equal_to_peft_logits() {
-    let out = tempfile::tempdir().unwrap();
+    let out = tempdir();
     let merged = out.path().join("merged");
-    codex()
-        .args(["model", "lora", "merge", "--base"])
-        .arg(fixture("gpt2-tiny"))
-        .arg("--adapter")
-        .arg(fixture("gpt2-tiny-lora"))
-        .arg("--out")
-        .arg(&merged)
+    let merge = || {
+        let mut cmd = codex();
+        cmd.args(["model", "lora", "merge", "--base"])
+            .arg(fixture("registry/gpt2-tiny"))
+            .arg("--adapter")
+            .arg(fixture("registry/gpt2-tiny-lora"))
+            .arg("--out")
+            .arg(&merged);
+        cmd
+    };
+    merge()
         .assert()
         .success()
         .stdout(contains("model.safetensors"));
@@ -125,7 +110,7 @@ fn lora_merge_writes_an_hf_dir_equal_to_peft_logits() {
     )
     .unwrap();
     let e = codex_registry::source::read_safetensors(
-        &fixture("gpt2-tiny-lora").join("expected.safetensors"),
+        &fixture("registry/gpt2-tiny-lora").join("expected.safetensors"),
         &codex_registry::candle_core::Device::Cpu,
     )
     .unwrap();
@@ -149,31 +134,18 @@ fn lora_merge_writes_an_hf_dir_equal_to_peft_logits() {
         .unwrap();
     assert!(d < 1e-4, "merged logits differ from PEFT's by {d}");
     // A second merge into the same directory is refused without --force.
-    codex()
-        .args(["model", "lora", "merge", "--base"])
-        .arg(fixture("gpt2-tiny"))
-        .arg("--adapter")
-        .arg(fixture("gpt2-tiny-lora"))
-        .arg("--out")
-        .arg(&merged)
-        .assert()
-        .code(1)
-        .stderr(contains("--force"));
+    merge().assert().code(1).stderr(contains("--force"));
 }
 
 #[test]
 fn show_lora_r_counts_a_fresh_adapter_and_validates_targets() {
     let out = codex()
         .args(["--json", "model", "show", "--no-hash", "--lora-r", "4"])
-        .arg(fixture("gpt2-tiny"))
+        .arg(fixture("registry/gpt2-tiny"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     // PEFT's default target for GPT-2 is c_attn: 2 layers × (A 4×32 + B 96×4).
     assert_eq!(v["params"]["lora"], 1024);
     assert_eq!(v["params"]["trainable"], 1024);

@@ -1,57 +1,37 @@
 //! `codex train` / `codex eval` end to end, running the real binary.
 
-use assert_cmd::Command;
+use crate::support::{
+    codex, codex_process, corpus, expect_exit, fixture, json_of, lines, ndjson, sigint,
+    stdout_json, tempdir,
+};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn codex() -> Command {
-    let mut c = Command::cargo_bin("codex").unwrap();
-    c.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    c
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/train")
-        .join(name)
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+/// The `val_loss` of every eval event, in order.
+fn val_losses(events: &[Value]) -> Vec<f64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "eval")
+        .map(|e| e["val_loss"].as_f64().unwrap())
         .collect()
 }
 
-/// A small deterministic Python-like corpus.
-fn corpus(dir: &Path) -> String {
-    let mut text = String::new();
-    for i in 0..300 {
-        text.push_str(&format!(
-            "def f{i}(x):\n    return x * {} + {}\n\n",
-            i % 7,
-            i % 13
-        ));
-    }
-    let p = dir.join("corpus.py");
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-fn tiny_args(input: &str, out: &Path) -> Vec<String> {
-    vec![
+/// `codex train` arguments: `tiny.toml` on `input` into `out`, then `extra`.
+fn tiny_args(input: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
         "train".into(),
         "--config".into(),
-        fixture("tiny.toml").display().to_string(),
+        fixture("train/tiny.toml").display().to_string(),
         format!("data.inputs=[{:?}]", input),
         format!("output.dir={:?}", out.display().to_string()),
-    ]
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 #[test]
 fn default_config_shortened_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let run = dir.path().join("run");
     let out = codex()
         .current_dir(dir.path())
@@ -69,11 +49,7 @@ fn default_config_shortened_end_to_end() {
         .stdout
         .clone();
     // stdout: the same events as metrics.ndjson, one JSON object per line.
-    let events: Vec<Value> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = ndjson(&out);
     let file = lines(&run.join("metrics.ndjson"));
     assert_eq!(events.len(), file.len());
     for e in &file {
@@ -92,11 +68,7 @@ fn default_config_shortened_end_to_end() {
     ] {
         assert!(steps[0][k].is_number(), "{k} in {}", steps[0]);
     }
-    let evals: Vec<f64> = file
-        .iter()
-        .filter(|e| e["event"] == "eval")
-        .map(|e| e["val_loss"].as_f64().unwrap())
-        .collect();
+    let evals = val_losses(&file);
     // Step 0 (untrained baseline), 20 and 40. Untrained is about ln 256 = 5.55; the loss must
     // fall well below it and keep falling.
     assert_eq!(evals.len(), 3);
@@ -121,8 +93,7 @@ fn default_config_shortened_end_to_end() {
     ] {
         assert!(run.join(f).is_file(), "missing {f}");
     }
-    let prov: Value =
-        serde_json::from_slice(&std::fs::read(run.join("provenance.json")).unwrap()).unwrap();
+    let prov = json_of(&std::fs::read(run.join("provenance.json")).unwrap());
     assert!(prov["rustc"].as_str().unwrap().starts_with("rustc"));
     assert_eq!(prov["data"]["sources"][0]["bytes"], 999_748);
     // The resolved config round-trips through `config validate`.
@@ -135,16 +106,12 @@ fn default_config_shortened_end_to_end() {
 
     // `codex eval` on the run: NDJSON + CSV + JSON summary, same val loss as the final eval
     // when the same batches are used.
-    let out = codex()
-        .args(["--json", "eval"])
-        .arg(&run)
-        .args(["--max-batches", "16"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let summary: Value = serde_json::from_slice(&out).unwrap();
+    let summary = stdout_json(
+        codex()
+            .args(["--json", "eval"])
+            .arg(&run)
+            .args(["--max-batches", "16"]),
+    );
     assert!(
         (summary["loss"].as_f64().unwrap() - evals[2]).abs() < 1e-4,
         "{summary} vs {}",
@@ -156,14 +123,10 @@ fn default_config_shortened_end_to_end() {
 
 #[test]
 fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     let a = dir.path().join("a");
-    let long = |out: &Path| {
-        let mut v = tiny_args(&input, out);
-        v.push("training.steps=60".into());
-        v
-    };
+    let long = |out: &Path| tiny_args(&input, out, &["training.steps=60"]);
     codex().args(long(&a)).assert().success();
 
     let b = dir.path().join("b");
@@ -187,7 +150,7 @@ fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
         if codex_has_checkpoint(&b) {
             args.push("--resume".into());
         }
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("codex"))
+        let mut child = codex_process()
             .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -244,15 +207,18 @@ fn codex_has_checkpoint(run: &Path) -> bool {
 
 #[test]
 fn interrupt_writes_checkpoint_and_exits_130_then_resume_completes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("r");
-    let mut args = tiny_args(&input, &run);
-    args.extend([
-        "--stop-at-step=5".into(),
-        "--system-metrics=cpu".into(),
-        "--system-metrics-interval=0.2".into(),
-    ]);
+    let args = tiny_args(
+        &input,
+        &run,
+        &[
+            "--stop-at-step=5",
+            "--system-metrics=cpu",
+            "--system-metrics-interval=0.2",
+        ],
+    );
     codex().args(&args).assert().code(130);
     // The sampler ran beside the loop and was stopped; its lines carry the step.
     let samples = lines(&run.join("system_metrics.ndjson"));
@@ -267,17 +233,9 @@ fn interrupt_writes_checkpoint_and_exits_130_then_resume_completes() {
     let end = lines(&run.join("metrics.ndjson")).last().cloned().unwrap();
     assert_eq!(end["status"], "interrupted");
     // A fresh run on it is refused; --resume continues and reports what it restored.
-    codex().args(tiny_args(&input, &run)).assert().code(1);
-    let mut args = tiny_args(&input, &run);
-    args.push("--resume".into());
-    let out = codex()
-        .args(&args)
-        .assert()
-        .success()
-        .get_output()
-        .stderr
-        .clone();
-    let stderr = String::from_utf8(out).unwrap();
+    codex().args(tiny_args(&input, &run, &[])).assert().code(1);
+    let args = tiny_args(&input, &run, &["--resume"]);
+    let stderr = expect_exit(codex().args(&args), 0).stderr;
     assert!(
         stderr.contains("resumed from") && stderr.contains("step 5"),
         "{stderr}"
@@ -286,17 +244,20 @@ fn interrupt_writes_checkpoint_and_exits_130_then_resume_completes() {
 
 #[test]
 fn non_finite_losses_stop_with_exit_1_and_metrics() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("nan");
-    let mut args = tiny_args(&input, &run);
     // An absurd LR blows the weights up to inf within a step or two.
-    args.extend([
-        "optimizer.lr=1e30".into(),
-        "schedule.warmup_steps=0".into(),
-        "training.max_anomalies=2".into(),
-        "training.clip_norm=0".into(),
-    ]);
+    let args = tiny_args(
+        &input,
+        &run,
+        &[
+            "optimizer.lr=1e30",
+            "schedule.warmup_steps=0",
+            "training.max_anomalies=2",
+            "training.clip_norm=0",
+        ],
+    );
     codex().args(&args).assert().code(1);
     let ev = lines(&run.join("metrics.ndjson"));
     assert!(ev.iter().filter(|e| e["event"] == "anomaly").count() >= 2);
@@ -311,11 +272,14 @@ fn non_finite_losses_stop_with_exit_1_and_metrics() {
 
 #[test]
 fn bad_input_file_is_exit_1_and_still_leaves_metrics() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let run = dir.path().join("missing");
-    let args = tiny_args(&dir.path().join("nope.txt").display().to_string(), &run);
-    let assert = codex().args(&args).assert().code(1);
-    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    let args = tiny_args(
+        &dir.path().join("nope.txt").display().to_string(),
+        &run,
+        &[],
+    );
+    let stderr = expect_exit(codex().args(&args), 1).stderr;
     assert!(stderr.contains("nope.txt"), "{stderr}");
     let end = lines(&run.join("metrics.ndjson")).last().cloned().unwrap();
     assert_eq!(end["event"], "end");
@@ -324,12 +288,11 @@ fn bad_input_file_is_exit_1_and_still_leaves_metrics() {
 
 #[test]
 fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("int");
-    let mut args = tiny_args(&input, &run);
-    args.push("training.steps=100000".into());
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("codex"))
+    let args = tiny_args(&input, &run, &["training.steps=100000"]);
+    let mut child = codex_process()
         .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -344,11 +307,7 @@ fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
         assert!(t0.elapsed().as_secs() < 60, "training never started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let ok = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    sigint(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let end = lines(&run.join("metrics.ndjson")).pop().unwrap();
@@ -363,23 +322,22 @@ fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
 
 #[test]
 fn bf16_compute_trains_and_checkpoints_bf16_weights() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("run");
-    let mut args = tiny_args(&input, &run);
-    args.extend([
-        "training.dtype=bf16".into(),
-        "training.steps=24".into(),
-        "training.eval_every=12".into(),
-        "checkpoint.every=12".into(),
-    ]);
+    let args = tiny_args(
+        &input,
+        &run,
+        &[
+            "training.dtype=bf16",
+            "training.steps=24",
+            "training.eval_every=12",
+            "checkpoint.every=12",
+        ],
+    );
     codex().args(&args).assert().success();
     let file = lines(&run.join("metrics.ndjson"));
-    let evals: Vec<f64> = file
-        .iter()
-        .filter(|e| e["event"] == "eval")
-        .map(|e| e["val_loss"].as_f64().unwrap())
-        .collect();
+    let evals = val_losses(&file);
     assert!(
         evals.len() >= 2 && evals.last().unwrap() < &(evals[0] - 0.3),
         "bf16 val_loss did not fall: {evals:?}"
@@ -405,7 +363,7 @@ fn bf16_compute_trains_and_checkpoints_bf16_weights() {
 #[test]
 fn fine_tunes_a_pretrained_hf_dir_fully_and_with_lora() {
     use codex_registry::candle_core::{DType, Device};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = corpus(dir.path());
     // An HF model directory (config.json + model.safetensors) written by the registry.
     let hf = dir.path().join("hf-gpt2");
@@ -431,17 +389,13 @@ fn fine_tunes_a_pretrained_hf_dir_fully_and_with_lora() {
         ("lora", vec!["model.lora.enabled=true", "model.lora.r=4"]),
     ] {
         let run = dir.path().join(name);
-        let mut args = tiny_args(&input, &run);
-        args.push(format!("model.pretrained={:?}", hf.display().to_string()));
+        let pretrained = format!("model.pretrained={:?}", hf.display().to_string());
+        let mut args = tiny_args(&input, &run, &[pretrained.as_str()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["training.steps=12".into(), "optimizer.lr=1e-2".into()]);
         codex().args(&args).assert().success();
         let file = lines(&run.join("metrics.ndjson"));
-        let evals: Vec<f64> = file
-            .iter()
-            .filter(|e| e["event"] == "eval")
-            .map(|e| e["val_loss"].as_f64().unwrap())
-            .collect();
+        let evals = val_losses(&file);
         assert!(
             evals.len() >= 2 && evals.last().unwrap() < &evals[0],
             "{name}: val_loss did not fall: {evals:?}"

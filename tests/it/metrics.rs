@@ -1,19 +1,7 @@
 //! `codex metrics sample|watch` end to end, with the real binary.
 
-use assert_cmd::Command;
-use serde_json::Value;
+use crate::support::{assert_ok, codex, codex_process, json_of, lines, ndjson, sigint, tempdir};
 use std::time::Duration;
-
-fn codex() -> Command {
-    Command::cargo_bin("codex").unwrap()
-}
-
-fn json_lines(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn sample_json_has_the_stable_fields() {
@@ -21,12 +9,8 @@ fn sample_json_has_the_stable_fields() {
         .args(["metrics", "sample", "--json", "--no-gpu"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     for key in [
         "cpu_util_pct",
         "mem_used_bytes",
@@ -48,7 +32,7 @@ fn sample_json_has_the_stable_fields() {
 #[test]
 fn sample_table_is_readable() {
     let out = codex().args(["metrics", "sample"]).output().unwrap();
-    assert!(out.status.success());
+    assert_ok(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("cpu ")
@@ -67,12 +51,8 @@ fn missing_nvml_is_a_warning_and_the_sample_says_why() {
         .args(["metrics", "sample", "--json", "--gpu"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ok(&out);
+    let v = json_of(&out.stdout);
     assert_eq!(v["gpu_status"], "unavailable");
     assert!(
         v["gpu_reason"]
@@ -104,14 +84,10 @@ fn watch_json_prints_count_lines_on_a_cadence() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&out.stdout);
-    assert_eq!(lines.len(), 3);
-    let t: Vec<f64> = lines
+    assert_ok(&out);
+    let samples = ndjson(&out.stdout);
+    assert_eq!(samples.len(), 3);
+    let t: Vec<f64> = samples
         .iter()
         .map(|l| l["mono_s"].as_f64().unwrap())
         .collect();
@@ -120,7 +96,7 @@ fn watch_json_prints_count_lines_on_a_cadence() {
 
 #[test]
 fn watch_out_appends_ndjson() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = dir.path().join("s.ndjson");
     for _ in 0..2 {
         let out = codex()
@@ -137,23 +113,15 @@ fn watch_out_appends_ndjson() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         assert!(
             out.stdout.is_empty(),
             "a non-terminal stdout gets nothing when --out is given"
         );
     }
-    let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 4);
-    assert!(lines.iter().all(|l| l["cpu_util_pct"].is_number()));
+    let samples = lines(&path);
+    assert_eq!(samples.len(), 4);
+    assert!(samples.iter().all(|l| l["cpu_util_pct"].is_number()));
 }
 
 #[test]
@@ -187,8 +155,7 @@ fn bad_arguments_exit_1_naming_the_value() {
 #[cfg(unix)]
 #[test]
 fn watch_stops_cleanly_on_ctrl_c() {
-    let bin = assert_cmd::cargo::cargo_bin("codex");
-    let child = std::process::Command::new(bin)
+    let child = codex_process()
         .args([
             "metrics",
             "watch",
@@ -202,11 +169,7 @@ fn watch_stops_cleanly_on_ctrl_c() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(900));
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigint(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -215,7 +178,7 @@ fn watch_stops_cleanly_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Every line printed before the interrupt is complete JSON.
-    let lines = json_lines(&out.stdout);
-    assert!(!lines.is_empty());
+    let samples = ndjson(&out.stdout);
+    assert!(!samples.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted after"));
 }

@@ -9,6 +9,7 @@ use codex_checkpoint::{
 };
 use codex_core::exit;
 use codex_core::rundir::RunDir;
+use indicatif::HumanBytes;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -198,24 +199,10 @@ fn format_row(info: &CheckpointInfo) -> String {
         "{:<14} {:>16} {:>10}  {:<20} {status}",
         info.step,
         metric,
-        human_bytes(info.size_bytes),
+        // HumanBytes ignores width flags, so pad its string.
+        HumanBytes(info.size_bytes).to_string(),
         kept
     )
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The checkpoint directories `path` stands for: itself, or every `step-N` of a run.
@@ -291,7 +278,7 @@ fn verify(ctx: &Ctx, path: &Path) -> anyhow::Result<u8> {
                 "{verdict:<7} {}  ({} files, {})",
                 r.dir.display(),
                 r.files.len(),
-                human_bytes(size)
+                HumanBytes(size)
             ))?;
         }
     }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Repository root to audit.
+    /// Repository root or experiment directory to audit. Repository rows (CI, container,
+    /// README, lockfiles, placeholder scan) apply only where PATH has `.git`, `Cargo.toml` or
+    /// `pyproject.toml`.
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// Directory holding run directories (default: PATH/runs).

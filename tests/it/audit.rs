@@ -34,6 +34,8 @@ fn repo_map_missing_path_is_exit_1() {
 #[test]
 fn status_reports_corrupt_checkpoint_with_exit_1() {
     let d = tempdir();
+    // A repository, so all 14 rows are audited.
+    fs::create_dir(d.path().join(".git")).unwrap();
     let run = d.path().join("runs/r1");
     fs::create_dir_all(&run).unwrap();
     fs::write(
@@ -68,6 +70,33 @@ fn status_reports_corrupt_checkpoint_with_exit_1() {
     let md = String::from_utf8(md).unwrap();
     assert!(md.contains("| Capability | Status | Evidence (live probe) |"));
     assert!(md.contains("## Reproducibility Checklist"));
+}
+
+#[test]
+fn status_in_an_experiment_directory_is_ok() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("runs/r1");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(
+        run.join("metrics.ndjson"),
+        "{\"event\":\"step\",\"step\":3,\"train_loss\":1.5}\n{\"event\":\"end\",\"status\":\"completed\",\"step\":3,\"total_steps\":3}\n",
+    )
+    .unwrap();
+    fs::write(run.join("config.toml"), "seed = 1\n").unwrap();
+    fs::write(run.join("provenance.json"), "{\"seed\": 1}\n").unwrap();
+    let out = codex()
+        .args(["--json", "status"])
+        .arg(d.path())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["repository"], false);
+    assert_eq!(v["runs"][0]["state"], "completed");
+    let caps = v["capabilities"].as_array().unwrap();
+    assert!(caps.iter().all(|c| c["capability"] != "documentation"));
 }
 
 mod codex_checkpoint_probe {

@@ -283,7 +283,7 @@ fn bad_input_file_is_exit_1_and_still_leaves_metrics() {
     assert!(stderr.contains("nope.txt"), "{stderr}");
     let end = lines(&run.join("metrics.ndjson")).last().cloned().unwrap();
     assert_eq!(end["event"], "end");
-    assert_eq!(end["status"], "error");
+    assert_eq!(end["status"], "failed");
 }
 
 #[test]

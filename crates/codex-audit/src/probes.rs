@@ -255,11 +255,19 @@ fn documentation(root: &Path, commands: &[String]) -> Capability {
 pub fn build_report(input: StatusInput) -> StatusReport {
     let root = input.root.as_path();
     let runs_dir = input.runs.clone().unwrap_or_else(|| root.join("runs"));
+    let marker = status::repository_marker(root);
+    let repo = marker.is_some();
     let (mut caps, placeholders, runs) =
         std::thread::scope(|s| {
             let mon = s.spawn(monitoring);
             let tok = s.spawn(tokenization);
-            let scan = s.spawn(|| status::scan_placeholders(root));
+            let scan = s.spawn(|| {
+                if repo {
+                    status::scan_placeholders(root)
+                } else {
+                    Vec::new()
+                }
+            });
             let runs: Vec<_> = status::find_runs(&runs_dir)
                 .iter()
                 .map(|d| status::summarize_run(d, input.verify))
@@ -273,19 +281,21 @@ pub fn build_report(input: StatusInput) -> StatusReport {
             }));
             (caps, scan.join().unwrap_or_default(), runs)
         });
-    caps.push(file_row(
-        "CI",
-        root,
-        &[".ci/run", ".github/workflows", ".gitlab-ci.yml"],
-        "CI entry point",
-    ));
-    caps.push(file_row(
-        "deployment",
-        root,
-        &["Dockerfile", "docker/Dockerfile", "Containerfile"],
-        "container build",
-    ));
-    caps.push(documentation(root, &input.commands));
+    if repo {
+        caps.push(file_row(
+            "CI",
+            root,
+            &[".ci/run", ".github/workflows", ".gitlab-ci.yml"],
+            "CI entry point",
+        ));
+        caps.push(file_row(
+            "deployment",
+            root,
+            &["Dockerfile", "docker/Dockerfile", "Containerfile"],
+            "container build",
+        ));
+        caps.push(documentation(root, &input.commands));
+    }
     caps.push(if runs.iter().any(|r| r.last_step.is_some()) {
         let n = runs.iter().filter(|r| r.last_step.is_some()).count();
         Capability::new(
@@ -309,13 +319,18 @@ pub fn build_report(input: StatusInput) -> StatusReport {
     let lock = root.join("Cargo.lock").is_file()
         || root.join("uv.lock").is_file()
         || root.join("poetry.lock").is_file();
+    let no_scan = "no secrets scanning or prompt-safety filter is part of codex";
     caps.push(Capability::new(
         "safety",
         Level::Degraded,
-        format!(
-            "dependency lockfile {}; no secrets scanning or prompt-safety filter is part of codex",
-            if lock { "present" } else { "absent" }
-        ),
+        if repo {
+            format!(
+                "dependency lockfile {}; {no_scan}",
+                if lock { "present" } else { "absent" }
+            )
+        } else {
+            no_scan.to_string()
+        },
     ));
     caps.push(Capability::new(
         "training",
@@ -335,6 +350,9 @@ pub fn build_report(input: StatusInput) -> StatusReport {
         caps.push(e);
     }
     for name in status::CAPABILITIES {
+        if !repo && status::REPOSITORY_CAPABILITIES.contains(name) {
+            continue;
+        }
         if !caps.iter().any(|c| c.capability == *name) {
             caps.push(Capability::new(
                 name,
@@ -350,7 +368,7 @@ pub fn build_report(input: StatusInput) -> StatusReport {
             .unwrap_or(usize::MAX)
     });
 
-    let repro = reproducibility(root, &runs);
+    let repro = reproducibility(root, repo, &runs);
     let ckpt_bad = runs
         .iter()
         .any(|r| r.checkpoints.iter().any(|c| c.status == "invalid"));
@@ -361,6 +379,8 @@ pub fn build_report(input: StatusInput) -> StatusReport {
         schema_version: codex_core::SCHEMA_VERSION,
         root: root.display().to_string(),
         runs_dir: runs_dir.display().to_string(),
+        repository: repo,
+        repository_marker: marker,
         capabilities: caps,
         placeholders,
         runs,
@@ -369,24 +389,28 @@ pub fn build_report(input: StatusInput) -> StatusReport {
     }
 }
 
-fn reproducibility(root: &Path, runs: &[status::RunSummary]) -> Vec<CheckItem> {
-    let locks: Vec<&str> = ["Cargo.lock", "uv.lock", "poetry.lock", "requirements.lock"]
-        .into_iter()
-        .filter(|f| root.join(f).is_file())
-        .collect();
-    let mut out = vec![CheckItem {
-        item: "Dependency pins / lockfiles",
-        status: if locks.is_empty() {
-            Level::Missing
-        } else {
-            Level::Ok
-        },
-        notes: if locks.is_empty() {
-            format!("no lockfile in {}", root.display())
-        } else {
-            locks.join(", ")
-        },
-    }];
+fn reproducibility(root: &Path, repo: bool, runs: &[status::RunSummary]) -> Vec<CheckItem> {
+    let mut out = Vec::new();
+    // Lockfiles belong to a repository; an experiment directory has none to pin.
+    if repo {
+        let locks: Vec<&str> = ["Cargo.lock", "uv.lock", "poetry.lock", "requirements.lock"]
+            .into_iter()
+            .filter(|f| root.join(f).is_file())
+            .collect();
+        out.push(CheckItem {
+            item: "Dependency pins / lockfiles",
+            status: if locks.is_empty() {
+                Level::Missing
+            } else {
+                Level::Ok
+            },
+            notes: if locks.is_empty() {
+                format!("no lockfile in {}", root.display())
+            } else {
+                locks.join(", ")
+            },
+        });
+    }
     if runs.is_empty() {
         for item in [
             "Deterministic seeds recorded",
@@ -465,6 +489,12 @@ pub fn render_markdown(r: &StatusReport) -> String {
         Level::Missing => "❌ missing",
     };
     let mut o = format!("# codex status: {}\n\n", r.root);
+    if !r.repository {
+        o.push_str(&format!(
+            "Not a repository (none of {} at its root): CI, deployment, documentation, lockfiles and the placeholder scan are not checked.\n\n",
+            status::REPOSITORY_MARKERS.join(", ")
+        ));
+    }
     o.push_str("## Capability Audit Table\n\n| Capability | Status | Evidence (live probe) |\n| --- | --- | --- |\n");
     for c in &r.capabilities {
         o.push_str(&format!(
@@ -474,19 +504,22 @@ pub fn render_markdown(r: &StatusReport) -> String {
             cell(&c.evidence)
         ));
     }
-    o.push_str(&format!("\n## Placeholders ({})\n\n", r.placeholders.len()));
-    if r.placeholders.is_empty() {
-        o.push_str("None found.\n");
-    } else {
-        o.push_str("| Location | Pattern | Snippet |\n| --- | --- | --- |\n");
-        for p in &r.placeholders {
-            o.push_str(&format!(
-                "| {}:{} | {} | `{}` |\n",
-                p.path,
-                p.line,
-                p.pattern,
-                cell(&p.snippet).replace('`', "'")
-            ));
+    // Outside a repository the scan did not run, so there is no section to show.
+    if r.repository {
+        o.push_str(&format!("\n## Placeholders ({})\n\n", r.placeholders.len()));
+        if r.placeholders.is_empty() {
+            o.push_str("None found.\n");
+        } else {
+            o.push_str("| Location | Pattern | Snippet |\n| --- | --- | --- |\n");
+            for p in &r.placeholders {
+                o.push_str(&format!(
+                    "| {}:{} | {} | `{}` |\n",
+                    p.path,
+                    p.line,
+                    p.pattern,
+                    cell(&p.snippet).replace('`', "'")
+                ));
+            }
         }
     }
     o.push_str(&format!(
@@ -495,7 +528,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
         r.runs_dir
     ));
     if !r.runs.is_empty() {
-        o.push_str("| Run | State | Last step | Train loss | Val loss | CPU % mean/max | GPU % mean/max | GPU W mean/max | Checkpoints | Anomalies |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        o.push_str("| Run | State | Step | Train loss | Val loss | CPU % mean/max | GPU % mean/max | GPU W mean/max | Checkpoints | Anomalies |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for run in &r.runs {
             let mm = |m: &status::MetricSummary| {
                 if m.samples == 0 {
@@ -524,9 +557,16 @@ pub fn render_markdown(r: &StatusReport) -> String {
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 cell(&run.name),
                 run.state,
-                run.last_step.map_or("–".into(), |s| s.to_string()),
+                match (run.last_step, run.total_steps) {
+                    (Some(s), Some(t)) => format!("{s}/{t}"),
+                    (Some(s), None) => s.to_string(),
+                    (None, _) => "–".into(),
+                },
                 opt(run.train_loss),
-                opt(run.val_loss),
+                match (run.val_loss, run.val_loss_step) {
+                    (Some(v), Some(at)) => format!("{v:.4} @ step {at}"),
+                    (v, _) => opt(v),
+                },
                 mm(&run.cpu_util_pct),
                 mm(&run.gpu_util_pct),
                 mm(&run.gpu_power_w),
@@ -550,10 +590,17 @@ pub fn render_markdown(r: &StatusReport) -> String {
             for a in &run.anomalies {
                 o.push_str(&format!("\n- {} anomaly: {}", run.name, a));
             }
+            if let Some(e) = &run.error {
+                o.push_str(&format!("\n- {} {}: {}", run.name, run.state, e));
+            }
             for p in &run.problems {
                 o.push_str(&format!("\n- {}: {}", run.name, p));
             }
-            if let Some(h) = run.lock_holder.as_ref().filter(|_| run.state == "crashed") {
+            if let Some(h) = run
+                .lock_holder
+                .as_ref()
+                .filter(|_| run.state == status::RunState::Crashed)
+            {
                 o.push_str(&format!(
                     "\n- {}: stale lock from pid {} on {} (started {})",
                     run.name, h.pid, h.host, h.started

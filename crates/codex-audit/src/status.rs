@@ -60,6 +60,22 @@ pub const CAPABILITIES: &[&str] = &[
     "extensibility",
 ];
 
+/// What makes PATH a repository: version control (`.git`, a directory, or a file in a git
+/// worktree) or a Rust or Python project manifest at its root. Elsewhere (an experiment
+/// directory) the repository rows do not apply.
+pub const REPOSITORY_MARKERS: &[&str] = &[".git", "Cargo.toml", "pyproject.toml"];
+
+/// Capability rows about the repository's files, checked only in a repository.
+pub const REPOSITORY_CAPABILITIES: &[&str] = &["CI", "deployment", "documentation"];
+
+/// The first of [`REPOSITORY_MARKERS`] present at `root`.
+pub fn repository_marker(root: &Path) -> Option<&'static str> {
+    REPOSITORY_MARKERS
+        .iter()
+        .copied()
+        .find(|m| root.join(m).exists())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Placeholder {
     pub path: String,
@@ -95,16 +111,76 @@ pub struct CheckpointRow {
     pub reason: Option<String>,
 }
 
+/// What the run record says about a run.
+///
+/// A finished trainer process ends its segment of `metrics.ndjson` with an `end` event whose
+/// `status` is the state; a resumed run appends further segments, so the last `end` decides,
+/// unless events follow it (a later process started and has not ended). A run without that
+/// final `end` is `running` while a live process holds its lock, else `crashed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Completed,
+    EarlyStopped,
+    Interrupted,
+    AnomalyStopped,
+    Failed,
+    Crashed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::EarlyStopped => "early-stopped",
+            RunState::Interrupted => "interrupted",
+            RunState::AnomalyStopped => "anomaly-stopped",
+            RunState::Failed => "failed",
+            RunState::Crashed => "crashed",
+        }
+    }
+
+    /// The state an `end` event's `status` names (`snake_case` as the trainer writes it;
+    /// `error` is the pre-contract spelling of `failed`); `None` for anything else.
+    pub fn from_end_status(status: &str) -> Option<RunState> {
+        Some(match status.replace('-', "_").as_str() {
+            "completed" => RunState::Completed,
+            "early_stopped" => RunState::EarlyStopped,
+            "interrupted" => RunState::Interrupted,
+            "anomaly_stopped" => RunState::AnomalyStopped,
+            "failed" | "error" => RunState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub name: String,
     pub path: String,
+    /// The step of the latest event that names one (a resumed run may go back to its
+    /// checkpoint's step, so this is not the maximum).
     pub last_step: Option<u64>,
+    /// The run's planned steps, from the latest event that carries `total_steps`.
+    pub total_steps: Option<u64>,
     pub train_loss: Option<f64>,
     pub val_loss: Option<f64>,
+    /// The step at which `val_loss` was measured.
+    pub val_loss_step: Option<u64>,
+    /// Whether the last segment of `metrics.ndjson` ends with an `end` event.
     pub ended: bool,
-    /// `running` (lock holder alive), `crashed` (stale lock, no end event), `finished`, `stopped`.
-    pub state: &'static str,
+    pub state: RunState,
+    /// The `error` of a failed run's `end` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub lock_holder: Option<codex_checkpoint::LockHolder>,
     pub anomalies: Vec<String>,
     pub cpu_util_pct: MetricSummary,
@@ -126,6 +202,12 @@ pub struct StatusReport {
     pub schema_version: u32,
     pub root: String,
     pub runs_dir: String,
+    /// Whether `root` is a repository (see [`REPOSITORY_MARKERS`]); outside one the repository
+    /// rows, the lockfile check and the placeholder scan are skipped.
+    pub repository: bool,
+    /// The marker that made it one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_marker: Option<&'static str>,
     pub capabilities: Vec<Capability>,
     pub placeholders: Vec<Placeholder>,
     pub runs: Vec<RunSummary>,
@@ -264,6 +346,16 @@ fn f64_field(v: &Value, k: &str) -> Option<f64> {
     v.get(k).and_then(Value::as_f64).filter(|x| x.is_finite())
 }
 
+fn str_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// A field of an event, or of its `summary` object (the trainer may nest the run summary).
+fn field<'a>(ev: &'a Value, k: &str) -> Option<&'a Value> {
+    ev.get(k)
+        .or_else(|| ev.get("summary").and_then(|s| s.get(k)))
+}
+
 /// One run directory: metrics, system metrics, checkpoints, lock.
 pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
     let rd = codex_core::rundir::RunDir::new(dir);
@@ -274,10 +366,13 @@ pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
             .unwrap_or_default(),
         path: dir.display().to_string(),
         last_step: None,
+        total_steps: None,
         train_loss: None,
         val_loss: None,
+        val_loss_step: None,
         ended: false,
-        state: "stopped",
+        state: RunState::Crashed,
+        error: None,
         lock_holder: None,
         anomalies: Vec::new(),
         cpu_util_pct: MetricSummary::default(),
@@ -286,36 +381,61 @@ pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
         checkpoints: Vec::new(),
         problems: Vec::new(),
     };
+    // The state the last segment's `end` event records; None while no end closes the file.
+    let mut ended_as: Option<RunState> = None;
     match codex_core::ndjson::read_lines(&rd.metrics()) {
         Ok(lines) => {
+            // The last `end` counts only if nothing follows it: any later event was written
+            // by a resumed process that has not ended (yet).
+            let mut last_end: Option<&Value> = None;
             for ev in &lines {
-                if let Some(step) = ev.get("step").and_then(Value::as_u64) {
-                    s.last_step = Some(s.last_step.map_or(step, |l| l.max(step)));
+                let kind = ev.get("event").and_then(Value::as_str);
+                let step = ev.get("step").and_then(Value::as_u64);
+                last_end = (kind == Some("end")).then_some(ev);
+                // Pre-contract failure ends carry step 0; they must not hide the progress made.
+                if let Some(step) = step
+                    && !(kind == Some("end") && step == 0 && s.last_step.is_some())
+                {
+                    s.last_step = Some(step);
                 }
-                match ev.get("event").and_then(Value::as_str) {
+                if let Some(t) = field(ev, "total_steps").and_then(Value::as_u64) {
+                    s.total_steps = Some(t);
+                }
+                match kind {
                     Some("step") => s.train_loss = f64_field(ev, "train_loss").or(s.train_loss),
-                    Some("eval") => s.val_loss = f64_field(ev, "val_loss").or(s.val_loss),
-                    Some("end") => s.ended = true,
                     Some("anomaly") => {
                         let what = ev
                             .get("message")
                             .or_else(|| ev.get("kind"))
-                            .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                            .map(str_of)
                             .unwrap_or_else(|| ev.to_string());
-                        let step = ev
-                            .get("step")
-                            .and_then(Value::as_u64)
-                            .map_or(String::new(), |st| format!("step {st}: "));
+                        let step = step.map_or(String::new(), |st| format!("step {st}: "));
                         s.anomalies.push(format!("{step}{what}"));
                     }
                     _ => {}
                 }
-                // A step event may also carry val_loss, an eval event train_loss.
-                if ev.get("event").and_then(Value::as_str) == Some("step")
+                // Eval events carry val_loss; a step event may too.
+                if matches!(kind, Some("eval" | "step"))
                     && let Some(v) = f64_field(ev, "val_loss")
                 {
                     s.val_loss = Some(v);
+                    s.val_loss_step = step;
                 }
+            }
+            if let Some(end) = last_end {
+                s.ended = true;
+                s.error = field(end, "error").map(str_of);
+                let status = field(end, "status").map(str_of);
+                ended_as = Some(match status.as_deref() {
+                    Some(st) => RunState::from_end_status(st).unwrap_or_else(|| {
+                        s.problems
+                            .push(format!("end event has an unknown status `{st}`"));
+                        RunState::Failed
+                    }),
+                    // Hand-written or pre-contract ends without a status.
+                    None if s.error.is_some() => RunState::Failed,
+                    None => RunState::Completed,
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -381,12 +501,12 @@ pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
             Err(e) => s.problems.push(format!("checkpoints: {e}")),
         }
     }
+    // The lock file's holder is checked by flock and by pid (see codex_checkpoint::lock).
     s.lock_holder = codex_checkpoint::RunLock::holder(dir);
-    s.state = match (&s.lock_holder, s.ended) {
-        (Some(h), _) if h.alive => "running",
-        (_, true) => "finished",
-        (Some(_), false) => "crashed",
-        (None, false) => "stopped",
+    s.state = if s.lock_holder.as_ref().is_some_and(|h| h.alive) {
+        RunState::Running
+    } else {
+        ended_as.unwrap_or(RunState::Crashed)
     };
     s
 }

@@ -1,7 +1,7 @@
 //! Fixture trees and run directories built in temp dirs.
 
 use codex_audit::repomap::{self, Options};
-use codex_audit::status;
+use codex_audit::status::{self, Capability, Level, RunState, StatusInput};
 use std::fs;
 use std::path::Path;
 
@@ -215,6 +215,7 @@ fn metrics(run: &Path, end: bool) {
         r#"{"event":"checkpoint","step":2}"#,
     ];
     if end {
+        // Pre-contract form without a status: a normal finish.
         lines.push(r#"{"event":"end","step":2}"#);
     }
     write(run, "metrics.ndjson", lines.join("\n") + "\n");
@@ -236,8 +237,14 @@ fn runs_valid_corrupt_and_crashed() {
     save_ckpt(&ok, 2, 2.2);
     let s = status::summarize_run(&ok, true);
     assert_eq!(
-        (s.last_step, s.train_loss, s.val_loss, s.state),
-        (Some(2), Some(2.0), Some(2.2), "finished")
+        (
+            s.last_step,
+            s.train_loss,
+            s.val_loss,
+            s.val_loss_step,
+            s.state
+        ),
+        (Some(2), Some(2.0), Some(2.2), Some(2), RunState::Completed)
     );
     assert_eq!(s.anomalies, ["step 2: loss spike"]);
     assert_eq!(
@@ -287,14 +294,286 @@ fn runs_valid_corrupt_and_crashed() {
         ),
     );
     let c = status::summarize_run(&crashed, false);
-    assert_eq!(c.state, "crashed");
+    assert_eq!(c.state, RunState::Crashed);
     assert!(!c.lock_holder.unwrap().alive);
 
     // A live run: we hold its lock.
     let live = runs.join("live");
     metrics(&live, false);
     let _lock = codex_checkpoint::RunLock::acquire(&live).unwrap();
-    assert_eq!(status::summarize_run(&live, false).state, "running");
+    assert_eq!(status::summarize_run(&live, false).state, RunState::Running);
 
     assert_eq!(status::find_runs(&runs).len(), 4);
+}
+
+/// A run directory whose metrics.ndjson holds `events` (one JSON object each).
+fn run_with(runs: &Path, name: &str, events: &[serde_json::Value]) -> std::path::PathBuf {
+    let run = runs.join(name);
+    let text: String = events.iter().map(|e| format!("{e}\n")).collect();
+    write(&run, "metrics.ndjson", text);
+    write(&run, "config.toml", "seed = 7\n");
+    write(&run, "provenance.json", "{\"seed\": 7}\n");
+    run
+}
+
+/// Steps `from..=to` of a 400-step run, with an eval at step 200 when it is in range.
+fn steps(from: u64, to: u64) -> Vec<serde_json::Value> {
+    let mut v = Vec::new();
+    for step in from..=to {
+        v.push(serde_json::json!({"event": "step", "step": step, "train_loss": 3.0 - step as f64 / 200.0}));
+        if step == 200 {
+            v.push(serde_json::json!({"event": "eval", "step": 200, "val_loss": 2.31}));
+        }
+    }
+    v
+}
+
+fn end(status: &str, step: u64) -> serde_json::Value {
+    serde_json::json!({"event": "end", "status": status, "step": step, "steps": step, "total_steps": 400})
+}
+
+/// A lock file as codex-checkpoint writes it, naming `pid` on this host.
+fn lock_file(run: &Path, pid: u32) {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    write(
+        run,
+        ".lock",
+        format!(
+            r#"{{"pid":{pid},"host":"{}","started":"2026-01-01T00:00:00Z","command":"codex train"}}"#,
+            host.trim()
+        ),
+    );
+}
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn every_end_status_is_its_own_state() {
+    let d = tempfile::tempdir().unwrap();
+    let runs = d.path();
+    let cases = [
+        ("completed", 400, RunState::Completed),
+        ("early_stopped", 250, RunState::EarlyStopped),
+        ("interrupted", 58, RunState::Interrupted),
+        ("anomaly_stopped", 120, RunState::AnomalyStopped),
+        ("failed", 30, RunState::Failed),
+    ];
+    for (status, at, want) in cases {
+        let mut ev = steps(1, at);
+        ev.push(end(status, at));
+        let s = status::summarize_run(&run_with(runs, status, &ev), false);
+        assert_eq!(s.state, want, "{status}");
+        assert_eq!(
+            (s.last_step, s.total_steps),
+            (Some(at), Some(400)),
+            "{status}"
+        );
+        assert!(
+            s.ended && s.problems.is_empty(),
+            "{status}: {:?}",
+            s.problems
+        );
+    }
+    // The states serialize as `codex status --json` shows them.
+    let s = status::summarize_run(&runs.join("early_stopped"), false);
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["state"], "early-stopped");
+    assert_eq!(
+        (v["val_loss"].as_f64(), v["val_loss_step"].as_u64()),
+        (Some(2.31), Some(200))
+    );
+    assert_eq!(v["total_steps"], 400);
+    // No eval before step 58: no val loss, and no step to claim for one.
+    let s = status::summarize_run(&runs.join("interrupted"), false);
+    assert_eq!((s.val_loss, s.val_loss_step), (None, None));
+}
+
+#[test]
+fn pre_contract_error_end_is_failed_and_keeps_progress() {
+    let d = tempfile::tempdir().unwrap();
+    // The old trainer wrote failures as status "error" at step 0, with the error chain.
+    let mut ev = steps(1, 10);
+    ev.push(serde_json::json!({"event": "end", "status": "error", "step": 0, "error": "config: unknown key `lr_max`"}));
+    let s = status::summarize_run(&run_with(d.path(), "old", &ev), false);
+    assert_eq!(s.state, RunState::Failed);
+    assert_eq!(s.last_step, Some(10));
+    assert_eq!(s.error.as_deref(), Some("config: unknown key `lr_max`"));
+
+    // A run that died on its config before any step: failed, not finished.
+    let ev = [
+        serde_json::json!({"event": "end", "status": "error", "step": 0, "error": "invalid config"}),
+    ];
+    let s = status::summarize_run(&run_with(d.path(), "config-error", &ev), false);
+    assert_eq!((s.state, s.last_step), (RunState::Failed, Some(0)));
+
+    // A status nobody defined is not taken for success.
+    let mut ev = steps(1, 3);
+    ev.push(end("weird", 3));
+    let s = status::summarize_run(&run_with(d.path(), "weird", &ev), false);
+    assert_eq!(s.state, RunState::Failed);
+    assert!(s.problems[0].contains("weird"), "{:?}", s.problems);
+}
+
+#[test]
+fn resumed_run_takes_the_state_of_its_last_segment() {
+    let d = tempfile::tempdir().unwrap();
+    let runs = d.path();
+    // Interrupted at 58 of 400, resumed from the step-50 checkpoint, completed.
+    let mut ev = steps(1, 58);
+    ev.push(end("interrupted", 58));
+    let first = ev.clone();
+    ev.extend(steps(51, 400));
+    ev.push(end("completed", 400));
+    let s = status::summarize_run(&run_with(runs, "resumed", &ev), false);
+    assert_eq!(s.state, RunState::Completed);
+    assert_eq!((s.last_step, s.total_steps), (Some(400), Some(400)));
+    assert_eq!((s.val_loss, s.val_loss_step), (Some(2.31), Some(200)));
+
+    // The second segment has started and not ended: the old `end` no longer decides.
+    let mut ev = first.clone();
+    ev.extend(steps(51, 55));
+    let run = run_with(runs, "resuming", &ev);
+    let s = status::summarize_run(&run, false);
+    assert_eq!((s.state, s.ended), (RunState::Crashed, false));
+    // Steps went back to the checkpoint: the latest step is shown, not the highest.
+    assert_eq!(s.last_step, Some(55));
+    lock_file(&run, std::process::id());
+    assert_eq!(status::summarize_run(&run, false).state, RunState::Running);
+
+    // An eval alone after the end also opens a new segment.
+    let mut ev = first;
+    ev.push(serde_json::json!({"event": "eval", "step": 58, "val_loss": 2.9}));
+    let s = status::summarize_run(&run_with(runs, "eval-after-end", &ev), false);
+    assert_eq!(s.state, RunState::Crashed);
+    assert_eq!((s.val_loss, s.val_loss_step), (Some(2.9), Some(58)));
+}
+
+#[test]
+fn running_and_crashed_come_from_the_lock_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let runs = d.path();
+    // Live: the lock file names this test process.
+    let live = run_with(runs, "live", &steps(1, 5));
+    lock_file(&live, std::process::id());
+    let s = status::summarize_run(&live, false);
+    assert_eq!(s.state, RunState::Running);
+    assert!(s.lock_holder.unwrap().alive);
+
+    // Holder gone, no end event.
+    let dead = run_with(runs, "dead", &steps(1, 5));
+    lock_file(&dead, dead_pid());
+    let s = status::summarize_run(&dead, false);
+    assert_eq!(s.state, RunState::Crashed);
+    assert!(!s.lock_holder.unwrap().alive);
+
+    // No lock at all, no end event.
+    let s = status::summarize_run(&run_with(runs, "unlocked", &steps(1, 5)), false);
+    assert_eq!(
+        (s.state, s.lock_holder.is_none()),
+        (RunState::Crashed, true)
+    );
+
+    // A stale lock left beside a proper end does not make the run crashed.
+    let mut ev = steps(1, 5);
+    ev.push(end("completed", 5));
+    let done = run_with(runs, "done-stale-lock", &ev);
+    lock_file(&done, dead_pid());
+    assert_eq!(
+        status::summarize_run(&done, false).state,
+        RunState::Completed
+    );
+}
+
+/// The rows `codex status` adds from the binary (they need candle), so `ok` can be checked.
+fn binary_rows() -> Vec<Capability> {
+    ["evaluation", "modeling/LoRA", "extensibility"]
+        .into_iter()
+        .map(|c| Capability::new(c, Level::Ok, "provided by the test"))
+        .collect()
+}
+
+#[test]
+fn experiment_directory_gets_no_repository_rows() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let mut ev = steps(1, 58);
+    ev.push(end("interrupted", 58));
+    run_with(&root.join("runs"), "r1", &ev);
+    // A marker in a script here is the experiment's business, not a repository finding.
+    write(root, "prep.py", format!("# {}\n", ["TO", "DO"].concat()));
+    let input = || StatusInput {
+        root: root.to_path_buf(),
+        runs: None,
+        verify: false,
+        cuda_compiled: false,
+        commands: vec!["train".into(), "status".into()],
+        extra: binary_rows(),
+    };
+
+    let r = codex_audit::probes::build_report(input());
+    let names: Vec<&str> = r
+        .capabilities
+        .iter()
+        .map(|c| c.capability.as_str())
+        .collect();
+    assert!(!r.repository);
+    for repo_row in status::REPOSITORY_CAPABILITIES {
+        assert!(!names.contains(repo_row), "{repo_row} in {names:?}");
+    }
+    assert_eq!(names.len(), status::CAPABILITIES.len() - 3);
+    assert!(r.placeholders.is_empty());
+    assert!(
+        r.reproducibility
+            .iter()
+            .all(|c| !c.item.contains("lockfile"))
+    );
+    assert!(r.ok, "{}", codex_audit::probes::render_markdown(&r));
+    let md = codex_audit::probes::render_markdown(&r);
+    assert!(md.contains("Not a repository"), "{md}");
+    assert!(!md.contains("## Placeholders"), "{md}");
+    assert!(md.contains("| r1 | interrupted | 58/400 |"), "{md}");
+
+    // The same directory under git is a repository: its rows are back, and missing.
+    fs::create_dir(root.join(".git")).unwrap();
+    let r = codex_audit::probes::build_report(input());
+    assert_eq!((r.repository, r.repository_marker), (true, Some(".git")));
+    assert_eq!(r.capabilities.len(), status::CAPABILITIES.len());
+    let doc = r
+        .capabilities
+        .iter()
+        .find(|c| c.capability == "documentation")
+        .unwrap();
+    assert_eq!(doc.status, Level::Missing);
+    assert_eq!(r.placeholders.len(), 1);
+    assert!(!r.ok);
+}
+
+#[test]
+fn markdown_says_where_val_loss_was_measured() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    write(root, "Cargo.toml", "[package]\nname = \"x\"\n");
+    let mut ev = steps(1, 250);
+    ev.push(end("early_stopped", 250));
+    run_with(&root.join("runs"), "r", &ev);
+    let r = codex_audit::probes::build_report(StatusInput {
+        root: root.to_path_buf(),
+        runs: None,
+        verify: false,
+        cuda_compiled: false,
+        commands: Vec::new(),
+        extra: binary_rows(),
+    });
+    assert_eq!(r.repository_marker, Some("Cargo.toml"));
+    let md = codex_audit::probes::render_markdown(&r);
+    assert!(
+        md.contains("| r | early-stopped | 250/400 | 1.7500 | 2.3100 @ step 200 |"),
+        "{md}"
+    );
 }

@@ -239,6 +239,8 @@ impl RunStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// Not serialized: the event header carries it (one key per line).
+    #[serde(skip_serializing, default)]
     pub run_id: String,
     pub status: RunStatus,
     /// Optimizer steps done (including before a resume).
@@ -577,6 +579,39 @@ mod tests {
         }
         // The healthy optional sink saw everything the record saw.
         assert_eq!(seen.0.borrow().len(), 4);
+    }
+
+    #[test]
+    fn every_key_appears_once_per_line() {
+        let record = Collect::default();
+        let mut sinks = Sinks::new("run-1", Some(Box::new(record.clone())));
+        let summary = RunSummary {
+            run_dir: "runs/x".into(),
+            run_id: "run-1".into(),
+            status: RunStatus::Completed,
+            steps: 3,
+            total_steps: 3,
+            tokens: 1,
+            tokens_per_s: 1.0,
+            train_loss: None,
+            val_loss: None,
+            val_step: None,
+            val_ppl: None,
+            val_token_acc: None,
+            first_val_loss: None,
+            resumed_from: None,
+            last_checkpoint: None,
+            elapsed_s: 0.0,
+            anomalies: 0,
+            peak_rss_bytes: None,
+            error: None,
+            metrics_write_error: None,
+        };
+        sinks.emit(3, EventKind::End(summary));
+        let line = serde_json::to_string(&record.0.borrow()[0]).unwrap();
+        for key in ["\"run_id\"", "\"step\"", "\"event\""] {
+            assert_eq!(line.matches(key).count(), 1, "{key} in {line}");
+        }
     }
 
     #[test]

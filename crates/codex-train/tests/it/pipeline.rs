@@ -1,28 +1,9 @@
 // Data formats, tokenizer kinds and LoRA through the whole trainer (tiny, CPU).
 
-use codex_train::config::{DataFormat, TokenizerKind, TrainConfig};
+use crate::support::{base, lines};
+use codex_train::config::{DataFormat, TokenizerKind};
 use codex_train::{RunOptions, RunStatus as Status, train};
 use std::path::Path;
-
-fn base(dir: &Path, run: &str) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.data.context_length = 16;
-    c.training.steps = 4;
-    c.training.batch_size = 4;
-    c.training.eval_every = 0;
-    c.training.eval_batches = 2;
-    c.checkpoint.every = 0;
-    c.output.dir = dir.join(run).display().to_string();
-    c
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn jsonl_text_field_and_trained_bpe_tokenizer() {

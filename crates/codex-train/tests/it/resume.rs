@@ -1,39 +1,21 @@
 // Exact resume: 2N steps in one run equal N steps + resume + N steps, bit for bit (CPU).
 
+use crate::support::{base, corpus};
 use codex_train::config::TrainConfig;
 use codex_train::{Resume, RunOptions, RunStatus as Status, train};
 use std::path::Path;
 
-fn corpus(dir: &Path) -> String {
-    // A small deterministic "code" corpus.
-    let mut text = String::new();
-    for i in 0..200 {
-        text.push_str(&format!(
-            "def f{i}(x):\n    return x * {} + {}\n\n",
-            i % 7,
-            i % 13
-        ));
-    }
-    let p = dir.join("corpus.py");
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
 fn config(dir: &Path, run: &str, input: &str) -> TrainConfig {
-    let mut c = TrainConfig::default();
+    let mut c = base(dir, run);
     c.data.inputs = vec![input.to_string()];
-    c.data.context_length = 16;
     c.data.val_fraction = 0.1;
     c.training.steps = 8;
-    c.training.batch_size = 4;
     c.training.grad_accum = 2;
     c.training.log_every = 1;
     c.training.eval_every = 4;
-    c.training.eval_batches = 2;
     c.schedule.warmup_steps = 2;
     c.checkpoint.every = 3;
     c.checkpoint.keep_last = 2;
-    c.output.dir = dir.join(run).display().to_string();
     c
 }
 

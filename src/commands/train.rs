@@ -8,6 +8,7 @@ use clap::builder::TypedValueParser as _;
 use codex_core::event::{EventSink, RunStatus, RunSummary};
 use codex_core::exit;
 use codex_core::mode::SystemMetricsMode;
+use codex_train::config::TrainConfig;
 use codex_train::{Resume, RunOptions};
 use std::path::{Path, PathBuf};
 
@@ -122,7 +123,12 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
     if !ctx.json {
         out_line(summary_line(&summary))?;
     }
-    Ok(match summary.status {
+    Ok(exit_for(ctx, &args, &cfg, &summary))
+}
+
+/// The exit code of a finished segment, with what the user needs to know on stderr.
+fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary) -> u8 {
+    match summary.status {
         RunStatus::Completed | RunStatus::EarlyStopped => exit::OK,
         RunStatus::Interrupted => {
             let continue_with = format!(
@@ -137,7 +143,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
                 )),
                 None if summary.steps == 0 => ctx.warn(format!(
                     "interrupted before the first step; no checkpoint was written. Start again with: codex train{}",
-                    restart_args(&args)
+                    restart_args(args)
                 )),
                 None => ctx.warn(format!(
                     "interrupted at step {}; no checkpoint was written",
@@ -157,7 +163,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         }
         // Failures come back as errors; the record says `failed` either way.
         RunStatus::Failed => exit::INVALID,
-    })
+    }
 }
 
 /// The base config: `--config`, else the run's own config when resuming, else the default.

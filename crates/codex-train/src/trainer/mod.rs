@@ -227,6 +227,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
     fn run(&mut self, resume: Option<LoadedCheckpoint>, build: &Builder<'_>) -> Result<()> {
         self.setup(resume, build)?;
         let total = self.live().total_steps;
+        let first_step = self.st.step;
         if self.st.step == 0 && self.cfg.training.eval_at_start {
             // Baseline of the untrained model, so the fall of the validation loss is visible.
             self.eval_now()?;
@@ -257,7 +258,10 @@ impl<'a, 'c> Trainer<'a, 'c> {
         // ones), unless this step's is already written.
         let already = self.last_checkpoint.as_ref().and_then(|p| p.file_name())
             == Some(codex_checkpoint::step_dir_name(self.st.step).as_ref());
-        if !already && self.st.step > 0 {
+        if self.st.step == first_step {
+            // No step in this segment: the checkpoint it resumed from is still the newest.
+            self.last_checkpoint = self.resumed_from.clone();
+        } else if !already {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -436,40 +440,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.st.step,
             live.total_steps,
         );
-        let mut acc: Vec<Option<Tensor>> = Vec::new();
-        let mut loss_sum = 0.0f64;
-        for _ in 0..tr.grad_accum {
-            let b = live
-                .ds
-                .train_batch(self.st.data_cursor, tr.batch_size, &live.device)?;
-            self.st.data_cursor += tr.batch_size as u64;
-            let logits = live.model.forward(&b.inputs, true)?;
-            let (bs, t, v) = logits.dims3()?;
-            let flat = logits.reshape((bs * t, v))?;
-            let flat = if flat.dtype() == DType::F32 {
-                flat
-            } else {
-                flat.to_dtype(DType::F32)?
-            };
-            let loss = codex_ops::cross_entropy(&flat, &b.targets.flatten_all()?)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
-            let scaled = if tr.grad_accum > 1 {
-                (loss / tr.grad_accum as f64)?
-            } else {
-                loss
-            };
-            let grads = optim::grads_for(&live.opt, &scaled.backward()?);
-            if acc.is_empty() {
-                acc = grads;
-            } else {
-                for (a, g) in acc.iter_mut().zip(grads) {
-                    *a = match (a.take(), g) {
-                        (Some(x), Some(y)) => Some((x + y)?),
-                        (x, y) => x.or(y),
-                    };
-                }
-            }
-        }
+        let (mut acc, loss_sum) = accumulate(live, tr, &mut self.st.data_cursor)?;
         // Data-parallel ranks exchange gradients here, before the norm and the clip.
         self.collective.all_reduce_mean(&mut acc)?;
         let loss = loss_sum / tr.grad_accum as f64;
@@ -502,7 +473,14 @@ impl<'a, 'c> Trainer<'a, 'c> {
         live.opt
             .step(&acc, lr, optim::clip_coef(grad_norm, tr.clip_norm))?;
         drop(acc);
-        let dt = t0.elapsed().as_secs_f64();
+        self.record_step(t0.elapsed().as_secs_f64(), loss, lr, grad_norm);
+        Ok(StepOutcome::Updated)
+    }
+
+    /// Counts a finished update, feeds the live displays, and emits a step event every
+    /// `log_every` steps (and at the last).
+    fn record_step(&mut self, dt: f64, loss: f64, lr: f64, grad_norm: f64) {
+        let tr = &self.cfg.training;
         let step_tokens = (tr.batch_size * tr.grad_accum * self.cfg.data.context_length) as u64;
         let c = &mut self.counters;
         c.tokens += step_tokens;
@@ -514,6 +492,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             c.window.2 + loss,
             c.window.3 + step_tokens,
         );
+        let live = self.live.as_ref().expect("setup ran");
         let total_steps = live.total_steps;
         self.sinks.progress(&Progress {
             step: self.st.step,
@@ -537,7 +516,6 @@ impl<'a, 'c> Trainer<'a, 'c> {
             };
             self.sinks.emit(self.st.step, EventKind::Step(m));
         }
-        Ok(StepOutcome::Updated)
     }
 
     /// Evaluates when due (every `eval_every` steps and at the last); returns whether early
@@ -678,6 +656,48 @@ impl<'a, 'c> Trainer<'a, 'c> {
         self.sinks.finish();
         result.map(|()| summary)
     }
+}
+
+/// Forward and backward over `grad_accum` micro-batches from `cursor` (advanced past them):
+/// the summed gradients of the mean loss, in optimizer order, and the sum of the losses.
+fn accumulate(
+    live: &Live,
+    tr: &crate::config::TrainingSection,
+    cursor: &mut u64,
+) -> Result<(Vec<Option<Tensor>>, f64)> {
+    let mut acc: Vec<Option<Tensor>> = Vec::new();
+    let mut loss_sum = 0.0f64;
+    for _ in 0..tr.grad_accum {
+        let b = live.ds.train_batch(*cursor, tr.batch_size, &live.device)?;
+        *cursor += tr.batch_size as u64;
+        let logits = live.model.forward(&b.inputs, true)?;
+        let (bs, t, v) = logits.dims3()?;
+        let flat = logits.reshape((bs * t, v))?;
+        let flat = if flat.dtype() == DType::F32 {
+            flat
+        } else {
+            flat.to_dtype(DType::F32)?
+        };
+        let loss = codex_ops::cross_entropy(&flat, &b.targets.flatten_all()?)?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        let scaled = if tr.grad_accum > 1 {
+            (loss / tr.grad_accum as f64)?
+        } else {
+            loss
+        };
+        let grads = optim::grads_for(&live.opt, &scaled.backward()?);
+        if acc.is_empty() {
+            acc = grads;
+        } else {
+            for (a, g) in acc.iter_mut().zip(grads) {
+                *a = match (a.take(), g) {
+                    (Some(x), Some(y)) => Some((x + y)?),
+                    (x, y) => x.or(y),
+                };
+            }
+        }
+    }
+    Ok((acc, loss_sum))
 }
 
 /// Whether the checkpoint's metric was of another monitor than the config's.

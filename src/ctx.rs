@@ -1,6 +1,7 @@
 //! What every command receives: output mode, verbosity, color and progress settings, and the
 //! printer for stdout data and stderr diagnostics.
 
+use anstyle::{AnsiColor, Style};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 
@@ -98,7 +99,7 @@ impl Ctx {
     /// A warning on stderr (suppressed by -q).
     pub fn warn(&self, message: impl std::fmt::Display) {
         if !self.quiet {
-            let label = self.paint("warning:", "33");
+            let label = self.paint("warning:", AnsiColor::Yellow.on_default());
             let _ = writeln!(std::io::stderr(), "{label} {message}");
         }
     }
@@ -127,20 +128,20 @@ impl Ctx {
                 continue;
             }
             if first {
-                let _ = writeln!(stderr, "{} {text}", self.paint("error:", "31;1"));
+                let _ = writeln!(stderr, "{} {text}", self.paint("error:", AnsiColor::Red.on_default().bold()));
                 first = false;
             } else {
                 let _ = writeln!(stderr, "  caused by: {text}");
             }
         }
         if let Some(h) = hint {
-            let _ = writeln!(stderr, "{} {h}", self.paint("hint:", "36"));
+            let _ = writeln!(stderr, "{} {h}", self.paint("hint:", AnsiColor::Cyan.on_default()));
         }
     }
 
-    fn paint(&self, text: &str, code: &str) -> String {
+    fn paint(&self, text: &str, style: Style) -> String {
         if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
+            format!("{style}{text}{style:#}")
         } else {
             text.to_string()
         }

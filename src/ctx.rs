@@ -128,14 +128,22 @@ impl Ctx {
                 continue;
             }
             if first {
-                let _ = writeln!(stderr, "{} {text}", self.paint("error:", AnsiColor::Red.on_default().bold()));
+                let _ = writeln!(
+                    stderr,
+                    "{} {text}",
+                    self.paint("error:", AnsiColor::Red.on_default().bold())
+                );
                 first = false;
             } else {
                 let _ = writeln!(stderr, "  caused by: {text}");
             }
         }
         if let Some(h) = hint {
-            let _ = writeln!(stderr, "{} {h}", self.paint("hint:", AnsiColor::Cyan.on_default()));
+            let _ = writeln!(
+                stderr,
+                "{} {h}",
+                self.paint("hint:", AnsiColor::Cyan.on_default())
+            );
         }
     }
 

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use codex_core::exit;
 use codex_core::ndjson::NdjsonWriter;
 use codex_telemetry::{Collector, GpuMode, GpuStatus, MIN_INTERVAL, Sample};
+use indicatif::HumanBytes;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -157,21 +158,6 @@ fn wait_until(deadline: Instant) -> bool {
     }
 }
 
-fn bytes(n: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} {}", UNITS[i])
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map_or_else(|| "n/a".to_string(), f)
 }
@@ -197,11 +183,11 @@ fn render(s: &Sample) -> String {
     let _ = writeln!(
         o,
         "mem   {} / {} used, {} available  swap {} / {}",
-        bytes(s.mem_used_bytes as f64),
-        bytes(s.mem_total_bytes as f64),
-        bytes(s.mem_available_bytes as f64),
-        bytes(s.swap_used_bytes as f64),
-        bytes(s.swap_total_bytes as f64),
+        HumanBytes(s.mem_used_bytes),
+        HumanBytes(s.mem_total_bytes),
+        HumanBytes(s.mem_available_bytes),
+        HumanBytes(s.swap_used_bytes),
+        HumanBytes(s.swap_total_bytes),
     );
     let _ = writeln!(
         o,
@@ -209,9 +195,11 @@ fn render(s: &Sample) -> String {
         s.proc_count,
         opt(s.proc_threads, |v| v.to_string()),
         s.proc_cpu_pct,
-        bytes(s.proc_rss_bytes as f64),
-        opt(s.proc_disk_read_bytes_per_s, bytes),
-        opt(s.proc_disk_write_bytes_per_s, bytes),
+        HumanBytes(s.proc_rss_bytes),
+        opt(s.proc_disk_read_bytes_per_s, |v| HumanBytes(v as u64)
+            .to_string()),
+        opt(s.proc_disk_write_bytes_per_s, |v| HumanBytes(v as u64)
+            .to_string()),
     );
     match s.gpu_status {
         GpuStatus::NotRequested => {
@@ -242,14 +230,14 @@ fn render(s: &Sample) -> String {
             g.index,
             opt(g.gpu_temp_c, |v| format!("{v:.0}°C")),
             opt(g.gpu_util_pct, |v| format!("{v:.0}%")),
-            opt(g.gpu_mem_used_bytes, |v| bytes(v as f64)),
-            opt(g.gpu_mem_total_bytes, |v| bytes(v as f64)),
+            opt(g.gpu_mem_used_bytes, |v| HumanBytes(v).to_string()),
+            opt(g.gpu_mem_total_bytes, |v| HumanBytes(v).to_string()),
             opt(g.gpu_power_w, |v| format!("{v:.0} W")),
             opt(g.gpu_power_limit_w, |v| format!("{v:.0} W")),
             opt(g.gpu_pstate, |v| format!("P{v}")),
             opt(g.gpu_sm_util_pct, |v| format!("{v:.0}%")),
             opt(g.gpu_tensor_util_pct, |v| format!("{v:.0}%")),
-            opt(g.gpu_proc_mem_used_bytes, |v| bytes(v as f64)),
+            opt(g.gpu_proc_mem_used_bytes, |v| HumanBytes(v).to_string()),
         );
     }
     o

@@ -7,6 +7,7 @@ use codex_registry::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig};
 use codex_registry::registry::{self, ARCHITECTURES, PRESETS, PresetOverrides};
 use codex_registry::source::{self, ModelSource};
 use codex_registry::{ArchConfig, RegistryError};
+use indicatif::HumanBytes;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -95,21 +96,6 @@ fn human(n: usize) -> String {
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
         n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
         n => n.to_string(),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut i = 0;
-    while x >= 1024.0 && i < U.len() - 1 {
-        x /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", U[i])
     }
 }
 
@@ -373,14 +359,14 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<u8> {
     out_line(format!("dtype:         {dtype_name}"))?;
     out_line(format!(
         "memory:        weights {}, training ≈ {} (+ activations)",
-        bytes(weights_bytes),
-        bytes(train_bytes)
+        HumanBytes(weights_bytes),
+        HumanBytes(train_bytes)
     ))?;
     for f in &file_json {
         out_line(format!(
             "file:          {} ({}){}",
             f["path"].as_str().unwrap_or(""),
-            bytes(f["bytes"].as_u64().unwrap_or(0)),
+            HumanBytes(f["bytes"].as_u64().unwrap_or(0)),
             f.get("sha256")
                 .and_then(Value::as_str)
                 .map(|s| format!(" sha256:{s}"))

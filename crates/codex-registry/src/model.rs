@@ -1,5 +1,5 @@
 //! [`Model`], the type the trainer drives: an architecture, its HF-named parameters and an
-//! optional LoRA adapter. [`Model::build`] is the one place a config and weights (fresh or
+//! optional LoRA adapter. `Model::build` is the one place a config and weights (fresh or
 //! loaded) become a model.
 
 use crate::arch::{self, Architecture};

@@ -3,7 +3,6 @@
 #
 #   bash benches/compare_train.sh                 # small and medium, 30 timed steps each
 #   STEPS=20 WARMUP=3 CONFIGS=small bash benches/compare_train.sh
-#   USE_EXAMPLE=1 ...   # run the train_bench example (same library call) instead of the binary
 #
 # For each config: PyTorch (benches/pytorch_gpt.py, torch.set_num_threads(THREADS)) and
 # `codex train --config configs/bench-<config>.toml` (release build, RAYON_NUM_THREADS=THREADS)
@@ -25,15 +24,8 @@ DATA=data/cpython-stdlib.txt
 "$PY" -c 'import torch' 2>/dev/null || { echo "error: $PY cannot import torch (set PYTHON=...)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
 echo "building codex (release)..." >&2
-if [ -z "${USE_EXAMPLE:-}" ] && cargo build --release --quiet --bin codex; then
-    CODEX=(target/release/codex --no-progress -q train)
-else
-    # The same library call as `codex train` (crates/codex-ops/examples/train_bench.rs), for
-    # when another crate of the binary does not build.
-    [ -n "${USE_EXAMPLE:-}" ] || echo "warning: the codex binary does not build; using the train_bench example" >&2
-    cargo build --release --quiet -p codex-ops --example train_bench
-    CODEX=(target/release/examples/train_bench)
-fi
+cargo build --release --quiet --bin codex
+CODEX=(target/release/codex --no-progress -q train)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

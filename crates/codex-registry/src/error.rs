@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{path}: {source}")]
+    // The io::Error is the source: printing it here too would show it twice in a cause chain.
+    #[error("I/O error on {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

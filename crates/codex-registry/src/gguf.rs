@@ -2,9 +2,8 @@
 
 use crate::config::{ArchConfig, LlamaConfig};
 use crate::error::{RegistryError, Result, io_err};
-use crate::model::Model;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -71,7 +70,8 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
-pub(crate) fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model> {
+/// The Llama config from a GGUF file's metadata and its weights (f32 on the CPU, HF names).
+pub(crate) fn read_gguf(path: &Path) -> Result<(ArchConfig, HashMap<String, Tensor>)> {
     let bad = |msg: String| RegistryError::Gguf {
         path: path.to_path_buf(),
         msg,
@@ -158,11 +158,5 @@ pub(crate) fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Mo
         tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
         ..LlamaConfig::default()
     };
-    Model::from_tensors(
-        ArchConfig::Llama(cfg),
-        tensors,
-        &path.display().to_string(),
-        device,
-        dtype,
-    )
+    Ok((ArchConfig::Llama(cfg), tensors))
 }

@@ -5,6 +5,10 @@
 //! [`apply_lora`], then call [`Model::forward`] and hand [`Model::named_trainable`] to the
 //! optimizer. Every elementwise/normalisation op of the forward pass lives in [`ops`].
 
+// Modules in layers; each uses only earlier layers (no cycles):
+//   error, init, ops | config, device, weights (safetensors I/O), params, gguf | nn | arch
+//   | model | lora, registry | source.
+mod arch;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -14,6 +18,7 @@ pub mod lora;
 mod model;
 mod nn;
 pub mod ops;
+mod params;
 pub mod registry;
 pub mod source;
 mod weights;

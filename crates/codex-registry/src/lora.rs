@@ -5,130 +5,20 @@
 use crate::error::{RegistryError, Result, io_err};
 use crate::model::Model;
 use crate::nn::LoraLayer;
-use crate::weights::Builder;
+use crate::params::Builder;
+use crate::weights::{read_safetensors, write_safetensors};
 use candle_core::{Tensor, Var};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+// Defined with the other configs so that `Model` can hold one without depending on this module.
+pub use crate::config::LoraConfig;
+
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LoraConfig {
-    pub r: usize,
-    pub alpha: f64,
-    pub dropout: f32,
-    /// Module names matched as PEFT does (the full path, or its last components); empty means
-    /// the architecture's PEFT default; `["all-linear"]` means every linear layer.
-    pub target_modules: Vec<String>,
-    /// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
-    pub use_rslora: bool,
-}
-
-impl Default for LoraConfig {
-    fn default() -> Self {
-        Self {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            target_modules: vec![],
-            use_rslora: false,
-        }
-    }
-}
-
 impl LoraConfig {
-    pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.alpha / (self.r as f64).sqrt()
-        } else {
-            self.alpha / self.r as f64
-        }
-    }
-
-    /// The numeric checks (target modules are checked against a model in [`apply_lora`]).
-    pub fn validate(&self) -> Result<()> {
-        let mut bad = vec![];
-        if self.r == 0 {
-            bad.push("r must be > 0".to_string());
-        }
-        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            bad.push(format!("alpha must be > 0, got {}", self.alpha));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bad.push(format!("dropout must be in [0, 1), got {}", self.dropout));
-        }
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(RegistryError::Lora(bad.join("; ")))
-        }
-    }
-
-    /// PEFT's default targets for an architecture.
-    pub fn default_targets(arch: &str) -> Vec<String> {
-        let t: &[&str] = match arch {
-            "gpt2" => &["c_attn"],
-            "bert" => &["query", "value"],
-            _ => &["q_proj", "v_proj"],
-        };
-        t.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// Reads a PEFT `adapter_config.json`.
-    pub fn from_peft_json(v: &Value, path: &Path) -> Result<Self> {
-        let bad = |msg: String| RegistryError::Lora(format!("{}: {msg}", path.display()));
-        if let Some(t) = v.get("peft_type").and_then(Value::as_str)
-            && t != "LORA"
-        {
-            return Err(bad(format!("peft_type `{t}` is not LORA")));
-        }
-        for key in ["use_dora"] {
-            if v.get(key).and_then(Value::as_bool) == Some(true) {
-                return Err(bad(format!("`{key}: true` is not supported")));
-            }
-        }
-        for key in ["rank_pattern", "alpha_pattern"] {
-            if v.get(key)
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
-            {
-                return Err(bad(format!("a non-empty `{key}` is not supported")));
-            }
-        }
-        let r = v
-            .get("r")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("no integer `r`".into()))?;
-        let alpha = v
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("no `lora_alpha`".into()))?;
-        let target_modules = match v.get("target_modules") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect(),
-            _ => return Err(bad("no `target_modules` list".into())),
-        };
-        let cfg = Self {
-            r: r as usize,
-            alpha,
-            dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
-            target_modules,
-            use_rslora: v
-                .get("use_rslora")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        };
-        cfg.validate().map_err(|e| bad(e.to_string()))?;
-        Ok(cfg)
-    }
-
     /// The PEFT `adapter_config.json` for this adapter on `model`.
     pub fn to_peft_json(&self, model: &Model) -> Value {
         json!({
@@ -236,7 +126,7 @@ pub fn load_adapter(model: &mut Model, dir: &Path) -> Result<()> {
         .map_err(|e| RegistryError::Lora(format!("{}: {e}", cfg_path.display())))?;
     let cfg = LoraConfig::from_peft_json(&v, &cfg_path)?;
     let w_path = dir.join(ADAPTER_WEIGHTS);
-    let tensors = crate::source::read_safetensors(&w_path, &candle_core::Device::Cpu)?;
+    let tensors = read_safetensors(&w_path, &candle_core::Device::Cpu)?;
     apply_lora(model, cfg, 0)?;
     // PEFT also writes keys with the adapter name (`lora_A.default.weight`) in some versions.
     let tensors: HashMap<String, Tensor> = tensors
@@ -303,14 +193,14 @@ impl Model {
         let Some(cfg) = &self.lora else {
             return Ok(vec![]);
         };
-        codex_core::fsutil::create_dir_all(dir).map_err(crate::error::io_err(dir))?;
+        codex_core::fsutil::create_dir_all(dir).map_err(io_err(dir))?;
         let cfg_path = dir.join(ADAPTER_CONFIG);
         let text = serde_json::to_string_pretty(&cfg.to_peft_json(self))
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         codex_core::fsutil::atomic_write(&cfg_path, format!("{text}\n").as_bytes())
-            .map_err(crate::error::io_err(&cfg_path))?;
+            .map_err(io_err(&cfg_path))?;
         let w = dir.join(ADAPTER_WEIGHTS);
-        crate::source::write_safetensors(&w, &self.state_for_save(), &[("format", "pt")])?;
+        write_safetensors(&w, &self.state_for_save(), &[("format", "pt")])?;
         Ok(vec![cfg_path, w])
     }
 

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::init::keep_mask;
 use crate::ops;
-use crate::weights::{Builder, Init};
+use crate::params::{Builder, Init};
 use candle_core::{Tensor, Var};
 use std::sync::atomic::{AtomicU64, Ordering};
 

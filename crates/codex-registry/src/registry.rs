@@ -1,9 +1,9 @@
-//! The one place where architectures and presets are registered (`codex model list`).
+//! The one place where architectures and presets are registered (`codex model list`). A preset
+//! is a config; [`build_preset`] hands it to the model constructor with fresh weights.
 
 use crate::config::{ArchConfig, BertConfig, GptConfig, LlamaConfig};
 use crate::error::{RegistryError, Result};
 use crate::model::Model;
-use crate::weights::Builder;
 use candle_core::{DType, Device};
 
 /// An architecture codex implements.
@@ -188,7 +188,5 @@ pub fn build_from_config(
     dtype: DType,
     seed: u64,
 ) -> Result<Model> {
-    let model = Model::build(cfg, Builder::init(device, dtype, seed), origin.to_string())?;
-    model.set_dropout_state(seed, 0);
-    Ok(model)
+    Model::init(cfg, origin, device, dtype, seed)
 }

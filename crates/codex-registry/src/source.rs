@@ -1,15 +1,19 @@
 //! Where weights come from, offline: an HF model directory, an `org/name[@revision]` in the
-//! local hf-hub cache, or a GGUF file; plus validated safetensors reading and atomic writing.
+//! local hf-hub cache, or a GGUF file. Each is read into a config plus HF-named tensors, which
+//! [`Model::from_tensors`] turns into a model.
 
 use crate::config::ArchConfig;
 use crate::error::{RegistryError, Result, io_err};
+use crate::gguf;
 use crate::model::Model;
 use crate::registry::{find_preset, preset_names};
-use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+// The safetensors I/O lives in `weights`; these paths are the public ones.
+pub use crate::weights::{read_safetensors, safetensors_header, weight_files, write_safetensors};
 
 /// A resolved model reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,158 +136,47 @@ fn hub_snapshot(root: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
 
 /// Loads pretrained weights from a directory, a `.gguf` file or a cached hf-hub id.
 pub fn load_pretrained(source: &str, device: &Device, dtype: DType) -> Result<Model> {
-    match resolve_source(source)? {
-        ModelSource::Preset(name) => Err(RegistryError::UnknownModel {
-            name,
-            msg: "is a preset without pretrained weights; build it with build_preset".into(),
-        }),
-        ModelSource::HfDir(dir) => load_hf_dir(&dir, device, dtype),
-        ModelSource::Gguf(path) => crate::gguf::load_gguf(&path, device, dtype),
-    }
+    let (config, tensors, path) = match resolve_source(source)? {
+        ModelSource::Preset(name) => {
+            return Err(RegistryError::UnknownModel {
+                name,
+                msg: "is a preset without pretrained weights; build it with build_preset".into(),
+            });
+        }
+        ModelSource::HfDir(dir) => {
+            let (config, tensors) = read_hf_dir(&dir)?;
+            (config, tensors, dir)
+        }
+        ModelSource::Gguf(path) => {
+            let (config, tensors) = gguf::read_gguf(&path)?;
+            (config, tensors, path)
+        }
+    };
+    Model::from_tensors(config, tensors, &path.display().to_string(), device, dtype)
 }
 
-pub(crate) fn read_config(dir: &Path) -> Result<(ArchConfig, Value)> {
+/// The architecture config of an HF directory's `config.json`.
+fn read_config(dir: &Path) -> Result<ArchConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| RegistryError::Config {
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    Ok((ArchConfig::from_hf_json(&v, &path)?, v))
+    ArchConfig::from_hf_json(&v, &path)
 }
 
-/// The weight files of an HF directory: `model.safetensors`, or the shards named by
-/// `model.safetensors.index.json`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| RegistryError::Safetensors {
-            path: index.clone(),
-            msg: format!("invalid index: {e}"),
-        })?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| RegistryError::Safetensors {
-                path: index.clone(),
-                msg: "no `weight_map` object".into(),
-            })?;
-        let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-    }
-    let hint = if dir.join("pytorch_model.bin").is_file() {
-        " (pytorch_model.bin is not supported: convert it to safetensors)"
-    } else {
-        ""
-    };
-    Err(RegistryError::UnknownModel {
-        name: dir.display().to_string(),
-        msg: format!("no model.safetensors or model.safetensors.index.json{hint}"),
-    })
-}
-
-pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
-    let (config, _) = read_config(dir)?;
+/// The config and every weight (on the CPU, as stored) of an HF model directory.
+pub fn read_hf_dir(dir: &Path) -> Result<(ArchConfig, HashMap<String, Tensor>)> {
+    let config = read_config(dir)?;
     let mut tensors = HashMap::new();
     for f in weight_files(dir)? {
         tensors.extend(read_safetensors(&f, &Device::Cpu)?);
     }
+    Ok((config, tensors))
+}
+
+pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+    let (config, tensors) = read_hf_dir(dir)?;
     Model::from_tensors(config, tensors, &dir.display().to_string(), device, dtype)
-}
-
-/// Reads a whole safetensors file; a truncated or corrupt file is an error naming it.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| RegistryError::Safetensors {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-    let mut out = HashMap::with_capacity(st.len());
-    for (name, view) in st.tensors() {
-        let t = view.load(device).map_err(|e| RegistryError::Safetensors {
-            path: path.to_path_buf(),
-            msg: format!("tensor `{name}`: {e}"),
-        })?;
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
-/// Reads only the header: `(name, dtype, shape)` of every tensor.
-pub fn safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
-    use std::io::Read;
-    let bad = |msg: String| RegistryError::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let file_len = f.metadata().map_err(io_err(path))?.len();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|e| bad(format!("header length: {e}")))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 || n + 8 > file_len {
-        return Err(bad(format!(
-            "header length {n} exceeds the file size {file_len}"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| bad(format!("header: {e}")))?;
-    let v: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let mut out = vec![];
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info
-            .get("dtype")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        let shape = info
-            .get("shape")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64().map(|x| x as usize))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((name.clone(), dtype, shape));
-    }
-    Ok(out)
-}
-
-/// Writes named tensors as safetensors atomically, with string metadata.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: &[(&str, &str)],
-) -> Result<()> {
-    // Serialising copies from the device; make everything CPU-contiguous first so the
-    // `View` impl cannot fail.
-    let cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| RegistryError::Safetensors {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-    codex_core::fsutil::atomic_write(path, &bytes).map_err(io_err(path))
 }

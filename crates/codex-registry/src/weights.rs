@@ -1,110 +1,136 @@
-//! Creating parameters: freshly initialised from a seed, or taken from loaded tensors with
-//! name and shape checks. The same architecture code serves both paths.
+//! Safetensors I/O with HF tensor names: reading whole files or headers, listing an HF
+//! directory's (possibly sharded) weight files, and atomic writing. Knows nothing of models.
 
-use crate::error::{RegistryError, Result};
-use crate::init::InitRng;
-use candle_core::{DType, Device, Tensor, Var};
-use std::collections::HashMap;
+use crate::error::{RegistryError, Result, io_err};
+use candle_core::safetensors::Load;
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Init {
-    Normal(f64),
-    Zeros,
-    Ones,
+/// The weight files of an HF directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| RegistryError::Safetensors {
+            path: index.clone(),
+            msg: format!("invalid index: {e}"),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| RegistryError::Safetensors {
+                path: index.clone(),
+                msg: "no `weight_map` object".into(),
+            })?;
+        let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let hint = if dir.join("pytorch_model.bin").is_file() {
+        " (pytorch_model.bin is not supported: convert it to safetensors)"
+    } else {
+        ""
+    };
+    Err(RegistryError::UnknownModel {
+        name: dir.display().to_string(),
+        msg: format!("no model.safetensors or model.safetensors.index.json{hint}"),
+    })
 }
 
-pub(crate) struct Builder {
-    pub device: Device,
-    pub dtype: DType,
-    tensors: Option<(HashMap<String, Tensor>, String)>,
-    rng: InitRng,
-    pub params: Vec<(String, Var)>,
+/// Reads a whole safetensors file; a truncated or corrupt file is an error naming it.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| RegistryError::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    let mut out = HashMap::with_capacity(st.len());
+    for (name, view) in st.tensors() {
+        let t = view.load(device).map_err(|e| RegistryError::Safetensors {
+            path: path.to_path_buf(),
+            msg: format!("tensor `{name}`: {e}"),
+        })?;
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
-impl Builder {
-    pub fn init(device: &Device, dtype: DType, seed: u64) -> Self {
-        Self {
-            device: device.clone(),
-            dtype,
-            tensors: None,
-            rng: InitRng::new(seed),
-            params: vec![],
+/// Reads only the header: `(name, dtype, shape)` of every tensor.
+pub fn safetensors_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
+    use std::io::Read;
+    let bad = |msg: String| RegistryError::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let file_len = f.metadata().map_err(io_err(path))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| bad(format!("header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 || n + 8 > file_len {
+        return Err(bad(format!(
+            "header length {n} exceeds the file size {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("header: {e}")))?;
+    let v: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let mut out = vec![];
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
         }
-    }
-
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        origin: String,
-        device: &Device,
-        dtype: DType,
-    ) -> Self {
-        Self {
-            device: device.clone(),
-            dtype,
-            tensors: Some((tensors, origin)),
-            rng: InitRng::new(0),
-            params: vec![],
-        }
-    }
-
-    /// Drops a loaded tensor that the model does not keep (e.g. a tied lm_head).
-    pub fn discard(&mut self, name: &str) {
-        if let Some((m, _)) = &mut self.tensors {
-            m.remove(name);
-        }
-    }
-
-    pub fn var(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
-        let t = match &mut self.tensors {
-            Some((map, origin)) => {
-                let t = map
-                    .remove(name)
-                    .ok_or_else(|| RegistryError::MissingTensor {
-                        name: name.to_string(),
-                        expected: shape.to_vec(),
-                        origin: origin.clone(),
-                    })?;
-                if t.dims() != shape {
-                    return Err(RegistryError::ShapeMismatch {
-                        name: name.to_string(),
-                        expected: shape.to_vec(),
-                        found: t.dims().to_vec(),
-                        origin: origin.clone(),
-                    });
-                }
-                t.to_device(&self.device)?.to_dtype(self.dtype)?
-            }
-            None => {
-                let n: usize = shape.iter().product();
-                let data = match init {
-                    Init::Normal(std) => self.rng.normal(n, std),
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                };
-                Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?
-            }
-        };
-        let v = Var::from_tensor(&t)?;
-        self.params.push((name.to_string(), v.clone()));
-        Ok(v)
-    }
-
-    /// Draws a uniform tensor from the builder's RNG (LoRA A init).
-    pub fn uniform(&mut self, shape: &[usize], bound: f64) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        Ok(
-            Tensor::from_vec(self.rng.uniform(n, bound), shape, &self.device)?
-                .to_dtype(self.dtype)?,
-        )
-    }
-
-    /// The parameters created, and the names of loaded tensors nobody asked for.
-    pub fn finish(self) -> (Vec<(String, Var)>, Vec<String>) {
-        let mut left: Vec<String> = self
-            .tensors
-            .map(|(m, _)| m.into_keys().collect())
+        let dtype = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let shape = info
+            .get("shape")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as usize))
+                    .collect()
+            })
             .unwrap_or_default();
-        left.sort();
-        (self.params, left)
+        out.push((name.clone(), dtype, shape));
     }
+    Ok(out)
+}
+
+/// Writes named tensors as safetensors atomically, with string metadata.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
+    // Serialising copies from the device; make everything CPU-contiguous first so the
+    // `View` impl cannot fail.
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| RegistryError::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    codex_core::fsutil::atomic_write(path, &bytes).map_err(io_err(path))
 }

@@ -9,11 +9,7 @@ use codex_registry::{
 };
 use std::path::PathBuf;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/registry")
-        .join(name)
-}
+use crate::support::{fixture, max_diff};
 
 fn small(name: &str, seed: u64) -> codex_registry::Model {
     let o = PresetOverrides {
@@ -31,19 +27,6 @@ fn batch() -> Tensor {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]
@@ -453,4 +436,20 @@ fn codex_adapter_loads_in_peft() {
 fn model_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<codex_registry::Model>();
+}
+
+/// codex-train wraps `RegistryError` as a source (`#[from]`), and the CLI prints every cause of
+/// a chain: the error must be `Send + Sync + 'static` and must not repeat its cause's message.
+#[test]
+fn registry_error_prints_its_cause_once() {
+    fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<RegistryError>();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.safetensors");
+    let e = read_safetensors(&missing, &Device::Cpu).unwrap_err();
+    assert!(matches!(e, RegistryError::Io { .. }), "{e:?}");
+    let cause = std::error::Error::source(&e).expect("the io::Error is kept as the source");
+    let text = e.to_string();
+    assert!(text.contains("absent.safetensors"), "{text}");
+    assert!(!text.contains(&cause.to_string()), "{text}");
 }

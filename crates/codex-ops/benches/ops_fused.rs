@@ -2,7 +2,7 @@
 //! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), and
 //! the fused AdamW vs `candle_nn::AdamW` on 262k parameters (PERFORMANCE.md's probe).
 //!
-//!     cargo bench --bench ops_fused
+//!     cargo bench -p codex-ops --bench ops_fused
 //!
 //! Each pair runs in the same process, back to back: compare the ratio, not the absolute times.
 

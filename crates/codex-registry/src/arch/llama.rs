@@ -1,0 +1,165 @@
+//! The Llama family (`LlamaForCausalLM`, `Qwen2ForCausalLM`): RMSNorm, RoPE, SwiGLU and
+//! grouped-query attention.
+
+use super::Architecture;
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads};
+use crate::ops;
+use crate::params::{Builder, Init};
+use candle_core::{DType, Device, Tensor, Var};
+
+struct LlamaLayer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    input_ln: Norm,
+    post_ln: Norm,
+}
+
+pub(super) struct Llama {
+    cfg: LlamaConfig,
+    embed: Var,
+    layers: Vec<LlamaLayer>,
+    norm: Norm,
+    lm_head: Option<Var>,
+}
+
+impl Llama {
+    pub(super) fn build(cfg: &LlamaConfig, b: &mut Builder) -> Result<Self> {
+        let (d, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.rms_norm_eps);
+        let (nh, nkv, hd, ff) = (
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.head_dim(),
+            cfg.intermediate_size,
+        );
+        let embed = b.var(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, d],
+            Init::Normal(std),
+        )?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let lin = |b: &mut Builder, n: &str, i, o, bias| {
+                Linear::new(b, &format!("{p}.{n}"), i, o, bias, false, std)
+            };
+            layers.push(LlamaLayer {
+                q: lin(b, "self_attn.q_proj", d, nh * hd, cfg.qkv_bias())?,
+                k: lin(b, "self_attn.k_proj", d, nkv * hd, cfg.qkv_bias())?,
+                v: lin(b, "self_attn.v_proj", d, nkv * hd, cfg.qkv_bias())?,
+                o: lin(b, "self_attn.o_proj", nh * hd, d, cfg.o_bias())?,
+                gate: lin(b, "mlp.gate_proj", d, ff, cfg.mlp_bias)?,
+                up: lin(b, "mlp.up_proj", d, ff, cfg.mlp_bias)?,
+                down: lin(b, "mlp.down_proj", ff, d, cfg.mlp_bias)?,
+                input_ln: Norm::rms_norm(b, &format!("{p}.input_layernorm"), d, eps)?,
+                post_ln: Norm::rms_norm(b, &format!("{p}.post_attention_layernorm"), d, eps)?,
+            });
+        }
+        let norm = Norm::rms_norm(b, "model.norm", d, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            b.discard("lm_head.weight");
+            None
+        } else {
+            Some(b.var("lm_head.weight", &[cfg.vocab_size, d], Init::Normal(std))?)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// cos/sin tables `[T, hd]` in f32 (as HF computes them), cast to `dtype`.
+    fn rope_tables(&self, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.head_dim();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
+        let pos = Tensor::arange(0u32, t as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((t, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], 1)?;
+        Ok((emb.cos()?.to_dtype(dtype)?, emb.sin()?.to_dtype(dtype)?))
+    }
+}
+
+impl Architecture for Llama {
+    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let emb = f.w(&self.embed);
+        let mut h = embed(&emb, ids)?;
+        let (cos, sin) = self.rope_tables(t, h.device(), h.dtype())?;
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let rep = nh / nkv;
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(x);
+            }
+            Ok(x.unsqueeze(2)?
+                .expand((b, nkv, rep, t, hd))?
+                .reshape((b, nh, t, hd))?)
+        };
+        for l in &self.layers {
+            let a = l.input_ln.forward(&h, f)?;
+            let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
+            let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
+            let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
+            let y = attention(
+                &q,
+                &repeat(k)?,
+                &repeat(v)?,
+                Mask::Causal,
+                self.cfg.attention_dropout,
+                f,
+            )?;
+            h = (h + l.o.forward(&merge_heads(&y)?, f)?)?;
+            let m = l.post_ln.forward(&h, f)?;
+            let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
+            h = (h + l.down.forward(&m, f)?)?;
+        }
+        let h = self.norm.forward(&h, f)?;
+        let head = match &self.lm_head {
+            Some(w) => f.w(w),
+            None => emb,
+        };
+        lm_head(&h, &head)
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .collect()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.q,
+                    &mut l.k,
+                    &mut l.v,
+                    &mut l.o,
+                    &mut l.gate,
+                    &mut l.up,
+                    &mut l.down,
+                ]
+            })
+            .collect()
+    }
+}

@@ -2,28 +2,22 @@
 
 use crate::error::{RegistryError, Result};
 use candle_core::{DType, Device};
+use codex_core::mode::DeviceSpec;
 
-/// Parses `cpu`, `cuda` or `cuda:N`. CUDA without the `cuda` feature is an error, never a
-/// silent fallback to the CPU.
+/// Opens `cpu`, `cuda`, `cuda:N` or `auto`: the one grammar, `codex_core::mode::DeviceSpec`,
+/// used by every command and the trainer. Naming CUDA on a build without the `cuda` feature is
+/// an error, never a silent fallback to the CPU; `auto` is the first GPU when this build has
+/// CUDA and one opens, else the CPU.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let s = spec.trim();
-    if s == "cpu" {
-        return Ok(Device::Cpu);
+    match spec.parse::<DeviceSpec>() {
+        Ok(DeviceSpec::Cpu) => Ok(Device::Cpu),
+        Ok(DeviceSpec::Cuda(ordinal)) => cuda_device(spec, ordinal),
+        Ok(DeviceSpec::Auto) => Ok(cuda_device(spec, 0).unwrap_or(Device::Cpu)),
+        Err(msg) => Err(RegistryError::Device {
+            device: spec.to_string(),
+            msg,
+        }),
     }
-    let ordinal = if s == "cuda" {
-        0
-    } else if let Some(n) = s.strip_prefix("cuda:") {
-        n.parse::<usize>().map_err(|_| RegistryError::Device {
-            device: spec.to_string(),
-            msg: "expected `cuda:N` with N a GPU index".into(),
-        })?
-    } else {
-        return Err(RegistryError::Device {
-            device: spec.to_string(),
-            msg: "expected `cpu`, `cuda` or `cuda:N`".into(),
-        });
-    };
-    cuda_device(spec, ordinal)
 }
 
 #[cfg(feature = "cuda")]

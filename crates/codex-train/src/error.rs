@@ -23,8 +23,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} needs codex built with the `{feature}` feature")]
-    NotCompiled { feature: &'static str, what: String },
     /// A fresh run was asked for in a directory that already holds one.
     #[error(
         "run directory `{}` already holds a run ({checkpoints} checkpoint(s)); pass --resume to continue it, or choose another output directory",

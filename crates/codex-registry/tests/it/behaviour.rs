@@ -367,13 +367,14 @@ fn cuda_is_never_a_silent_cpu_fallback() {
 }
 
 /// An adapter saved by codex loads in Python `peft` and gives the same logits. Needs a Python
-/// with torch, transformers and peft in CODEX_PEFT_PYTHON (not on CI: torch is not installed).
+/// with torch, transformers and peft in CODEX_PEFT_PYTHON: torch is ~3 GB from PyPI, so this
+/// runs in `scripts/interop.sh`, not in the README's test command.
 #[test]
+#[ignore = "needs CODEX_PEFT_PYTHON (torch, transformers, peft): scripts/interop.sh"]
 fn codex_adapter_loads_in_peft() {
-    let Some(py) = std::env::var_os("CODEX_PEFT_PYTHON") else {
-        eprintln!("skipped: CODEX_PEFT_PYTHON is unset (a Python with torch, transformers, peft)");
-        return;
-    };
+    let py = std::env::var_os("CODEX_PEFT_PYTHON").expect(
+        "CODEX_PEFT_PYTHON is unset: run scripts/interop.sh (a Python with torch, transformers, peft)",
+    );
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/registry_check_peft.py");
     for (base, targets) in [

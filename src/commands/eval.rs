@@ -69,6 +69,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         max_batches: args.max_batches,
         out_dir: args.out,
     })?;
+    ctx.info(format!(
+        "wrote {} and {}",
+        report.ndjson.display(),
+        report.csv.display()
+    ));
     if ctx.json {
         out_json(&report)?;
     } else {
@@ -85,6 +90,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
                 .map(|s| format!(" at step {s}"))
                 .unwrap_or_default()
         ))?;
+    }
+    if !report.loss.is_finite() {
+        // A model whose loss is NaN or infinite is broken, whatever the files say.
+        ctx.print_error(&anyhow::anyhow!(
+            "the loss is not finite ({}): the weights hold NaN or infinite values, or overflow",
+            report.loss
+        ));
+        return Ok(codex_core::exit::INVALID);
     }
     Ok(codex_core::exit::OK)
 }

@@ -153,11 +153,21 @@ fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary) -> 
             exit::INTERRUPTED
         }
         RunStatus::AnomalyStopped => {
+            let holds = match (&summary.last_checkpoint, summary.last_update_step) {
+                (Some(ck), Some(u)) => format!(
+                    "{} holds the weights of the last applied update (step {u}); later updates were skipped",
+                    ck.display()
+                ),
+                (Some(ck), None) => format!(
+                    "{} holds the weights this segment started from; no update was applied",
+                    ck.display()
+                ),
+                (None, _) => "no checkpoint holds finite weights".to_string(),
+            };
             ctx.print_error(&anyhow::anyhow!(
-                "stopped after {} non-finite losses or gradients in a row at step {}; the last good weights are in {}",
+                "stopped after {} non-finite losses or gradients in a row at step {}; {holds}",
                 cfg.training.max_anomalies,
                 summary.steps,
-                summary.last_checkpoint.as_ref().map_or("-".into(), |p| p.display().to_string())
             ));
             exit::INVALID
         }

@@ -198,6 +198,8 @@ pub enum WarningKind {
     MetricsWrite,
     /// The system-metrics sampler could not run or reported a problem.
     SystemMetrics,
+    /// The weights are not finite, so no checkpoint was written.
+    NonFiniteWeights,
     #[serde(other)]
     Other,
 }
@@ -260,9 +262,13 @@ pub struct RunSummary {
     /// The run's first validation loss (across resumes), to show the loss fell.
     pub first_val_loss: Option<f64>,
     pub resumed_from: Option<PathBuf>,
+    /// The newest checkpoint of the run; never one with non-finite weights.
     pub last_checkpoint: Option<PathBuf>,
     pub elapsed_s: f64,
     pub anomalies: u64,
+    /// The last step of this segment whose update was applied (anomalies skip theirs).
+    #[serde(default)]
+    pub last_update_step: Option<u64>,
     /// Peak resident memory of this process (Linux `VmHWM`).
     pub peak_rss_bytes: Option<u64>,
     /// The error that ended a failed segment, its causes joined by `: `.
@@ -603,6 +609,7 @@ mod tests {
             last_checkpoint: None,
             elapsed_s: 0.0,
             anomalies: 0,
+            last_update_step: None,
             peak_rss_bytes: None,
             error: None,
             metrics_write_error: None,

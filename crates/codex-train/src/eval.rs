@@ -327,11 +327,14 @@ fn run_tokenizer(cfg: &TrainConfig, run: Option<&Path>) -> Result<TextTokenizer>
     match cfg.tokenizer.kind {
         TokenizerKind::Byte => Ok(TextTokenizer::Byte),
         TokenizerKind::Load | TokenizerKind::Train => {
-            let path = match run {
-                Some(r) if r.join("tokenizer.json").is_file() => r.join("tokenizer.json"),
-                _ => PathBuf::from(&cfg.tokenizer.path),
+            // The run's own copy first; else what the config names, read as training reads it
+            // (a file, an HF model directory, or a hub name in the local cache).
+            let tok = match run {
+                Some(r) if r.join("tokenizer.json").is_file() => {
+                    codex_tokenizer::source::load_file(&r.join("tokenizer.json"))?
+                }
+                _ => codex_tokenizer::source::load(&cfg.tokenizer.path)?,
             };
-            let tok = codex_tokenizer::source::load_file(&path)?;
             Ok(TextTokenizer::Hf(Box::new(tok)))
         }
     }

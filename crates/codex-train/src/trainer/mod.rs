@@ -102,6 +102,8 @@ struct Counters {
     train_time: f64,
     last_loss: Option<f64>,
     anomalies: u64,
+    /// The last step whose update was applied in this segment.
+    last_update_step: Option<u64>,
     /// Steps, seconds, loss sum and tokens since the last step event.
     window: (u64, f64, f64, u64),
 }
@@ -258,10 +260,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
         // ones), unless this step's is already written.
         let already = self.last_checkpoint.as_ref().and_then(|p| p.file_name())
             == Some(codex_checkpoint::step_dir_name(self.st.step).as_ref());
-        if self.st.step == first_step {
-            // No step in this segment: the checkpoint it resumed from is still the newest.
-            self.last_checkpoint = self.resumed_from.clone();
-        } else if !already {
+        if self.st.step > first_step && !already {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -295,7 +294,17 @@ impl<'a, 'c> Trainer<'a, 'c> {
         let total_steps = if tr.steps > 0 {
             tr.steps
         } else {
-            (tr.epochs * ds.n_train() as u64).div_ceil(per_step).max(1)
+            tr.epochs
+                .checked_mul(ds.n_train() as u64)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "training.epochs = {} over {} training blocks is more steps than codex can count",
+                        tr.epochs,
+                        ds.n_train()
+                    ))
+                })?
+                .div_ceil(per_step)
+                .max(1)
         };
         let mut opt = Optimizer::new(&cfg.optimizer, model.named_trainable())?;
         let mut resumed = None;
@@ -303,6 +312,8 @@ impl<'a, 'c> Trainer<'a, 'c> {
             checkpoint::restore(ck, &self.st, model.as_ref(), &mut opt, &device)?;
             let r = self.resume_warnings(ck, &ds, total_steps, opt.steps_taken());
             self.resumed_from = Some(ck.dir.clone());
+            // Until this segment writes one, the newest checkpoint is the one it resumed.
+            self.last_checkpoint = Some(ck.dir.clone());
             resumed = Some(r);
         }
         drop(resume);
@@ -470,6 +481,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             return Ok(StepOutcome::Skipped { stop });
         }
         self.st.consecutive_anomalies = 0;
+        self.counters.last_update_step = Some(self.st.step);
         live.opt
             .step(&acc, lr, optim::clip_coef(grad_norm, tr.clip_norm))?;
         drop(acc);
@@ -574,8 +586,24 @@ impl<'a, 'c> Trainer<'a, 'c> {
         Ok(())
     }
 
+    /// Writes the checkpoint of this step, unless the weights are not finite: a checkpoint
+    /// never holds NaN or infinite weights, so the newest one is always usable.
     fn save_checkpoint(&mut self) -> Result<()> {
         let live = self.live.as_ref().expect("setup ran");
+        if !weights_finite(live.model.as_ref())? {
+            let newest = self
+                .last_checkpoint
+                .as_ref()
+                .map_or("none".to_string(), |p| p.display().to_string());
+            self.warn(
+                WarningKind::NonFiniteWeights,
+                format!(
+                    "the weights are not finite at step {}; no checkpoint written (newest usable checkpoint: {newest})",
+                    self.st.step
+                ),
+            );
+            return Ok(());
+        }
         self.st.epoch = live.ds.epoch_of(self.st.data_cursor.saturating_sub(1));
         self.st.optimizer_steps = live.opt.steps_taken();
         let pos = self.st.step.min(live.total_steps.saturating_sub(1));
@@ -641,6 +669,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             last_checkpoint: self.last_checkpoint.clone(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             anomalies: c.anomalies,
+            last_update_step: c.last_update_step,
             peak_rss_bytes: peak_rss_bytes(),
             error: None,
             metrics_write_error: None,
@@ -698,6 +727,22 @@ fn accumulate(
         }
     }
     Ok((acc, loss_sum))
+}
+
+/// Whether every trainable weight is finite (`w - w` is 0 for finite values and NaN for the
+/// rest, so the sum is NaN exactly when one is not finite).
+fn weights_finite(model: &dyn TrainModel) -> Result<bool> {
+    for (_, var) in model.named_trainable() {
+        let t = var.as_tensor();
+        let s = (t - t)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether the checkpoint's metric was of another monitor than the config's.

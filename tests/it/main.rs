@@ -14,5 +14,6 @@ mod config;
 mod global;
 mod metrics;
 mod model;
+mod record;
 mod tokenizer;
 mod train;

@@ -38,6 +38,21 @@ pub fn codex_process() -> std::process::Command {
     cmd
 }
 
+/// `sh -c LINE` with the same pinned environment and the `codex` under test first on `PATH`,
+/// for running a command line exactly as `codex` printed it.
+pub fn shell(line: &str) -> Command {
+    let bin = assert_cmd::cargo::cargo_bin("codex");
+    let mut path = std::ffi::OsString::from(bin.parent().expect("the binary has a directory"));
+    if let Some(p) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(p);
+    }
+    let mut cmd = std::process::Command::new("sh");
+    pin_env(&mut cmd);
+    cmd.env("PATH", path).arg("-c").arg(line);
+    Command::from_std(cmd)
+}
+
 /// The `codex` binary, for `assert()`.
 pub fn codex() -> Command {
     Command::from_std(codex_process())
@@ -52,6 +67,31 @@ pub fn fixture(path: &str) -> PathBuf {
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// `codex train` arguments: `tiny.toml` on `input` into `out`, then `extra`.
+pub fn tiny_args(input: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "train".into(),
+        "--config".into(),
+        fixture("train/tiny.toml").display().to_string(),
+        format!("data.inputs=[{:?}]", input),
+        format!("output.dir={:?}", out.display().to_string()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The step of the newest event in a run's `metrics.ndjson` (0 before any), for tests that
+/// watch a run they spawned; a line still being written is skipped.
+pub fn newest_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("metrics.ndjson"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["step"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Runs `cmd`, asserts exit 0 and returns its stdout.

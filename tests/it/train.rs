@@ -1,8 +1,8 @@
 //! `codex train` / `codex eval` end to end, running the real binary.
 
 use crate::support::{
-    codex, codex_process, corpus, expect_exit, fixture, json_of, lines, ndjson, sigint,
-    stdout_json, tempdir,
+    codex, codex_process, corpus, expect_exit, json_of, lines, ndjson, newest_step, sigint,
+    stdout_json, tempdir, tiny_args,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -14,19 +14,6 @@ fn val_losses(events: &[Value]) -> Vec<f64> {
         .filter(|e| e["event"] == "eval")
         .map(|e| e["val_loss"].as_f64().unwrap())
         .collect()
-}
-
-/// `codex train` arguments: `tiny.toml` on `input` into `out`, then `extra`.
-fn tiny_args(input: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "train".into(),
-        "--config".into(),
-        fixture("train/tiny.toml").display().to_string(),
-        format!("data.inputs=[{:?}]", input),
-        format!("output.dir={:?}", out.display().to_string()),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
 }
 
 #[test]
@@ -133,15 +120,6 @@ fn sigkill_at_random_moments_then_resume_matches_uninterrupted() {
     // Kills land at pseudo-random training steps (LCG, fixed seed) plus a pseudo-random few
     // milliseconds, found by watching the run's metrics: the same test must land them on a slow
     // debug build and on a fast release build. Steps inside a checkpoint write are included.
-    let newest_step = |run: &Path| -> u64 {
-        std::fs::read_to_string(run.join("metrics.ndjson"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|e| e["step"].as_u64())
-            .max()
-            .unwrap_or(0)
-    };
     let mut state: u64 = 0x5eed;
     let mut kills = 0;
     let mut finished = false;

@@ -153,16 +153,19 @@ fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary) -> 
             exit::INTERRUPTED
         }
         RunStatus::AnomalyStopped => {
-            let holds = match (&summary.last_checkpoint, summary.last_update_step) {
-                (Some(ck), Some(u)) => format!(
-                    "{} holds the weights of the last applied update (step {u}); later updates were skipped",
+            // The weights of the last applied update are what produced the non-finite values.
+            let holds = match (&summary.last_checkpoint, summary.last_checkpoint_step) {
+                (None, _) => "no checkpoint was written before the failure".to_string(),
+                (Some(ck), Some(c)) if summary.last_update_step.is_some_and(|u| c >= u) => {
+                    format!(
+                        "the newest checkpoint, {}, holds the weights of the last applied update (step {c}), which the non-finite values came from",
+                        ck.display()
+                    )
+                }
+                (Some(ck), _) => format!(
+                    "the newest checkpoint, {}, holds the weights from before the failing updates",
                     ck.display()
                 ),
-                (Some(ck), None) => format!(
-                    "{} holds the weights this segment started from; no update was applied",
-                    ck.display()
-                ),
-                (None, _) => "no checkpoint holds finite weights".to_string(),
             };
             ctx.print_error(&anyhow::anyhow!(
                 "stopped after {} non-finite losses or gradients in a row at step {}; {holds}",

@@ -236,16 +236,98 @@ fn non_finite_losses_stop_with_exit_1_and_metrics() {
             "training.clip_norm=0",
         ],
     );
-    codex().args(&args).assert().code(1);
+    let out = codex().args(&args).assert().code(1).get_output().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     let ev = lines(&run.join("metrics.ndjson"));
     assert!(ev.iter().filter(|e| e["event"] == "anomaly").count() >= 2);
     let end = ev.last().unwrap();
     assert_eq!(end["event"], "end");
     assert_eq!(end["status"], "anomaly_stopped");
+    // The message says what the newest checkpoint holds; the weights that gave the non-finite
+    // losses are not checkpointed at the stop, and one said to predate them evaluates finite
+    // (`codex eval` exits 1 on a non-finite loss).
     assert!(
-        end["last_checkpoint"].is_string(),
-        "a checkpoint of the last good state: {end}"
+        !run.join("checkpoints/step-00000003").exists(),
+        "no checkpoint of the failing weights"
     );
+    match end["last_checkpoint"].as_str() {
+        Some(ck) if stderr.contains("from before the failing updates") => {
+            codex()
+                .arg("eval")
+                .arg(ck)
+                .args(["--max-batches", "1"])
+                .assert()
+                .success();
+        }
+        Some(_) => assert!(
+            stderr.contains("which the non-finite values came from"),
+            "{stderr}"
+        ),
+        None => assert!(
+            stderr.contains("no checkpoint was written before the failure"),
+            "{stderr}"
+        ),
+    }
+    assert!(!stderr.contains("last good weights"), "{stderr}");
+}
+
+#[test]
+fn eval_of_non_finite_weights_exits_1() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let run = dir.path().join("ok");
+    codex()
+        .args(tiny_args(&input, &run, &["training.steps=2"]))
+        .assert()
+        .success();
+    // Overwrite the weights with NaN, then re-seal the manifest as a forger would: the hashes
+    // verify, the values do not.
+    let ck = run.join("checkpoints/step-00000002");
+    let path = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for chunk in bytes[8 + header..].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    reseal_manifest(&ck);
+    let out = codex()
+        .arg("eval")
+        .arg(&ck)
+        .args(["--max-batches", "1"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not finite"), "{stderr}");
+}
+
+/// Rewrites a checkpoint's MANIFEST.json with the sizes and sha256 of its files as they are now.
+fn reseal_manifest(ck: &Path) {
+    let mpath = ck.join("MANIFEST.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        let name = f["name"].as_str().unwrap().to_string();
+        let data = std::fs::read(ck.join(&name)).unwrap();
+        f["size_bytes"] = data.len().into();
+        f["sha256"] = sha256_hex(&data).into();
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 #[test]

@@ -264,6 +264,8 @@ pub struct RunSummary {
     pub resumed_from: Option<PathBuf>,
     /// The newest checkpoint of the run; never one with non-finite weights.
     pub last_checkpoint: Option<PathBuf>,
+    #[serde(default)]
+    pub last_checkpoint_step: Option<u64>,
     pub elapsed_s: f64,
     pub anomalies: u64,
     /// The last step of this segment whose update was applied (anomalies skip theirs).
@@ -607,6 +609,7 @@ mod tests {
             first_val_loss: None,
             resumed_from: None,
             last_checkpoint: None,
+            last_checkpoint_step: None,
             elapsed_s: 0.0,
             anomalies: 0,
             last_update_step: None,

@@ -104,6 +104,7 @@ struct Counters {
     anomalies: u64,
     /// The last step whose update was applied in this segment.
     last_update_step: Option<u64>,
+    last_anomaly: Option<AnomalyKind>,
     /// Steps, seconds, loss sum and tokens since the last step event.
     window: (u64, f64, f64, u64),
 }
@@ -144,6 +145,8 @@ pub struct Trainer<'a, 'c> {
     status: RunStatus,
     resumed_from: Option<PathBuf>,
     last_checkpoint: Option<PathBuf>,
+    /// The step of `last_checkpoint`.
+    last_checkpoint_step: Option<u64>,
 }
 
 impl<'a, 'c> Trainer<'a, 'c> {
@@ -221,6 +224,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             status: RunStatus::Completed,
             resumed_from: None,
             last_checkpoint: None,
+            last_checkpoint_step: None,
         };
         Ok((trainer, resume))
     }
@@ -260,7 +264,11 @@ impl<'a, 'c> Trainer<'a, 'c> {
         // ones), unless this step's is already written.
         let already = self.last_checkpoint.as_ref().and_then(|p| p.file_name())
             == Some(codex_checkpoint::step_dir_name(self.st.step).as_ref());
-        if self.st.step > first_step && !already {
+        // After non-finite losses the weights are the ones that produced them: not worth a
+        // checkpoint. (Non-finite gradients with a finite loss leave usable weights.)
+        let failing_weights = self.status == RunStatus::AnomalyStopped
+            && self.counters.last_anomaly == Some(AnomalyKind::NonFiniteLoss);
+        if self.st.step > first_step && !already && !failing_weights {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -314,6 +322,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.resumed_from = Some(ck.dir.clone());
             // Until this segment writes one, the newest checkpoint is the one it resumed.
             self.last_checkpoint = Some(ck.dir.clone());
+            self.last_checkpoint_step = Some(ck.step);
             resumed = Some(r);
         }
         drop(resume);
@@ -468,6 +477,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             } else {
                 AnomalyKind::NonFiniteLoss
             };
+            self.counters.last_anomaly = Some(kind);
             self.sinks.emit(
                 self.st.step,
                 EventKind::Anomaly(Anomaly {
@@ -631,6 +641,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             .emit(self.st.step, EventKind::Checkpoint(saved.event));
         self.sinks.flush(self.st.step);
         self.last_checkpoint = Some(saved.dir);
+        self.last_checkpoint_step = Some(self.st.step);
         Ok(())
     }
 
@@ -667,6 +678,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             first_val_loss: self.st.first_val_loss,
             resumed_from: self.resumed_from.clone(),
             last_checkpoint: self.last_checkpoint.clone(),
+            last_checkpoint_step: self.last_checkpoint_step,
             elapsed_s: self.started.elapsed().as_secs_f64(),
             anomalies: c.anomalies,
             last_update_step: c.last_update_step,
@@ -729,12 +741,12 @@ fn accumulate(
     Ok((acc, loss_sum))
 }
 
-/// Whether every trainable weight is finite (`w - w` is 0 for finite values and NaN for the
-/// rest, so the sum is NaN exactly when one is not finite).
+/// Whether every trainable weight is finite (`w × 0` is 0 for finite values and NaN for the
+/// rest, so the sum is NaN exactly when one is not finite; summing `w` itself could overflow).
 fn weights_finite(model: &dyn TrainModel) -> Result<bool> {
     for (_, var) in model.named_trainable() {
         let t = var.as_tensor();
-        let s = (t - t)?
+        let s = (t * 0.0)?
             .to_dtype(DType::F32)?
             .sum_all()?
             .to_scalar::<f32>()?;

@@ -311,7 +311,8 @@ fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
     if m.key != key {
         return Ok(None);
     }
-    let mut tokens = Vec::with_capacity(m.total_tokens as usize);
+    // The manifest is a file, not a promise: reserve only up to a bound, the shards decide.
+    let mut tokens = Vec::with_capacity((m.total_tokens as usize).min(1 << 26));
     for s in &m.shards {
         let p = dir.join(&s.file);
         let Ok(bytes) = std::fs::read(&p) else {

@@ -245,6 +245,12 @@ pub(crate) fn scan(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Reads and parses `dir/MANIFEST.json` and returns it with its sha256, refusing a manifest
 /// whose step disagrees with a `step-N` directory name or that lacks a file its kind needs.
 pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
+    let (m, sha) = read_manifest_unchecked(dir)?;
+    check_manifest(dir, &m)?;
+    Ok((m, sha))
+}
+
+fn read_manifest_unchecked(dir: &Path) -> Result<(Manifest, String)> {
     let path = dir.join(MANIFEST);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -256,6 +262,11 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
         Err(e) => return Err(CheckpointError::io("cannot read", path, e)),
     };
     let m = Manifest::parse(dir, &bytes)?;
+    Ok((m, codex_core::hash::sha256_bytes(&bytes)))
+}
+
+/// What a parsed manifest must also satisfy: its step is the directory's, and it is complete.
+fn check_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     // Resume and retention go by the directory's step; a manifest for another step would
     // make them restore or keep the wrong one.
     if let Some(s) = dir
@@ -270,7 +281,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
         });
     }
     m.check_complete(dir)?;
-    Ok((m, codex_core::hash::sha256_bytes(&bytes)))
+    Ok(())
 }
 
 /// Size check of every file against the manifest (no hashing).
@@ -425,7 +436,7 @@ pub fn verify(ckpt_dir: impl AsRef<Path>) -> Result<VerifyReport> {
         files: Vec::new(),
         problems: Vec::new(),
     };
-    let manifest = match read_manifest(dir) {
+    let manifest = match read_manifest_unchecked(dir) {
         Ok((m, _)) => m,
         Err(e) if e.is_integrity() => {
             report.problems.push(e.to_string());
@@ -434,6 +445,10 @@ pub fn verify(ckpt_dir: impl AsRef<Path>) -> Result<VerifyReport> {
         Err(e) => return Err(e),
     };
     report.step = Some(manifest.step);
+    // Reported, and the listed files are still checked, so one run shows every problem.
+    if let Err(e) = check_manifest(dir, &manifest) {
+        report.problems.push(e.to_string());
+    }
     for f in &manifest.files {
         let mut check = FileCheck {
             name: f.name.clone(),

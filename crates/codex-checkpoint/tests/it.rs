@@ -536,10 +536,12 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
 
+type ManifestEdit = fn(&mut serde_json::Value);
+
 #[test]
 fn incomplete_checkpoints_are_refused_everywhere() {
     let (_tmp, run) = two_checkpoints();
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 5] = [
+    let cases: [(&str, ManifestEdit, &str); 5] = [
         (
             "empty, as written before manifests had a kind",
             |v| {

@@ -4,8 +4,8 @@
 use crate::ctx::{Ctx, out_json, out_line, with_hint};
 use anyhow::Context;
 use codex_checkpoint::{
-    CheckpointConfig, CheckpointInfo, CheckpointManager, CheckpointStatus, Mode, RetentionPolicy,
-    VerifyReport,
+    CheckpointConfig, CheckpointInfo, CheckpointManager, CheckpointStatus, Mode, PruneOptions,
+    RetentionPolicy, VerifyReport,
 };
 use codex_core::exit;
 use codex_core::rundir::RunDir;
@@ -23,7 +23,8 @@ pub struct Args {
 enum Sub {
     /// List a run's checkpoints: step, metric, size, why kept, valid?
     ///
-    /// Checks manifests and file sizes; `--verify` also rehashes every file.
+    /// Checks manifests, completeness and file sizes; `--verify` also rehashes every file.
+    /// Exits 1 when any checkpoint is invalid.
     List {
         /// The run directory (holds `checkpoints/`).
         #[arg(value_name = "RUN_DIR")]
@@ -42,6 +43,8 @@ enum Sub {
     ///
     /// The policy comes from the run's `config.toml` `[checkpoint]` section, else from
     /// `checkpoints/index.json`, else the defaults (best 1 by val_loss, last 2); flags win.
+    /// Every checkpoint it keeps is verified by hash first; when one is invalid, nothing is
+    /// deleted and it exits 1 (unless `--delete-corrupt`).
     Prune {
         /// The run directory.
         #[arg(value_name = "RUN_DIR")]
@@ -64,6 +67,10 @@ enum Sub {
         /// Whether a lower or a higher metric is better.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
+        /// Also delete invalid (corrupt or incomplete) checkpoints, and prune the rest by the
+        /// valid ones.
+        #[arg(long)]
+        delete_corrupt: bool,
     },
 }
 
@@ -87,6 +94,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             pin_every,
             monitor,
             mode,
+            delete_corrupt,
         } => {
             let mut policy = base_policy(ctx, &run_dir)?;
             if let Some(k) = keep_best {
@@ -107,7 +115,15 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
                     ModeArg::Max => Mode::Max,
                 };
             }
-            prune(ctx, &run_dir, policy, dry_run)
+            prune(
+                ctx,
+                &run_dir,
+                policy,
+                PruneOptions {
+                    dry_run,
+                    delete_invalid: delete_corrupt,
+                },
+            )
         }
     }
 }
@@ -141,6 +157,18 @@ fn list(ctx: &Ctx, run_dir: &Path, rehash: bool) -> anyhow::Result<u8> {
         .ok()
         .flatten()
         .map(|i| i.policy.monitor);
+    let bad = infos.iter().filter(|i| !i.status.is_usable()).count();
+    // A negative outcome exits 1, after the listing is printed.
+    let outcome = || -> anyhow::Result<u8> {
+        if bad == 0 {
+            Ok(exit::OK)
+        } else {
+            Err(anyhow::anyhow!(
+                "{bad} of {} checkpoint(s) are invalid",
+                infos.len()
+            ))
+        }
+    };
     if ctx.json {
         out_json(&json!({
             "schema_version": codex_core::SCHEMA_VERSION,
@@ -149,7 +177,7 @@ fn list(ctx: &Ctx, run_dir: &Path, rehash: bool) -> anyhow::Result<u8> {
             "monitor": monitor,
             "checkpoints": infos,
         }))?;
-        return Ok(exit::OK);
+        return outcome();
     }
     if infos.is_empty() {
         ctx.info(format!(
@@ -174,7 +202,7 @@ fn list(ctx: &Ctx, run_dir: &Path, rehash: bool) -> anyhow::Result<u8> {
     if !rehash {
         ctx.info("sizes checked; `codex checkpoint verify RUN_DIR` (or `list --verify`) rehashes every file");
     }
-    Ok(exit::OK)
+    outcome()
 }
 
 fn format_row(info: &CheckpointInfo) -> String {
@@ -273,13 +301,21 @@ fn verify(ctx: &Ctx, path: &Path) -> anyhow::Result<u8> {
         }
         for r in &reports {
             let size: u64 = r.files.iter().map(|f| f.expected_size).sum();
-            let verdict = if r.ok { "ok" } else { "FAILED" };
-            out_line(format!(
-                "{verdict:<7} {}  ({} files, {})",
-                r.dir.display(),
-                r.files.len(),
-                HumanBytes(size)
-            ))?;
+            let line = if r.ok {
+                format!(
+                    "ok      {}  ({} files, {})",
+                    r.dir.display(),
+                    r.files.len(),
+                    HumanBytes(size)
+                )
+            } else {
+                format!(
+                    "FAILED  {}  ({} problem(s), below)",
+                    r.dir.display(),
+                    r.problems.len()
+                )
+            };
+            out_line(line)?;
         }
     }
     for r in reports.iter().filter(|r| !r.ok) {
@@ -325,7 +361,12 @@ fn base_policy(ctx: &Ctx, run_dir: &Path) -> anyhow::Result<RetentionPolicy> {
     }
 }
 
-fn prune(ctx: &Ctx, run_dir: &Path, policy: RetentionPolicy, dry_run: bool) -> anyhow::Result<u8> {
+fn prune(
+    ctx: &Ctx,
+    run_dir: &Path,
+    policy: RetentionPolicy,
+    opts: PruneOptions,
+) -> anyhow::Result<u8> {
     let mut manager = CheckpointManager::open(run_dir, policy).map_err(|e| match e {
         codex_checkpoint::CheckpointError::Locked { .. } => with_hint(
             e,
@@ -333,7 +374,20 @@ fn prune(ctx: &Ctx, run_dir: &Path, policy: RetentionPolicy, dry_run: bool) -> a
         ),
         other => other.into(),
     })?;
-    let report = manager.prune(dry_run)?;
+    // Plan (verifying every checkpoint it would keep) before deleting anything: an invalid
+    // checkpoint means something is wrong with this run, so without --delete-corrupt nothing
+    // is deleted and the user gets to look first.
+    let plan = manager.prune_with(PruneOptions {
+        dry_run: true,
+        ..opts
+    })?;
+    let refused = !plan.invalid.is_empty() && !opts.delete_invalid;
+    let report = if opts.dry_run || refused {
+        plan
+    } else {
+        manager.prune_with(opts)?
+    };
+    let shown_deleted: &[u64] = if refused { &[] } else { &report.deleted };
     if ctx.json {
         out_json(&json!({
             "schema_version": codex_core::SCHEMA_VERSION,
@@ -341,42 +395,72 @@ fn prune(ctx: &Ctx, run_dir: &Path, policy: RetentionPolicy, dry_run: bool) -> a
             "dry_run": report.dry_run,
             "policy": report.policy,
             "kept": report.kept.iter().map(|(s, why)| json!({"step": s, "kept_because": why})).collect::<Vec<_>>(),
-            "deleted": report.deleted,
+            "deleted": shown_deleted,
             "invalid": report.invalid.iter().map(|(s, r)| json!({"step": s, "reason": r})).collect::<Vec<_>>(),
+            "invalid_deleted": report.invalid_deleted && !refused,
         }))?;
-        return Ok(exit::OK);
-    }
-    let p = &report.policy;
-    ctx.info(format!(
-        "policy: keep best {} by {} ({}), last {}, pinned every {}",
-        p.keep_best,
-        p.monitor,
-        p.mode,
-        p.keep_last,
-        if p.pin_every == 0 {
-            "-".to_string()
-        } else {
-            p.pin_every.to_string()
+    } else {
+        let p = &report.policy;
+        ctx.info(format!(
+            "policy: keep best {} by {} ({}), last {}, pinned every {}",
+            p.keep_best,
+            p.monitor,
+            p.mode,
+            p.keep_last,
+            if p.pin_every == 0 {
+                "-".to_string()
+            } else {
+                p.pin_every.to_string()
+            }
+        ));
+        if !refused {
+            for (step, why) in &report.kept {
+                let why: Vec<String> = why.iter().map(ToString::to_string).collect();
+                out_line(format!(
+                    "keep    {}  ({})",
+                    codex_checkpoint::step_dir_name(*step),
+                    why.join(", ")
+                ))?;
+            }
+            let verb = if opts.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            for step in shown_deleted {
+                out_line(format!(
+                    "{verb:<7} {}",
+                    codex_checkpoint::step_dir_name(*step)
+                ))?;
+            }
         }
-    ));
-    for (step, why) in &report.kept {
-        let why: Vec<String> = why.iter().map(ToString::to_string).collect();
-        out_line(format!(
-            "keep    {}  ({})",
-            codex_checkpoint::step_dir_name(*step),
-            why.join(", ")
-        ))?;
+        for (step, reason) in &report.invalid {
+            if report.invalid_deleted && !refused {
+                let verb = if opts.dry_run {
+                    "would delete invalid"
+                } else {
+                    "deleted invalid"
+                };
+                out_line(format!("{verb} {}", codex_checkpoint::step_dir_name(*step)))?;
+            } else {
+                ctx.warn(format!("invalid checkpoint at step {step}: {reason}"));
+            }
+        }
     }
-    let verb = if dry_run { "would delete" } else { "deleted" };
-    for step in &report.deleted {
-        out_line(format!(
-            "{verb:<7} {}",
-            codex_checkpoint::step_dir_name(*step)
-        ))?;
-    }
-    for (step, reason) in &report.invalid {
-        ctx.warn(format!(
-            "left invalid checkpoint at step {step} alone: {reason}"
+    if refused {
+        return Err(with_hint(
+            anyhow::anyhow!(
+                "{} invalid checkpoint(s) in `{}` (steps {}); nothing was deleted",
+                report.invalid.len(),
+                run_dir.display(),
+                report
+                    .invalid
+                    .iter()
+                    .map(|(s, _)| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "inspect them with `codex checkpoint verify RUN_DIR`; `--delete-corrupt` deletes them and prunes the rest",
         ));
     }
     Ok(exit::OK)

@@ -1,6 +1,6 @@
 //! `codex checkpoint list|verify|prune` against runs written by the codex-checkpoint library.
 
-use crate::support::{codex, expect_exit, json_of, stdout_json, tempdir};
+use crate::support::{codex, corpus, expect_exit, fixture, json_of, stdout_json, tempdir};
 use codex_checkpoint::{
     CheckpointFile, CheckpointManager, CheckpointSpec, Mode, RetentionPolicy, TensorData,
 };
@@ -25,10 +25,16 @@ fn run_with_checkpoints() -> (tempfile::TempDir, PathBuf) {
         m.save(CheckpointSpec {
             step,
             metric: Some(metric),
-            files: vec![CheckpointFile::safetensors(
-                "model.safetensors",
-                vec![TensorData::f32("w", vec![16, 16], w)],
-            )],
+            files: vec![
+                CheckpointFile::safetensors(
+                    "model.safetensors",
+                    vec![TensorData::f32("w", vec![16, 16], w.clone())],
+                ),
+                CheckpointFile::safetensors(
+                    "optimizer.safetensors",
+                    vec![TensorData::f32("w.exp_avg", vec![16, 16], w)],
+                ),
+            ],
             trainer_state: serde_json::json!({"step": step}),
             config_hash: "h".into(),
         })
@@ -271,4 +277,204 @@ fn corrupt_index_warns_but_lists() {
         .stdout
         .clone();
     assert_eq!(json_of(&out)["checkpoints"].as_array().unwrap().len(), 4);
+}
+
+/// Flips one bit of a file in place: same size, so only a rehash sees it.
+fn flip_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x80;
+    fs::write(path, &bytes).unwrap();
+}
+
+fn steps_on_disk(run: &Path) -> Vec<u64> {
+    codex_checkpoint::list(run)
+        .unwrap()
+        .iter()
+        .map(|i| i.step)
+        .collect()
+}
+
+#[test]
+fn prune_with_a_corrupt_newest_checkpoint_deletes_nothing_and_resume_still_works() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let run = dir.path().join("r");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train".to_string(),
+            "--config".into(),
+            fixture("train/tiny.toml").display().to_string(),
+            format!("data.inputs=[{input:?}]"),
+            format!("output.dir={:?}", run.display().to_string()),
+            "training.steps=20".into(),
+            "checkpoint.every=5".into(),
+            "checkpoint.keep_last=10".into(),
+            "checkpoint.keep_best=0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    codex().args(train(&[])).assert().success();
+    assert_eq!(steps_on_disk(&run), vec![5, 10, 15, 20]);
+    // Same size: the old size-only check kept it as best and last and deleted 5, 10 and 15.
+    flip_byte(&ckpt(&run, 20).join("model.safetensors"));
+    let out = expect_exit(
+        codex()
+            .args([
+                "checkpoint",
+                "prune",
+                "--keep-best",
+                "1",
+                "--keep-last",
+                "1",
+            ])
+            .arg(&run),
+        1,
+    );
+    assert_eq!(steps_on_disk(&run), vec![5, 10, 15, 20], "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid checkpoint at step 20")
+            && out.stderr.contains("`model.safetensors` has sha256"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing was deleted"), "{}", out.stderr);
+    assert!(!out.stdout.contains("deleted"), "{}", out.stdout);
+    // Resume skips the corrupt step 20 and continues from 15.
+    let out = expect_exit(codex().args(train(&["--resume"])), 0);
+    assert!(
+        out.stderr.contains("resumed from") && out.stderr.contains("step 15"),
+        "{}",
+        out.stderr
+    );
+    codex()
+        .args(["checkpoint", "verify"])
+        .arg(&run)
+        .assert()
+        .success();
+}
+
+#[test]
+fn prune_delete_corrupt_deletes_the_invalid_and_prunes_by_the_valid() {
+    let (_tmp, run) = run_with_checkpoints();
+    flip_byte(&ckpt(&run, 4).join("model.safetensors"));
+    let v = json_of(
+        expect_exit(
+            codex()
+                .args([
+                    "checkpoint",
+                    "prune",
+                    "--json",
+                    "--keep-best",
+                    "0",
+                    "--keep-last",
+                    "1",
+                ])
+                .arg(&run),
+            1,
+        )
+        .stdout
+        .as_bytes(),
+    );
+    assert_eq!(v["deleted"], serde_json::json!([]));
+    assert_eq!(v["invalid"][0]["step"], 4);
+    assert_eq!(steps_on_disk(&run), vec![1, 2, 3, 4]);
+    codex()
+        .args([
+            "checkpoint",
+            "prune",
+            "--delete-corrupt",
+            "--keep-best",
+            "0",
+            "--keep-last",
+            "1",
+        ])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("keep    step-00000003  (last)"))
+        .stdout(predicate::str::contains("deleted invalid step-00000004"));
+    assert_eq!(steps_on_disk(&run), vec![3]);
+}
+
+#[test]
+fn incomplete_manifests_fail_verify_and_list_verify() {
+    let (_tmp, run) = run_with_checkpoints();
+    let set_files = |step: u64, keep: &dyn Fn(&serde_json::Value) -> bool| {
+        let path = ckpt(&run, step).join("MANIFEST.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        // As written before manifests declared their kind.
+        v.as_object_mut().unwrap().remove("kind");
+        v["files"].as_array_mut().unwrap().retain(|f| keep(f));
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    set_files(2, &|_| false);
+    set_files(3, &|f| f["name"] != "model.safetensors");
+    let out = expect_exit(codex().args(["checkpoint", "verify"]).arg(&run), 1);
+    assert!(!out.stdout.contains("0 files"), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("FAILED").count(), 2, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("step-00000002` is incomplete")
+            && out.stderr.contains("step-00000003` is incomplete")
+            && out
+                .stderr
+                .contains("2 of 4 checkpoint(s) failed verification"),
+        "{}",
+        out.stderr
+    );
+    for args in [
+        &["checkpoint", "list", "--verify"][..],
+        &["checkpoint", "list"][..],
+    ] {
+        let out = expect_exit(codex().args(args).arg(&run), 1);
+        assert_eq!(out.stdout.matches("INVALID").count(), 2, "{}", out.stdout);
+        assert!(
+            out.stderr.contains("2 of 4 checkpoint(s) are invalid"),
+            "{}",
+            out.stderr
+        );
+    }
+    let v = json_of(
+        expect_exit(
+            codex()
+                .args(["checkpoint", "list", "--verify", "--json"])
+                .arg(&run),
+            1,
+        )
+        .stdout
+        .as_bytes(),
+    );
+    assert_eq!(v["checkpoints"][1]["status"], "invalid");
+    assert_eq!(v["checkpoints"][3]["status"], "valid");
+}
+
+#[test]
+fn full_disk_lock_is_an_io_error_with_the_os_error_once() {
+    // /dev/full takes opens and flocks but fails every write with ENOSPC, like a full disk.
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let (_tmp, run) = run_with_checkpoints();
+    std::os::unix::fs::symlink("/dev/full", run.join(".lock")).unwrap();
+    let out = expect_exit(codex().args(["checkpoint", "prune"]).arg(&run), 1);
+    assert!(
+        out.stderr.contains("cannot write lock file") && out.stderr.contains(".lock"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("No space left on device").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    // Not mistaken for another writer.
+    assert!(!out.stderr.contains("locked by"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("wait for the process"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(steps_on_disk(&run), vec![1, 2, 3, 4]);
 }

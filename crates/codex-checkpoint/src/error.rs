@@ -10,8 +10,9 @@ pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
-    /// An I/O operation on `path` failed.
-    #[error("{what} `{}`: {source}", path.display())]
+    /// An I/O operation on `path` failed. The OS error is the `source` only, so a printed
+    /// chain (`error: … caused by: …`) shows it once; [`CheckpointError::report`] joins both.
+    #[error("{what} `{}`", path.display())]
     Io {
         /// What was being done ("cannot write", "cannot read", …).
         what: &'static str,
@@ -85,6 +86,15 @@ pub enum CheckpointError {
         /// Why it was rejected.
         reason: String,
     },
+    /// The manifest does not list every file its kind of checkpoint needs (a full-model
+    /// checkpoint without `model.safetensors`, an empty file list, …).
+    #[error("checkpoint `{}` is incomplete: {reason}", dir.display())]
+    Incomplete {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
     /// A safetensors file does not parse, or a tensor/file requested from it does not exist.
     #[error("`{}`: {reason}", path.display())]
     Safetensors {
@@ -141,6 +151,62 @@ impl CheckpointError {
                 | Self::MissingFile { .. }
                 | Self::MissingManifest { .. }
                 | Self::BadManifest { .. }
+                | Self::Incomplete { .. }
         )
+    }
+
+    /// The message and every cause, `: `-joined, for one-line reports and logs (which would
+    /// otherwise drop the OS error carried as the source).
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            out.push(c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
+    #[test]
+    fn os_error_appears_exactly_once_in_the_chain() {
+        let enospc = io::Error::from_raw_os_error(28);
+        let os = enospc.to_string();
+        assert!(os.contains("No space left on device"), "{os}");
+        let err = CheckpointError::SaveFailed {
+            step: 15,
+            source: Box::new(CheckpointError::io(
+                "cannot write",
+                "/run/checkpoints/.tmp/model.safetensors",
+                enospc,
+            )),
+        };
+        let links = chain(&err);
+        assert_eq!(links.len(), 3, "{links:?}");
+        assert!(links[0].contains("step 15 was not saved"), "{links:?}");
+        assert_eq!(
+            links[1],
+            "cannot write `/run/checkpoints/.tmp/model.safetensors`"
+        );
+        assert_eq!(links[2], os);
+        assert_eq!(links.iter().filter(|l| l.contains(&os)).count(), 1);
+        let report = err.report();
+        assert_eq!(report.matches(&os).count(), 1, "{report}");
+        assert!(report.contains("model.safetensors"), "{report}");
     }
 }

@@ -52,6 +52,110 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// What a checkpoint holds, which decides the files it must have to be complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// A full model: `model.safetensors`, `optimizer.safetensors`, `trainer_state.json`.
+    Full,
+    /// A LoRA adapter: `adapter_model.safetensors`, `adapter_config.json`,
+    /// `optimizer.safetensors`, `trainer_state.json`.
+    Lora,
+    /// Any other files (tools, probes); only `trainer_state.json` is required. Never a
+    /// weights file, so a trainer cannot mistake it for a model checkpoint.
+    Generic,
+}
+
+impl CheckpointKind {
+    /// The files a checkpoint of this kind must list (besides `MANIFEST.json`).
+    pub fn required_files(self) -> &'static [&'static str] {
+        use crate::{ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, MODEL_FILE, OPTIMIZER_FILE};
+        match self {
+            Self::Full => &[MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE],
+            Self::Lora => &[
+                ADAPTER_MODEL_FILE,
+                ADAPTER_CONFIG_FILE,
+                OPTIMIZER_FILE,
+                TRAINER_STATE,
+            ],
+            Self::Generic => &[TRAINER_STATE],
+        }
+    }
+
+    /// The kind a set of file names makes (by its weights file), checked for completeness.
+    /// `declared` is the manifest's `kind`; without one (older manifests) only a full or
+    /// LoRA checkpoint is complete, so an empty or weightless file list is refused.
+    ///
+    /// # Errors
+    /// What is missing or contradictory, in words.
+    pub fn of_files<'n>(
+        names: impl IntoIterator<Item = &'n str> + Clone,
+        declared: Option<CheckpointKind>,
+    ) -> std::result::Result<CheckpointKind, String> {
+        use crate::{ADAPTER_MODEL_FILE, MODEL_FILE};
+        let has = |want: &str| names.clone().into_iter().any(|n| n == want);
+        let inferred = match (has(MODEL_FILE), has(ADAPTER_MODEL_FILE)) {
+            (true, true) => {
+                return Err(format!(
+                    "it lists both `{MODEL_FILE}` and `{ADAPTER_MODEL_FILE}`; a checkpoint holds exactly one"
+                ));
+            }
+            (true, false) => Self::Full,
+            (false, true) => Self::Lora,
+            (false, false) => Self::Generic,
+        };
+        match declared {
+            Some(d) if d != inferred => {
+                return Err(match d {
+                    Self::Full => {
+                        format!("it is a full-model checkpoint but does not list `{MODEL_FILE}`")
+                    }
+                    Self::Lora => {
+                        format!("it is a LoRA checkpoint but does not list `{ADAPTER_MODEL_FILE}`")
+                    }
+                    Self::Generic => format!(
+                        "it is declared generic but lists a weights file (`{MODEL_FILE}` or `{ADAPTER_MODEL_FILE}`)"
+                    ),
+                });
+            }
+            None if inferred == Self::Generic => {
+                return Err(format!(
+                    "it lists neither `{MODEL_FILE}` nor `{ADAPTER_MODEL_FILE}`"
+                ));
+            }
+            _ => {}
+        }
+        let missing: Vec<&str> = inferred
+            .required_files()
+            .iter()
+            .copied()
+            .filter(|f| !has(f))
+            .collect();
+        if !missing.is_empty() {
+            let what = match inferred {
+                Self::Full => "a full-model checkpoint",
+                Self::Lora => "a LoRA checkpoint",
+                Self::Generic => "a checkpoint",
+            };
+            return Err(format!(
+                "{what} needs {}; MANIFEST.json does not list {}",
+                inferred
+                    .required_files()
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                missing
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(inferred)
+    }
+}
+
 /// `MANIFEST.json`: the completion marker and the list of every file with its size and hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -75,12 +179,29 @@ pub struct Manifest {
     pub created: String,
     /// Every file of the checkpoint except the manifest itself.
     pub files: Vec<FileEntry>,
+    /// What it holds; absent in manifests written before it existed (then inferred from
+    /// the files, and a checkpoint without weights is incomplete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CheckpointKind>,
 }
 
 impl Manifest {
     /// Total size of the files it lists.
     pub fn size_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size_bytes).sum()
+    }
+
+    /// Its kind, when every file that kind needs is listed.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Incomplete`] naming what is missing.
+    pub fn check_complete(&self, dir: &Path) -> Result<CheckpointKind> {
+        CheckpointKind::of_files(self.files.iter().map(|f| f.name.as_str()), self.kind).map_err(
+            |reason| CheckpointError::Incomplete {
+                dir: dir.to_path_buf(),
+                reason,
+            },
+        )
     }
 
     /// Parses and checks a manifest read from `dir`.
@@ -102,8 +223,11 @@ impl Manifest {
                 m.schema_version
             )));
         }
-        for f in &m.files {
+        for (i, f) in m.files.iter().enumerate() {
             check_file_name(&f.name).map_err(bad)?;
+            if m.files[..i].iter().any(|g| g.name == f.name) {
+                return Err(bad(format!("`{}` is listed twice", f.name)));
+            }
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!(
                     "`{}` has an invalid sha256 `{}`",
@@ -411,6 +535,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn completeness_by_kind() {
+        use crate::{ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, MODEL_FILE, OPTIMIZER_FILE};
+        let full = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE];
+        let lora = [
+            ADAPTER_MODEL_FILE,
+            ADAPTER_CONFIG_FILE,
+            OPTIMIZER_FILE,
+            TRAINER_STATE,
+        ];
+        let of = |names: &[&str], d| CheckpointKind::of_files(names.iter().copied(), d);
+        assert_eq!(of(&full, None), Ok(CheckpointKind::Full));
+        assert_eq!(
+            of(&full, Some(CheckpointKind::Full)),
+            Ok(CheckpointKind::Full)
+        );
+        assert_eq!(of(&lora, None), Ok(CheckpointKind::Lora));
+        let e = of(&[], None).unwrap_err();
+        assert!(e.contains("neither"), "{e}");
+        let e = of(&[OPTIMIZER_FILE, TRAINER_STATE], Some(CheckpointKind::Full)).unwrap_err();
+        assert!(e.contains("does not list `model.safetensors`"), "{e}");
+        let e = of(&[MODEL_FILE, TRAINER_STATE], None).unwrap_err();
+        assert!(e.contains("does not list `optimizer.safetensors`"), "{e}");
+        let e = of(&lora[..3], None).unwrap_err();
+        assert!(e.contains("`trainer_state.json`"), "{e}");
+        let e = of(
+            &[
+                MODEL_FILE,
+                ADAPTER_MODEL_FILE,
+                OPTIMIZER_FILE,
+                TRAINER_STATE,
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        assert_eq!(
+            of(&["probe.bin", TRAINER_STATE], Some(CheckpointKind::Generic)),
+            Ok(CheckpointKind::Generic)
+        );
+        assert!(of(&["probe.bin"], Some(CheckpointKind::Generic)).is_err());
+        assert!(of(&full, Some(CheckpointKind::Generic)).is_err());
     }
 
     #[test]

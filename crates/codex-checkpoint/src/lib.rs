@@ -17,7 +17,12 @@
 //!   place, then applies the [`RetentionPolicy`] (a pure function, [`retention::plan`]) and
 //!   rewrites `index.json` atomically.
 //! - [`list`] (sizes only), [`verify`] (rehash), [`load`] (verify, then parse) and
-//!   [`latest_valid`] (newest checkpoint that verifies) read them back.
+//!   [`latest_valid`] / [`latest_valid_where`] (newest checkpoint that verifies and passes
+//!   the caller's check) read them back.
+//! - A checkpoint is complete only with every file its [`CheckpointKind`] needs (full model:
+//!   weights, optimizer, trainer state; LoRA: adapter weights and config, optimizer, trainer
+//!   state); readers refuse an incomplete one and `save` refuses to write one.
+//! - Retention never deletes a checkpoint on the strength of one it has not verified by hash.
 //!
 //! Tensors cross the API as [`TensorData`] (dtype, shape, bytes), so this crate does not
 //! depend on candle.
@@ -29,7 +34,10 @@
 //! manager.save(CheckpointSpec {
 //!     step: 500,
 //!     metric: Some(1.25),
-//!     files: vec![CheckpointFile::safetensors("model.safetensors", vec![TensorData::f32("w", vec![2, 3], &w[..])])],
+//!     files: vec![
+//!         CheckpointFile::safetensors("model.safetensors", vec![TensorData::f32("w", vec![2, 3], &w[..])]),
+//!         CheckpointFile::safetensors("optimizer.safetensors", vec![TensorData::f32("w.exp_avg", vec![2, 3], &w[..])]),
+//!     ],
 //!     trainer_state: serde_json::json!({"step": 500}),
 //!     config_hash: "…".into(),
 //! })?;
@@ -48,14 +56,14 @@ mod read;
 pub mod retention;
 
 pub use error::{CheckpointError, Result};
-pub use format::{FileEntry, Manifest, TensorBytes, TensorData, step_dir_name};
+pub use format::{CheckpointKind, FileEntry, Manifest, TensorBytes, TensorData, step_dir_name};
 pub use lock::{LockHolder, RunLock};
 pub use manager::{
-    CheckpointFile, CheckpointManager, CheckpointSpec, PruneReport, SavedCheckpoint,
+    CheckpointFile, CheckpointManager, CheckpointSpec, PruneOptions, PruneReport, SavedCheckpoint,
 };
 pub use read::{
     CheckpointInfo, CheckpointStatus, FileCheck, Index, IndexEntry, LoadedCheckpoint, VerifyReport,
-    latest_valid, list, list_verified, load, read_index, verify,
+    latest_valid, latest_valid_where, list, list_verified, load, read_index, verify,
 };
 pub use retention::{CheckpointConfig, KeptBecause, Mode, RetentionPolicy};
 pub use safetensors::Dtype;

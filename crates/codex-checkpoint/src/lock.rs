@@ -98,15 +98,14 @@ impl RunLock {
                 started: codex_core::time::now_rfc3339(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            let write = |file: &mut File| -> std::io::Result<()> {
-                file.set_len(0)?;
-                file.rewind()?;
-                serde_json::to_writer(&mut *file, &content)?;
-                file.write_all(b"\n")?;
-                file.sync_all()
-            };
-            write(&mut file)
-                .map_err(|e| CheckpointError::io("cannot write lock file", &path, e))?;
+            if let Err(e) = write_content(&mut file, &content) {
+                // We hold the flock: remove what we could not fill, so no empty or partial lock
+                // file is left behind. The error is I/O (disk full, …), never `Locked`.
+                if same_file(&file, &path) {
+                    let _ = fs::remove_file(&path);
+                }
+                return Err(CheckpointError::io("cannot write lock file", &path, e));
+            }
             return Ok(RunLock { run, path, file });
         }
         Err(CheckpointError::io(
@@ -173,10 +172,24 @@ fn locked(run: &Path, content: Option<LockContent>) -> CheckpointError {
     }
 }
 
+/// Writes the holder's JSON, then cuts the file to it (the old content may be longer).
+fn write_content(file: &mut File, content: &LockContent) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(content)?;
+    bytes.push(b'\n');
+    file.rewind()?;
+    file.write_all(&bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
+/// Lock files are a few hundred bytes; more is not ours (and a device such as /dev/zero
+/// would never end).
+const MAX_LOCK_BYTES: u64 = 64 * 1024;
+
 fn read_content(file: &mut File) -> Option<LockContent> {
     let mut text = String::new();
     file.rewind().ok()?;
-    file.read_to_string(&mut text).ok()?;
+    file.take(MAX_LOCK_BYTES).read_to_string(&mut text).ok()?;
     serde_json::from_str(text.trim()).ok()
 }
 
@@ -270,6 +283,33 @@ mod tests {
         assert!(!holder.alive);
         let _lock = RunLock::acquire(dir.path()).unwrap();
         assert_eq!(RunLock::holder(dir.path()).unwrap().pid, std::process::id());
+    }
+
+    #[test]
+    fn unwritable_lock_file_is_an_io_error_with_the_os_error_not_locked() {
+        // /dev/full accepts open and flock but every write fails with ENOSPC, like a full
+        // disk; reading it yields endless zero bytes.
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(".lock")).unwrap();
+        let err = RunLock::acquire(dir.path()).unwrap_err();
+        let CheckpointError::Io { what, path, source } = &err else {
+            panic!("expected an I/O error, got {err:?}");
+        };
+        assert_eq!(*what, "cannot write lock file");
+        assert_eq!(path, &dir.path().join(".lock"));
+        assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+        let report = err.report();
+        assert_eq!(
+            report.matches("No space left on device").count(),
+            1,
+            "{report}"
+        );
+        // What it could not fill is not left behind.
+        assert!(fs::symlink_metadata(dir.path().join(".lock")).is_err());
+        RunLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::error::{CheckpointError, Result};
 use crate::format::{
-    self, CHECKPOINT_SCHEMA_VERSION, FORMAT, FileEntry, INDEX, MANIFEST, Manifest, TMP_PREFIX,
-    TRAINER_STATE, TRASH_PREFIX, TensorData,
+    self, CHECKPOINT_SCHEMA_VERSION, CheckpointKind, FORMAT, FileEntry, INDEX, MANIFEST, Manifest,
+    TMP_PREFIX, TRAINER_STATE, TRASH_PREFIX, TensorData,
 };
 use crate::lock::RunLock;
 use crate::read::{self, CheckpointStatus, Index, IndexEntry};
@@ -13,7 +13,7 @@ use codex_core::hash::HashingWriter;
 use codex_core::rundir::RunDir;
 use serde::Serialize;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -109,8 +109,68 @@ pub struct PruneReport {
     pub kept: Vec<(u64, Vec<KeptBecause>)>,
     /// Deleted steps (or those that would be).
     pub deleted: Vec<u64>,
-    /// Checkpoints left alone because they are not valid, with the reason.
+    /// Checkpoints that are not valid (incomplete, or failing size or hash verification),
+    /// with the reason. Never counted as kept; left alone unless `invalid_deleted`.
     pub invalid: Vec<(u64, String)>,
+    /// Whether the `invalid` ones were deleted (or would be, with `dry_run`)
+    /// ([`PruneOptions::delete_invalid`]).
+    pub invalid_deleted: bool,
+}
+
+/// How [`CheckpointManager::prune_with`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneOptions {
+    /// Only report; delete nothing.
+    pub dry_run: bool,
+    /// Also delete checkpoints that are invalid (by default they are left for inspection).
+    pub delete_invalid: bool,
+}
+
+/// What a verification result is valid for: the manifest's hash and every file's identity
+/// and timestamps. Any write to a file changes its ctime, so a cached result is never reused
+/// for bytes that changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VerifyKey {
+    manifest_sha256: String,
+    files: Vec<(u64, u64, i64, i64, i64, i64)>,
+}
+
+impl VerifyKey {
+    /// `None` when a file cannot be stat'ed (then nothing is cached or reused).
+    fn of(dir: &Path, m: &Manifest, manifest_sha256: &str) -> Option<Self> {
+        let mut files = Vec::with_capacity(m.files.len());
+        for f in &m.files {
+            let md = fs::metadata(dir.join(&f.name)).ok()?;
+            files.push(stat_fields(&md));
+        }
+        Some(Self {
+            manifest_sha256: manifest_sha256.to_string(),
+            files,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn stat_fields(md: &fs::Metadata) -> (u64, u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        md.len(),
+        md.ino(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+    )
+}
+
+#[cfg(not(unix))]
+fn stat_fields(md: &fs::Metadata) -> (u64, u64, i64, i64, i64, i64) {
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64);
+    (md.len(), 0, mtime, 0, 0, 0)
 }
 
 /// Writes checkpoints into one run directory, holding its lock.
@@ -120,6 +180,9 @@ pub struct CheckpointManager {
     policy: RetentionPolicy,
     protect: Option<u64>,
     lock: RunLock,
+    /// Hash verification results by checkpoint directory, so retention rehashes a kept
+    /// checkpoint once, not after every save.
+    verified: HashMap<PathBuf, (VerifyKey, std::result::Result<(), String>)>,
 }
 
 /// A prepared safetensors header and the tensors in write order.
@@ -154,6 +217,7 @@ impl CheckpointManager {
             policy,
             protect: None,
             lock,
+            verified: HashMap::new(),
         };
         me.clean_leftovers();
         Ok(me)
@@ -243,11 +307,18 @@ impl CheckpointManager {
                 return Err(fail(e));
             }
         };
-        let deleted = match self.apply_retention(false) {
+        // Its hashes were computed from the bytes as they were written: it counts as verified.
+        if let Some(key) = VerifyKey::of(&dir, &manifest, &manifest_sha256) {
+            self.verified.insert(dir.clone(), (key, Ok(())));
+        }
+        let deleted = match self.apply_retention(PruneOptions::default()) {
             Ok(report) => report.deleted,
             Err(e) => {
                 // The checkpoint itself is durable; retention retries at the next save.
-                tracing::warn!("checkpoint for step {step} saved, but retention failed: {e}");
+                tracing::warn!(
+                    "checkpoint for step {step} saved, but retention failed: {}",
+                    e.report()
+                );
                 Vec::new()
             }
         };
@@ -265,18 +336,66 @@ impl CheckpointManager {
     /// Invalid checkpoints are left alone (reported, never counted as kept).
     ///
     /// # Errors
-    /// I/O errors while scanning, deleting or writing `index.json`.
+    /// I/O errors while scanning, verifying, deleting or writing `index.json`.
     pub fn prune(&mut self, dry_run: bool) -> Result<PruneReport> {
-        self.apply_retention(dry_run)
+        self.apply_retention(PruneOptions {
+            dry_run,
+            delete_invalid: false,
+        })
     }
 
-    fn apply_retention(&self, dry_run: bool) -> Result<PruneReport> {
-        let run_root = self.run.root();
+    /// [`Self::prune`] with options.
+    ///
+    /// Every checkpoint the policy keeps is verified by hash before anything is deleted on
+    /// its strength; one that fails is reported invalid and the policy is applied again
+    /// without it, so a corrupt checkpoint never stands in for the valid ones it would
+    /// replace.
+    ///
+    /// # Errors
+    /// As [`Self::prune`].
+    pub fn prune_with(&mut self, opts: PruneOptions) -> Result<PruneReport> {
+        self.apply_retention(opts)
+    }
+
+    /// Rehashes the checkpoint in `dir` unless a result for the same bytes is cached.
+    fn verify_cached(
+        &mut self,
+        dir: &Path,
+        m: &Manifest,
+        manifest_sha256: &str,
+    ) -> Result<std::result::Result<(), String>> {
+        let key = VerifyKey::of(dir, m, manifest_sha256);
+        if let (Some(key), Some((cached, result))) = (&key, self.verified.get(dir))
+            && key == cached
+        {
+            return Ok(result.clone());
+        }
+        let report = read::verify(dir)?;
+        let result = if report.ok {
+            Ok(())
+        } else {
+            Err(report.problems.join("; "))
+        };
+        match key {
+            Some(key) => {
+                self.verified
+                    .insert(dir.to_path_buf(), (key, result.clone()));
+            }
+            None => {
+                self.verified.remove(dir);
+            }
+        }
+        Ok(result)
+    }
+
+    fn apply_retention(&mut self, opts: PruneOptions) -> Result<PruneReport> {
+        let dry_run = opts.dry_run;
         let mut candidates = Vec::new();
         let mut valid = BTreeMap::new();
         let mut invalid = Vec::new();
-        for (step, dir) in read::scan(run_root)? {
-            match read::quick_check(step, &dir) {
+        let mut invalid_dirs = Vec::new();
+        for (step, dir) in read::scan(self.run.root())? {
+            match read::quick_check(&dir) {
                 (Some(m), Some(sha), CheckpointStatus::Unverified | CheckpointStatus::Valid) => {
                     candidates.push(Candidate {
                         step,
@@ -289,25 +408,51 @@ impl CheckpointManager {
                         CheckpointStatus::Invalid(r) => r,
                         _ => "unreadable".into(),
                     };
-                    tracing::warn!(
-                        "leaving invalid checkpoint `{}` alone: {reason}",
-                        dir.display()
-                    );
                     invalid.push((step, reason));
+                    invalid_dirs.push((step, dir));
                 }
             }
         }
-        let decisions = retention::plan(&self.policy, &candidates, self.protect);
+        // Plan, verify what the plan keeps, and plan again without any that fail: each round
+        // removes a candidate, so this ends; deletions happen only after it has.
+        let decisions = loop {
+            let decisions = retention::plan(&self.policy, &candidates, self.protect);
+            let mut failed = false;
+            for d in decisions.iter().filter(|d| !d.delete()) {
+                let Some((dir, m, sha)) = valid.get(&d.step) else {
+                    continue;
+                };
+                let (dir, m, sha) = (dir.clone(), m.clone(), sha.clone());
+                if let Err(reason) = self.verify_cached(&dir, &m, &sha)? {
+                    candidates.retain(|c| c.step != d.step);
+                    valid.remove(&d.step);
+                    invalid.push((d.step, reason));
+                    invalid_dirs.push((d.step, dir));
+                    failed = true;
+                }
+            }
+            if !failed {
+                break decisions;
+            }
+        };
+        invalid.sort_by_key(|(s, _)| *s);
+        for (step, reason) in &invalid {
+            tracing::warn!(
+                "checkpoint at step {step} is invalid and never counted as kept: {reason}"
+            );
+        }
         let mut kept = Vec::new();
         let mut deleted = Vec::new();
         let mut entries = Vec::new();
+        let root = self.run.checkpoints();
         for d in decisions {
             let Some((dir, m, sha)) = valid.get(&d.step) else {
                 continue;
             };
             if d.delete() {
                 if !dry_run {
-                    remove_checkpoint(&self.run.checkpoints(), dir, d.step)?;
+                    remove_checkpoint(&root, dir, d.step)?;
+                    self.verified.remove(dir);
                 }
                 deleted.push(d.step);
             } else {
@@ -327,6 +472,12 @@ impl CheckpointManager {
                 kept.push((d.step, d.kept_because));
             }
         }
+        if opts.delete_invalid && !dry_run {
+            for (step, dir) in &invalid_dirs {
+                remove_checkpoint(&root, dir, *step)?;
+                self.verified.remove(dir);
+            }
+        }
         if !dry_run {
             let index = Index {
                 schema_version: CHECKPOINT_SCHEMA_VERSION,
@@ -335,7 +486,7 @@ impl CheckpointManager {
                 protect: self.protect,
                 checkpoints: entries,
             };
-            let path = self.run.checkpoints().join(INDEX);
+            let path = root.join(INDEX);
             let bytes = serde_json::to_vec_pretty(&index)
                 .map_err(|e| CheckpointError::io("cannot encode", &path, io::Error::other(e)))?;
             codex_core::fsutil::atomic_write(&path, &bytes)
@@ -346,6 +497,7 @@ impl CheckpointManager {
             policy: self.policy.clone(),
             kept,
             deleted,
+            invalid_deleted: opts.delete_invalid && !invalid.is_empty(),
             invalid,
         })
     }
@@ -394,7 +546,20 @@ fn validate_spec(spec: &CheckpointSpec<'_>) -> Result<()> {
         }
         names.push(f.name());
     }
-    Ok(())
+    // Never write a checkpoint that readers would refuse as incomplete.
+    spec_kind(&names).map(|_| ()).map_err(invalid)
+}
+
+/// The kind of a checkpoint with these files: full or LoRA by its weights file (then every
+/// file that kind needs must be there), generic without one.
+fn spec_kind(names: &[&str]) -> std::result::Result<CheckpointKind, String> {
+    let weightless = !names
+        .iter()
+        .any(|n| *n == crate::MODEL_FILE || *n == crate::ADAPTER_MODEL_FILE);
+    CheckpointKind::of_files(
+        names.iter().copied(),
+        weightless.then_some(CheckpointKind::Generic),
+    )
 }
 
 /// Writes every file into `tmp`, hashing while writing, fsyncs them, then writes the manifest
@@ -440,6 +605,11 @@ fn write_checkpoint(
         file.sync_all()
             .map_err(|e| CheckpointError::io("cannot fsync", path, e))?;
     }
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let kind = spec_kind(&names).map_err(|reason| CheckpointError::InvalidSpec {
+        step: spec.step,
+        reason,
+    })?;
     let manifest = Manifest {
         schema_version: CHECKPOINT_SCHEMA_VERSION,
         format: FORMAT.to_string(),
@@ -450,6 +620,7 @@ fn write_checkpoint(
         config_hash: spec.config_hash.clone(),
         created: codex_core::time::now_rfc3339(),
         files: entries,
+        kind: Some(kind),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::InvalidSpec {
         step: spec.step,
@@ -526,7 +697,12 @@ fn publish(root: &Path, tmp: &Path, final_dir: &Path) -> Result<()> {
 /// Deletes a checkpoint by renaming it out of sight first, so an interrupted delete never
 /// leaves a half-deleted `step-N` that looks like a checkpoint.
 fn remove_checkpoint(root: &Path, dir: &Path, step: u64) -> Result<()> {
-    let trash = root.join(format!("{TRASH_PREFIX}{step:08}-{}", std::process::id()));
+    // Unique, so a trash directory an earlier delete could not remove never blocks this one.
+    let trash = root.join(format!(
+        "{TRASH_PREFIX}{step:08}-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     fs::rename(dir, &trash).map_err(|e| CheckpointError::io("cannot delete checkpoint", dir, e))?;
     codex_core::fsutil::fsync_dir(root)
         .map_err(|e| CheckpointError::io("cannot fsync", root, e))?;

@@ -130,7 +130,8 @@ pub struct LoadedCheckpoint {
     pub manifest: Manifest,
     /// `trainer_state.json`.
     pub trainer_state: serde_json::Value,
-    /// Newer checkpoints that [`latest_valid`] skipped because they failed verification.
+    /// Newer checkpoints that [`latest_valid`] / [`latest_valid_where`] skipped, each with
+    /// the reason (failed verification, incomplete, or refused by the caller's check).
     pub skipped: Vec<(PathBuf, String)>,
     files: BTreeMap<String, Vec<u8>>,
 }
@@ -241,8 +242,15 @@ pub(crate) fn scan(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Reads and parses `dir/MANIFEST.json`; returns it with its sha256.
+/// Reads and parses `dir/MANIFEST.json` and returns it with its sha256, refusing a manifest
+/// whose step disagrees with a `step-N` directory name or that lacks a file its kind needs.
 pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
+    let (m, sha) = read_manifest_unchecked(dir)?;
+    check_manifest(dir, &m)?;
+    Ok((m, sha))
+}
+
+fn read_manifest_unchecked(dir: &Path) -> Result<(Manifest, String)> {
     let path = dir.join(MANIFEST);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -255,6 +263,25 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
     };
     let m = Manifest::parse(dir, &bytes)?;
     Ok((m, codex_core::hash::sha256_bytes(&bytes)))
+}
+
+/// What a parsed manifest must also satisfy: its step is the directory's, and it is complete.
+fn check_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    // Resume and retention go by the directory's step; a manifest for another step would
+    // make them restore or keep the wrong one.
+    if let Some(s) = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(format::parse_step_dir)
+        && s != m.step
+    {
+        return Err(CheckpointError::BadManifest {
+            dir: dir.to_path_buf(),
+            reason: format!("it says step {}, the directory name says {s}", m.step),
+        });
+    }
+    m.check_complete(dir)?;
+    Ok(())
 }
 
 /// Size check of every file against the manifest (no hashing).
@@ -285,27 +312,18 @@ fn file_size(dir: &Path, name: &str) -> Result<u64> {
     }
 }
 
-/// Fast check: manifest parses, step matches the name, and every file has its size.
-pub(crate) fn quick_check(
-    step: u64,
-    dir: &Path,
-) -> (Option<Manifest>, Option<String>, CheckpointStatus) {
+/// Fast check: manifest parses, step matches the name, the checkpoint is complete, and every
+/// file has its size.
+pub(crate) fn quick_check(dir: &Path) -> (Option<Manifest>, Option<String>, CheckpointStatus) {
     match read_manifest(dir) {
         Ok((m, sha)) => {
-            if m.step != step {
-                let reason = format!(
-                    "MANIFEST.json says step {}, the directory name says {step}",
-                    m.step
-                );
-                return (Some(m), Some(sha), CheckpointStatus::Invalid(reason));
-            }
             let status = match check_sizes(dir, &m) {
                 Ok(()) => CheckpointStatus::Unverified,
-                Err(e) => CheckpointStatus::Invalid(e.to_string()),
+                Err(e) => CheckpointStatus::Invalid(e.report()),
             };
             (Some(m), Some(sha), status)
         }
-        Err(e) => (None, None, CheckpointStatus::Invalid(e.to_string())),
+        Err(e) => (None, None, CheckpointStatus::Invalid(e.report())),
     }
 }
 
@@ -350,7 +368,7 @@ fn list_impl(run_dir: &Path, rehash: bool) -> Result<Vec<CheckpointInfo>> {
     });
     let mut out = Vec::with_capacity(dirs.len());
     for (step, dir) in dirs {
-        let (manifest, _, mut status) = quick_check(step, &dir);
+        let (manifest, _, mut status) = quick_check(&dir);
         if rehash && status.is_usable() {
             let report = verify(&dir)?;
             status = if report.ok {
@@ -418,7 +436,7 @@ pub fn verify(ckpt_dir: impl AsRef<Path>) -> Result<VerifyReport> {
         files: Vec::new(),
         problems: Vec::new(),
     };
-    let manifest = match read_manifest(dir) {
+    let manifest = match read_manifest_unchecked(dir) {
         Ok((m, _)) => m,
         Err(e) if e.is_integrity() => {
             report.problems.push(e.to_string());
@@ -427,12 +445,9 @@ pub fn verify(ckpt_dir: impl AsRef<Path>) -> Result<VerifyReport> {
         Err(e) => return Err(e),
     };
     report.step = Some(manifest.step);
-    if let Some(s) = name_step.filter(|&s| s != manifest.step) {
-        report.problems.push(format!(
-            "checkpoint `{}`: MANIFEST.json says step {}, the directory name says {s}",
-            dir.display(),
-            manifest.step
-        ));
+    // Reported, and the listed files are still checked, so one run shows every problem.
+    if let Err(e) = check_manifest(dir, &manifest) {
+        report.problems.push(e.to_string());
     }
     for f in &manifest.files {
         let mut check = FileCheck {
@@ -493,20 +508,6 @@ pub fn verify(ckpt_dir: impl AsRef<Path>) -> Result<VerifyReport> {
 pub fn load(ckpt_dir: impl AsRef<Path>) -> Result<LoadedCheckpoint> {
     let dir = ckpt_dir.as_ref();
     let (manifest, _) = read_manifest(dir)?;
-    if let Some(s) = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(format::parse_step_dir)
-        && s != manifest.step
-    {
-        return Err(CheckpointError::BadManifest {
-            dir: dir.to_path_buf(),
-            reason: format!(
-                "it says step {}, the directory name says {s}",
-                manifest.step
-            ),
-        });
-    }
     check_sizes(dir, &manifest)?;
     let mut files = BTreeMap::new();
     for f in &manifest.files {
@@ -569,26 +570,41 @@ fn read_hashed(path: &Path, expected: u64) -> io::Result<(Vec<u8>, String)> {
     Ok((out, hex::encode(hasher.finalize())))
 }
 
-/// The newest checkpoint of `run_dir` that verifies, loaded. Each newer one that fails
-/// verification is skipped with a warning (and listed in [`LoadedCheckpoint::skipped`]).
+/// The newest checkpoint of `run_dir` that verifies and is complete, loaded. Each newer one
+/// that fails is skipped with a warning (and listed in [`LoadedCheckpoint::skipped`]).
 /// `Ok(None)` when there is no valid checkpoint.
 ///
 /// # Errors
 /// I/O errors other than a checkpoint's own corruption (those are skipped).
 pub fn latest_valid(run_dir: impl AsRef<Path>) -> Result<Option<LoadedCheckpoint>> {
+    latest_valid_where(run_dir, &mut |_| Ok(()))
+}
+
+/// Like [`latest_valid`], but a checkpoint must also pass `accept` (the trainer checks that
+/// its state fits the run); one it refuses is skipped like a corrupt one, with the reason
+/// `accept` gives, and the walk goes on to older checkpoints.
+///
+/// # Errors
+/// As [`latest_valid`].
+pub fn latest_valid_where(
+    run_dir: impl AsRef<Path>,
+    accept: &mut dyn FnMut(&LoadedCheckpoint) -> std::result::Result<(), String>,
+) -> Result<Option<LoadedCheckpoint>> {
     let mut skipped = Vec::new();
     for (_, dir) in scan(run_dir.as_ref())?.into_iter().rev() {
-        match load(&dir) {
-            Ok(mut loaded) => {
-                loaded.skipped = skipped;
-                return Ok(Some(loaded));
-            }
-            Err(e) if e.is_integrity() => {
-                tracing::warn!("skipping invalid checkpoint: {e}");
-                skipped.push((dir, e.to_string()));
-            }
+        let reason = match load(&dir) {
+            Ok(mut loaded) => match accept(&loaded) {
+                Ok(()) => {
+                    loaded.skipped = skipped;
+                    return Ok(Some(loaded));
+                }
+                Err(why) => format!("checkpoint `{}`: {why}", dir.display()),
+            },
+            Err(e) if e.is_integrity() => e.report(),
             Err(e) => return Err(e),
-        }
+        };
+        tracing::warn!("skipping checkpoint: {reason}");
+        skipped.push((dir, reason));
     }
     Ok(None)
 }

@@ -429,14 +429,252 @@ fn adapter_files_are_written_as_given() {
                 )],
             ),
             CheckpointFile::bytes(codex_checkpoint::ADAPTER_CONFIG_FILE, &cfg[..]),
+            CheckpointFile::safetensors(
+                codex_checkpoint::OPTIMIZER_FILE,
+                vec![TensorData::f32(
+                    "base_model.model.q_proj.lora_A.weight.exp_avg",
+                    vec![2, 8],
+                    &a[..],
+                )],
+            ),
         ],
         trainer_state: serde_json::json!({"step": 7}),
         config_hash: String::new(),
     })
     .unwrap();
     let l = codex_checkpoint::load(ckpt(&run, 7)).unwrap();
+    assert_eq!(
+        l.manifest.kind,
+        Some(codex_checkpoint::CheckpointKind::Lora)
+    );
     assert_eq!(l.file("adapter_config.json").unwrap(), cfg);
     assert_eq!(l.tensors("adapter_model.safetensors").unwrap().len(), 1);
+}
+
+/// Flips one bit of a file in place: same size, so only a rehash sees it.
+fn flip_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x10;
+    fs::write(path, &bytes).unwrap();
+}
+
+#[test]
+fn prune_never_deletes_on_the_strength_of_a_corrupt_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut m = CheckpointManager::open(&run, policy(0, 10)).unwrap();
+    for (step, metric) in [(5, 3.0), (10, 2.0), (15, 1.5), (20, 1.0)] {
+        m.save(spec(step, Some(metric), 64)).unwrap();
+    }
+    drop(m);
+    flip_byte(&ckpt(&run, 20).join("model.safetensors"));
+    let mut m = CheckpointManager::open(&run, policy(1, 1)).unwrap();
+    let r = m.prune(true).unwrap();
+    // Step 20 would be best and last; it fails its rehash, so 15 takes both places.
+    assert_eq!(r.invalid.len(), 1, "{r:?}");
+    assert_eq!(r.invalid[0].0, 20);
+    assert!(r.invalid[0].1.contains("model.safetensors"), "{r:?}");
+    assert!(r.kept.iter().all(|(s, _)| *s != 20), "{r:?}");
+    assert_eq!(
+        r.kept,
+        vec![(15, vec![KeptBecause::Best, KeptBecause::Last])]
+    );
+    assert_eq!(r.deleted, vec![5, 10]);
+    let r = m.prune(false).unwrap();
+    assert_eq!(r.deleted, vec![5, 10]);
+    assert!(!r.invalid_deleted);
+    // The corrupt one is left for inspection; resume finds the valid one.
+    assert!(ckpt(&run, 20).exists() && ckpt(&run, 15).exists());
+    assert_eq!(
+        codex_checkpoint::latest_valid(&run).unwrap().unwrap().step,
+        15
+    );
+    let index = codex_checkpoint::read_index(&run).unwrap().unwrap();
+    assert_eq!(
+        index.checkpoints.iter().map(|e| e.step).collect::<Vec<_>>(),
+        vec![15]
+    );
+    let r = m
+        .prune_with(codex_checkpoint::PruneOptions {
+            dry_run: false,
+            delete_invalid: true,
+        })
+        .unwrap();
+    assert!(r.invalid_deleted && r.invalid[0].0 == 20);
+    assert!(!ckpt(&run, 20).exists() && ckpt(&run, 15).exists());
+}
+
+#[test]
+fn retention_after_save_verifies_the_best_it_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut m = CheckpointManager::open(&run, policy(1, 1)).unwrap();
+    m.save(spec(1, Some(0.5), 64)).unwrap();
+    m.save(spec(2, Some(2.0), 64)).unwrap();
+    // Step 1 is the kept best and was verified (cached) by the save of step 2. A same-size
+    // flip afterwards changes its ctime, so the cache does not vouch for it any more.
+    flip_byte(&ckpt(&run, 1).join("model.safetensors"));
+    let saved = m.save(spec(3, Some(3.0), 64)).unwrap();
+    // Without step 1, best is 2 and last is 3: nothing valid is deleted, 1 is left alone.
+    assert!(saved.deleted.is_empty(), "{:?}", saved.deleted);
+    assert!(ckpt(&run, 1).exists() && ckpt(&run, 2).exists() && ckpt(&run, 3).exists());
+    let saved = m.save(spec(4, Some(4.0), 64)).unwrap();
+    assert_eq!(saved.deleted, vec![3]);
+    let index = codex_checkpoint::read_index(&run).unwrap().unwrap();
+    assert_eq!(
+        index.checkpoints.iter().map(|e| e.step).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+}
+
+/// Rewrites a checkpoint's manifest through `edit`.
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("MANIFEST.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+type ManifestEdit = fn(&mut serde_json::Value);
+
+#[test]
+fn incomplete_checkpoints_are_refused_everywhere() {
+    let (_tmp, run) = two_checkpoints();
+    let cases: [(&str, ManifestEdit, &str); 5] = [
+        (
+            "empty, as written before manifests had a kind",
+            |v| {
+                v.as_object_mut().unwrap().remove("kind");
+                v["files"] = serde_json::json!([]);
+            },
+            "neither",
+        ),
+        (
+            "no model, declared full",
+            |v| {
+                v["files"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|f| f["name"] != "model.safetensors")
+            },
+            "does not list `model.safetensors`",
+        ),
+        (
+            "no model, no kind",
+            |v| {
+                v.as_object_mut().unwrap().remove("kind");
+                v["files"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|f| f["name"] != "model.safetensors")
+            },
+            "neither",
+        ),
+        (
+            "empty, declared full",
+            |v| v["files"] = serde_json::json!([]),
+            "does not list `model.safetensors`",
+        ),
+        (
+            "no optimizer",
+            |v| {
+                v["files"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|f| f["name"] != "optimizer.safetensors")
+            },
+            "does not list `optimizer.safetensors`",
+        ),
+    ];
+    let original = fs::read(ckpt(&run, 2).join("MANIFEST.json")).unwrap();
+    for (what, edit, want) in cases {
+        fs::write(ckpt(&run, 2).join("MANIFEST.json"), &original).unwrap();
+        edit_manifest(&ckpt(&run, 2), edit);
+        let report = codex_checkpoint::verify(ckpt(&run, 2)).unwrap();
+        assert!(!report.ok, "{what}");
+        assert!(
+            report.problems[0].contains("incomplete") && report.problems[0].contains(want),
+            "{what}: {:?}",
+            report.problems
+        );
+        let err = codex_checkpoint::load(ckpt(&run, 2)).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::Incomplete { .. }),
+            "{what}: {err}"
+        );
+        assert!(!codex_checkpoint::list(&run).unwrap()[1].status.is_usable());
+        let l = codex_checkpoint::latest_valid(&run).unwrap().unwrap();
+        assert_eq!(l.step, 1, "{what}");
+        assert!(l.skipped[0].1.contains(want), "{what}: {:?}", l.skipped);
+    }
+}
+
+#[test]
+fn save_refuses_an_incomplete_trainer_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut m = CheckpointManager::open(&run, policy(0, 5)).unwrap();
+    let mut s = spec(1, None, 8);
+    s.files.truncate(1);
+    let err = m.save(s).unwrap_err();
+    assert!(matches!(err, CheckpointError::InvalidSpec { .. }), "{err}");
+    assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+    assert!(!ckpt(&run, 1).exists());
+    // Files without weights make a generic checkpoint, which readers accept as such.
+    m.save(CheckpointSpec {
+        files: vec![CheckpointFile::bytes("probe.bin", vec![7u8; 16])],
+        ..spec(2, None, 8)
+    })
+    .unwrap();
+    let l = codex_checkpoint::load(ckpt(&run, 2)).unwrap();
+    assert_eq!(
+        l.manifest.kind,
+        Some(codex_checkpoint::CheckpointKind::Generic)
+    );
+}
+
+#[test]
+fn manifest_step_must_match_the_directory_name() {
+    let (_tmp, run) = two_checkpoints();
+    // A copy of step 1 under the name of step 3 must not pass for step 3.
+    let copy = ckpt(&run, 3);
+    fs::create_dir(&copy).unwrap();
+    for e in fs::read_dir(ckpt(&run, 1)).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let err = codex_checkpoint::load(&copy).unwrap_err().to_string();
+    assert!(
+        err.contains("says step 1, the directory name says 3"),
+        "{err}"
+    );
+    assert!(!codex_checkpoint::verify(&copy).unwrap().ok);
+    let l = codex_checkpoint::latest_valid(&run).unwrap().unwrap();
+    assert_eq!((l.step, l.skipped.len()), (2, 1));
+}
+
+#[test]
+fn latest_valid_where_skips_what_the_caller_refuses() {
+    let (_tmp, run) = two_checkpoints();
+    let mut seen = Vec::new();
+    let l = codex_checkpoint::latest_valid_where(&run, &mut |ck| {
+        seen.push(ck.step);
+        if ck.trainer_state["data_cursor"] == 16 {
+            Err("data cursor 16 is past the end of the dataset".into())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(l.step, 1);
+    assert_eq!(seen, vec![2, 1]);
+    assert_eq!(l.skipped.len(), 1);
+    assert_eq!(l.skipped[0].0, ckpt(&run, 2));
+    assert!(l.skipped[0].1.contains("past the end"), "{:?}", l.skipped);
+    let none = codex_checkpoint::latest_valid_where(&run, &mut |_| Err("no".into())).unwrap();
+    assert!(none.is_none());
 }
 
 #[test]

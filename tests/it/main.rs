@@ -17,3 +17,4 @@ mod model;
 mod record;
 mod tokenizer;
 mod train;
+mod trust;

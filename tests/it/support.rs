@@ -186,3 +186,30 @@ pub fn asset_var(name: &str) -> PathBuf {
         ),
     }
 }
+
+/// Rewrites a checkpoint's MANIFEST.json with the sizes and sha256 of its files as they are now.
+pub fn reseal_manifest(ck: &Path) {
+    let mpath = ck.join("MANIFEST.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        let name = f["name"].as_str().unwrap().to_string();
+        let data = std::fs::read(ck.join(&name)).unwrap();
+        f["size_bytes"] = data.len().into();
+        f["sha256"] = sha256_hex(&data).into();
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}

@@ -1,8 +1,8 @@
 //! `codex train` / `codex eval` end to end, running the real binary.
 
 use crate::support::{
-    codex, codex_process, corpus, expect_exit, json_of, lines, ndjson, newest_step, sigint,
-    stdout_json, tempdir, tiny_args,
+    codex, codex_process, corpus, expect_exit, json_of, lines, ndjson, newest_step,
+    reseal_manifest, sigint, stdout_json, tempdir, tiny_args,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -301,33 +301,6 @@ fn eval_of_non_finite_weights_exits_1() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not finite"), "{stderr}");
-}
-
-/// Rewrites a checkpoint's MANIFEST.json with the sizes and sha256 of its files as they are now.
-fn reseal_manifest(ck: &Path) {
-    let mpath = ck.join("MANIFEST.json");
-    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    for f in m["files"].as_array_mut().unwrap() {
-        let name = f["name"].as_str().unwrap().to_string();
-        let data = std::fs::read(ck.join(&name)).unwrap();
-        f["size_bytes"] = data.len().into();
-        f["sha256"] = sha256_hex(&data).into();
-    }
-    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(data)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub enum Error {
     Model(#[from] codex_registry::RegistryError),
     #[error(transparent)]
     Checkpoint(#[from] codex_checkpoint::CheckpointError),
+    #[error(transparent)]
+    Collective(#[from] codex_dist::CollectiveError),
     /// Training stopped because the loss or gradients stayed non-finite.
     #[error("{count} non-finite losses or gradients in a row (last at step {step}); stopped")]
     Anomaly { count: u64, step: u64 },
@@ -63,7 +65,10 @@ pub enum Error {
 impl Error {
     /// Whether this is a bug or environment failure (exit 2) rather than bad input (exit 1).
     pub fn is_internal(&self) -> bool {
-        matches!(self, Error::Internal(_) | Error::Tensor(_))
+        matches!(
+            self,
+            Error::Internal(_) | Error::Tensor(_) | Error::Collective(_)
+        )
     }
 }
 

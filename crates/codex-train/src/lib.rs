@@ -8,7 +8,7 @@
 //!   global-norm clipping.
 //! - [`trainer`]: the [`trainer::Trainer`] (setup, step, eval, checkpoint, teardown; early
 //!   stopping, anomaly guard, exact resume, system sampler, `metrics.ndjson` written whatever
-//!   happens), with a [`Collective`] hook for data-parallel gradients.
+//!   happens), with a `codex_dist::Collective` hook for data-parallel gradients.
 //! - [`eval`]: evaluation, and the `codex eval` job.
 //!
 //! The library never draws progress bars: callers consume a run's typed events through
@@ -17,7 +17,6 @@
 //! # Features
 //! - `cuda`: CUDA devices (needs nvcc at build time).
 
-pub mod collective;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -30,7 +29,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use codex_core::event::{RunStatus, RunSummary};
-pub use collective::{Collective, Single};
+pub use codex_dist::{Collective, Single};
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use eval::{EvalResult, evaluate};

@@ -11,7 +11,6 @@ mod state;
 pub use record::{Provenance, new_run_id};
 pub use state::{RngState, ScheduleState, TrainerState};
 
-use crate::collective::{Collective, Single};
 use crate::config::{SystemMetricsMode, TrainConfig};
 use crate::data::{self, Dataset, TextTokenizer};
 use crate::error::{Error, Result};
@@ -27,6 +26,7 @@ use codex_core::event::{
 };
 use codex_core::ndjson::NdjsonWriter;
 use codex_core::rundir::RunDir;
+use codex_dist::{Collective, Single};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,13 +181,11 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 }
                 None
             }
-            Resume::Latest => {
-                Some(codex_checkpoint::latest_valid(run.root())?.ok_or_else(|| {
-                    Error::NothingToResume {
-                        dir: run.checkpoints(),
-                    }
-                })?)
-            }
+            Resume::Latest => Some(newest_usable(run.root(), u64::MAX)?.ok_or_else(|| {
+                Error::NothingToResume {
+                    dir: run.checkpoints(),
+                }
+            })?),
             Resume::From(p) => Some(codex_checkpoint::load(p)?),
         };
         let st = match &resume {
@@ -316,8 +314,41 @@ impl<'a, 'c> Trainer<'a, 'c> {
         };
         let mut opt = Optimizer::new(&cfg.optimizer, model.named_trainable())?;
         let mut resumed = None;
+        let mut resume = resume;
+        while let Some(ck) = &resume {
+            let restored = check_against_data(&self.st, &ds)
+                .map_err(|message| Error::TrainerState {
+                    dir: ck.dir.clone(),
+                    message,
+                })
+                .and_then(|()| {
+                    checkpoint::restore(ck, &self.st, model.as_ref(), &mut opt, &device)
+                });
+            let Err(e) = restored else { break };
+            if self.opts.resume != Resume::Latest {
+                return Err(e);
+            }
+            // `--resume` means the newest checkpoint that works: skip this one like a corrupt
+            // one, and try the next older (every tensor is overwritten by the next restore).
+            let (failed, step) = (ck.dir.clone(), ck.step);
+            self.warn(
+                WarningKind::SkippedCheckpoint,
+                format!(
+                    "skipped checkpoint {}: {}",
+                    failed.display(),
+                    error_chain(&e)
+                ),
+            );
+            let older = newest_usable(self.run.root(), step)?.ok_or(Error::NothingToResume {
+                dir: self.run.checkpoints(),
+            })?;
+            let mut older = older;
+            older.skipped.retain(|(_, why)| why != NEWER_THAN_FAILED);
+            self.manager.protect(older.step);
+            self.st = checkpoint::read_state(&older)?;
+            resume = Some(older);
+        }
         if let Some(ck) = &resume {
-            checkpoint::restore(ck, &self.st, model.as_ref(), &mut opt, &device)?;
             let r = self.resume_warnings(ck, &ds, total_steps, opt.steps_taken());
             self.resumed_from = Some(ck.dir.clone());
             // Until this segment writes one, the newest checkpoint is the one it resumed.
@@ -739,6 +770,38 @@ fn accumulate(
         }
     }
     Ok((acc, loss_sum))
+}
+
+/// Why [`newest_usable`] passes over checkpoints at or after one that failed to restore (they
+/// were reported already).
+const NEWER_THAN_FAILED: &str = "newer than one that failed to restore";
+
+/// The newest checkpoint before `below` (a step) whose files verify and whose
+/// `trainer_state.json` is valid; the ones skipped are listed in its `skipped`.
+fn newest_usable(run: &Path, below: u64) -> Result<Option<LoadedCheckpoint>> {
+    let mut accept = |ck: &LoadedCheckpoint| {
+        if ck.step >= below {
+            return Err(NEWER_THAN_FAILED.to_string());
+        }
+        checkpoint::read_state(ck)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    Ok(codex_checkpoint::latest_valid_where(run, &mut accept)?)
+}
+
+/// A state written for this very data must agree with it: the epoch follows from the cursor.
+/// (After a data change the cursor means other batches; `resume_warnings` says so.)
+fn check_against_data(st: &TrainerState, ds: &Dataset) -> std::result::Result<(), String> {
+    if st.data_hash == ds.data_hash && st.epoch != ds.epoch_of(st.data_cursor.saturating_sub(1)) {
+        return Err(format!(
+            "epoch {} does not follow from data cursor {} over {} training blocks",
+            st.epoch,
+            st.data_cursor,
+            ds.n_train()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether every trainable weight is finite (`w × 0` is 0 for finite values and NaN for the

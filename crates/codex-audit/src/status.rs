@@ -94,7 +94,10 @@ pub struct MetricSummary {
 impl MetricSummary {
     fn push(&mut self, v: f64) {
         let n = self.samples as f64;
-        self.mean = Some((self.mean.unwrap_or(0.0) * n + v) / (n + 1.0));
+        // Weighted so no intermediate exceeds the largest sample: `mean * n + v` overflows
+        // to infinity on samples near f64::MAX, which a hostile file can hold.
+        let m = self.mean.unwrap_or(0.0);
+        self.mean = Some(m * (n / (n + 1.0)) + v / (n + 1.0));
         self.max = Some(self.max.map_or(v, |m| m.max(v)));
         self.samples += 1;
     }
@@ -599,4 +602,24 @@ pub fn find_runs(runs_dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_mean_does_not_overflow_on_huge_samples() {
+        let mut m = MetricSummary::default();
+        for v in [f64::MAX, f64::MAX, 1.0, 3.0] {
+            m.push(v);
+        }
+        assert!(m.mean.is_some_and(f64::is_finite), "{m:?}");
+        let mut m = MetricSummary::default();
+        for v in [1.0, 2.0, 6.0] {
+            m.push(v);
+        }
+        assert_eq!(m.mean, Some(3.0));
+        assert_eq!(m.max, Some(6.0));
+    }
 }

@@ -117,3 +117,60 @@ mod codex_checkpoint_probe {
         .dir
     }
 }
+
+/// Item 15: a malformed line in the middle of metrics.ndjson costs that line, not the run:
+/// `--json` counts it per run, the text view says so, the run's progress is still shown.
+#[test]
+fn status_skips_and_counts_malformed_metrics_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("runs/r1");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(
+        run.join("metrics.ndjson"),
+        "{\"event\":\"step\",\"step\":1,\"train_loss\":2.0}\n{\"event\":\"step\",\"st\n\u{0}\u{1}binary\n{\"event\":\"step\",\"step\":3,\"train_loss\":1.5}\n{\"event\":\"end\",\"status\":\"completed\",\"step\":3}\n",
+    )
+    .unwrap();
+    fs::write(run.join("config.toml"), "seed = 1\n").unwrap();
+    fs::write(run.join("provenance.json"), "{\"seed\": 1}\n").unwrap();
+    let v = stdout_json(codex().args(["--json", "status"]).arg(d.path()));
+    let r = &v["runs"][0];
+    assert_eq!(r["last_step"], 3);
+    assert_eq!(r["train_loss"], 1.5);
+    assert_eq!(r["state"], "completed");
+    assert_eq!(r["malformed_lines"], 2);
+    let md = codex()
+        .arg("status")
+        .arg(d.path())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let md = String::from_utf8(md).unwrap();
+    assert!(md.contains("| r1 | completed | 3 |"), "{md}");
+    assert!(
+        md.contains("- r1: 2 malformed line(s) in metrics.ndjson skipped (first: line 2:"),
+        "{md}"
+    );
+}
+
+/// Item 16: a newline in a file name is escaped in repo-map's text view, so it cannot forge
+/// a line; JSON keeps the real name.
+#[cfg(unix)]
+#[test]
+fn repo_map_text_escapes_control_characters_in_names() {
+    let d = tempdir();
+    fs::write(
+        d.path().join("a\nforged.rs  [Rust 999 lines]\n.rs"),
+        "fn a() {}\n",
+    )
+    .unwrap();
+    let text = crate::support::stdout_of(codex().arg("repo-map").arg(d.path()));
+    assert!(!text.lines().any(|l| l.starts_with("forged.rs")), "{text}");
+    assert!(
+        text.contains("a\\nforged.rs  [Rust 999 lines]\\n.rs  [Rust 1/0/0]"),
+        "{text}"
+    );
+    let v = stdout_json(codex().args(["--json", "repo-map"]).arg(d.path()));
+    assert_eq!(v["files"][0]["path"], "a\nforged.rs  [Rust 999 lines]\n.rs");
+}

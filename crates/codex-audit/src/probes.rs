@@ -3,6 +3,9 @@
 use crate::status::{self, Capability, CheckItem, Level, StatusInput, StatusReport};
 use std::path::Path;
 
+/// The most read of a README, config.toml or provenance.json (each a few KiB in practice).
+const MAX_TEXT_BYTES: u64 = 8 << 20;
+
 fn tokenization() -> Capability {
     use codex_tokenizer::{TrainConfig, corpus::Document};
     let sample = "codex tokenizes text. Round trips must be exact: ünïcödé, tabs\tand 123.";
@@ -218,7 +221,9 @@ fn file_row(name: &str, root: &Path, candidates: &[&str], what: &str) -> Capabil
 }
 
 fn documentation(root: &Path, commands: &[String]) -> Capability {
-    let Ok(readme) = std::fs::read_to_string(root.join("README.md")) else {
+    // Capped and lossy: a huge or non-UTF-8 README is still a README.
+    let Ok((readme, _)) = crate::ndjson::read_text_capped(&root.join("README.md"), MAX_TEXT_BYTES)
+    else {
         return Capability::new(
             "documentation",
             Level::Missing,
@@ -430,8 +435,11 @@ fn reproducibility(root: &Path, repo: bool, runs: &[status::RunSummary]) -> Vec<
     let mut metrics = Vec::new();
     for r in runs {
         let rd = codex_core::rundir::RunDir::new(&r.path);
-        let cfg = std::fs::read_to_string(rd.config()).unwrap_or_default();
-        let provenance = std::fs::read_to_string(rd.provenance()).ok();
+        // Capped and lossy: these files are only searched for a seed, and a stray byte or a
+        // huge file must not make a run look as if it had none.
+        let read = |p: &Path| crate::ndjson::read_text_capped(p, MAX_TEXT_BYTES).ok();
+        let cfg = read(&rd.config()).map(|(t, _)| t).unwrap_or_default();
+        let provenance = read(&rd.provenance()).map(|(t, _)| t);
         let has_seed = cfg.lines().any(|l| l.trim_start().starts_with("seed"))
             || provenance
                 .as_deref()
@@ -474,7 +482,11 @@ fn reproducibility(root: &Path, repo: bool, runs: &[status::RunSummary]) -> Vec<
 }
 
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    crate::printable(s).replace('|', "\\|")
+}
+
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::printable(s)
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -488,7 +500,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
         Level::Degraded => "⚠️ degraded",
         Level::Missing => "❌ missing",
     };
-    let mut o = format!("# codex status: {}\n\n", r.root);
+    let mut o = format!("# codex status: {}\n\n", esc(&r.root));
     if !r.repository {
         o.push_str(&format!(
             "Not a repository (none of {} at its root): CI, deployment, documentation, lockfiles and the placeholder scan are not checked.\n\n",
@@ -514,7 +526,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
             for p in &r.placeholders {
                 o.push_str(&format!(
                     "| {}:{} | {} | `{}` |\n",
-                    p.path,
+                    cell(&p.path),
                     p.line,
                     p.pattern,
                     cell(&p.snippet).replace('`', "'")
@@ -525,7 +537,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
     o.push_str(&format!(
         "\n## Runs ({} under {})\n\n",
         r.runs.len(),
-        r.runs_dir
+        esc(&r.runs_dir)
     ));
     if !r.runs.is_empty() {
         o.push_str("| Run | State | Step | Train loss | Val loss | CPU % mean/max | GPU % mean/max | GPU W mean/max | Checkpoints | Anomalies |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
@@ -575,26 +587,33 @@ pub fn render_markdown(r: &StatusReport) -> String {
                 } else {
                     ck.join(", ")
                 },
-                run.anomalies.len(),
+                run.anomaly_count,
             ));
         }
         for run in &r.runs {
             for c in run.checkpoints.iter().filter(|c| c.reason.is_some()) {
                 o.push_str(&format!(
                     "\n- {} step {}: {}",
-                    run.name,
+                    esc(&run.name),
                     c.step,
-                    c.reason.as_deref().unwrap_or("")
+                    esc(c.reason.as_deref().unwrap_or(""))
                 ));
             }
             for a in &run.anomalies {
-                o.push_str(&format!("\n- {} anomaly: {}", run.name, a));
+                o.push_str(&format!("\n- {} anomaly: {}", esc(&run.name), esc(a)));
+            }
+            let unlisted = run.anomaly_count.saturating_sub(run.anomalies.len() as u64);
+            if unlisted > 0 {
+                o.push_str(&format!(
+                    "\n- {}: {unlisted} more anomalies not listed",
+                    esc(&run.name)
+                ));
             }
             if let Some(e) = &run.error {
-                o.push_str(&format!("\n- {} {}: {}", run.name, run.state, e));
+                o.push_str(&format!("\n- {} {}: {}", esc(&run.name), run.state, esc(e)));
             }
             for p in &run.problems {
-                o.push_str(&format!("\n- {}: {}", run.name, p));
+                o.push_str(&format!("\n- {}: {}", esc(&run.name), esc(p)));
             }
             if let Some(h) = run
                 .lock_holder
@@ -603,7 +622,10 @@ pub fn render_markdown(r: &StatusReport) -> String {
             {
                 o.push_str(&format!(
                     "\n- {}: stale lock from pid {} on {} (started {})",
-                    run.name, h.pid, h.host, h.started
+                    esc(&run.name),
+                    h.pid,
+                    esc(&h.host),
+                    esc(&h.started)
                 ));
             }
         }

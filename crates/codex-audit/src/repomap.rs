@@ -2,7 +2,7 @@
 //! language as tokei does, find key files, directory roles and public symbols.
 
 use crate::count::{self, Counts};
-use crate::{AuditError, lang, symbols};
+use crate::{AuditError, lang, printable, symbols};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -134,11 +134,13 @@ pub fn build(root: &Path, opts: &Options) -> Result<RepoMap, AuditError> {
             let entry = match entry {
                 Ok(e) => e,
                 Err(err) => {
+                    let (path, reason) = walk_error(&err);
+                    let path = match path.map(|p| rel(root, p)) {
+                        Some(p) if !p.is_empty() => p,
+                        _ => root.display().to_string(),
+                    };
                     if let Ok(mut o) = out.lock() {
-                        o.skipped.push(Skipped {
-                            path: String::new(),
-                            reason: err.to_string(),
-                        });
+                        o.skipped.push(Skipped { path, reason });
                     }
                     return ignore::WalkState::Continue;
                 }
@@ -219,15 +221,66 @@ pub fn build(root: &Path, opts: &Options) -> Result<RepoMap, AuditError> {
     })
 }
 
+/// The path a walk error is about (a directory that cannot be listed, a symlink loop) and
+/// the error itself without it, so `skipped` names the real entry.
+fn walk_error(err: &ignore::Error) -> (Option<&Path>, String) {
+    match err {
+        ignore::Error::WithDepth { err, .. } => walk_error(err),
+        ignore::Error::WithPath { path, err } => (Some(path), err.to_string()),
+        ignore::Error::Loop { child, .. } => (Some(child), err.to_string()),
+        _ => (None, err.to_string()),
+    }
+}
+
+/// Files larger than this are skipped (listed in `skipped`), not read: counting needs the
+/// whole file in memory, once per walker thread. No hand-written source file comes close.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// How much of a file the binary check looks at (as git and ripgrep do).
+const BINARY_PROBE_BYTES: usize = 8 << 10;
+
+/// A NUL byte in the first 8 KiB marks binary content (git's and ripgrep's rule) unless a
+/// UTF-16/32 byte-order mark says the NULs are text. tokei 15 would count such a file's bytes
+/// as lines (it skips nothing that has a known extension); codex skips it instead, a
+/// deliberate difference: no source file holds a NUL byte.
+pub fn is_binary(bytes: &[u8]) -> bool {
+    let utf16_or_32 = bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]);
+    let probe = &bytes[..bytes.len().min(BINARY_PROBE_BYTES)];
+    !utf16_or_32 && probe.contains(&0)
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path` into `buf`; Err when the file is larger (it may
+/// have grown since its size was checked) or unreadable.
+pub(crate) fn read_capped(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let too_big = || format!("larger than {} MiB, not counted", MAX_FILE_BYTES >> 20);
+    if file.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+        return Err(too_big());
+    }
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        buf.clear();
+        return Err(too_big());
+    }
+    Ok(())
+}
+
 fn process(root: &Path, path: &Path, buf: &mut Vec<u8>) -> Result<Option<FileEntry>, String> {
     let Some(lang) = lang::detect(path, || first_line(path)) else {
         return Ok(None);
     };
-    buf.clear();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(|e| e.to_string())?;
+    read_capped(path, buf)?;
     let bytes: &[u8] = buf;
+    if is_binary(bytes) {
+        return Err(format!(
+            "binary content (a NUL byte in the first {} KiB), not counted as {}",
+            BINARY_PROBE_BYTES >> 10,
+            lang.name
+        ));
+    }
     let c = count::count(lang, bytes);
     let symbols = match lang.name {
         // Symbols need text; a non-UTF-8 file is still counted, its symbols read lossily.
@@ -262,9 +315,10 @@ fn rank(root: &Path, files: &mut [FileEntry]) {
         if f.language != "Rust" && f.language != "Python" {
             continue;
         }
-        let Ok(bytes) = std::fs::read(root.join(&f.path)) else {
+        let mut bytes = Vec::new();
+        if read_capped(&root.join(&f.path), &mut bytes).is_err() {
             continue;
-        };
+        }
         let mut seen = HashSet::new();
         // Byte-level split (non-ASCII bytes stay inside words, so UTF-8 identifiers survive),
         // without decoding the whole file to a String first.
@@ -395,7 +449,7 @@ pub fn estimate_tokens(text: &str) -> usize {
 }
 
 fn fmt_file(f: &FileEntry, indent: usize) -> String {
-    let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+    let name = printable(f.path.rsplit('/').next().unwrap_or(&f.path));
     let mut s = format!(
         "{:indent$}{name}  [{} {}/{}/{}]",
         "", f.language, f.code, f.comments, f.blanks
@@ -425,7 +479,12 @@ pub fn render_text(
     let t = &map.totals;
     out.push_str(&format!(
         "repo map: {}\n{} files counted ({} other), {} code, {} comments, {} blanks\n\n",
-        map.root, t.files, map.other_files, t.code, t.comments, t.blanks
+        printable(&map.root),
+        t.files,
+        map.other_files,
+        t.code,
+        t.comments,
+        t.blanks
     ));
     out.push_str(&format!(
         "{:<18} {:>7} {:>9} {:>9} {:>9}\n",
@@ -441,18 +500,25 @@ pub fn render_text(
     for d in &map.directories {
         out.push_str(&format!(
             "  {}/  {} ({} files, {} code)\n",
-            d.name, d.role, d.files, d.code
+            printable(&d.name),
+            d.role,
+            d.files,
+            d.code
         ));
     }
     out.push_str("\nkey files:\n");
     for k in &map.key_files {
-        out.push_str(&format!("  {}  ({})\n", k.path, k.kind));
+        out.push_str(&format!("  {}  ({})\n", printable(&k.path), k.kind));
     }
     if !map.skipped.is_empty() {
-        out.push_str(&format!(
-            "\nskipped {} entries (unreadable)\n",
-            map.skipped.len()
-        ));
+        out.push_str(&format!("\nskipped {} entries:\n", map.skipped.len()));
+        for k in &map.skipped {
+            out.push_str(&format!(
+                "  {}  ({})\n",
+                printable(&k.path),
+                printable(&k.reason)
+            ));
+        }
     }
     out.push_str("\ntree (code/comments/blanks):\n");
 
@@ -489,7 +555,7 @@ pub fn render_text(
         let common = open.iter().zip(dirs).take_while(|(a, b)| a == b).count();
         open.truncate(common);
         for d in &dirs[common..] {
-            out.push_str(&format!("{:w$}{d}/\n", "", w = open.len() * 2));
+            out.push_str(&format!("{:w$}{}/\n", "", printable(d), w = open.len() * 2));
             open.push(d);
         }
         out.push_str(&fmt_file(f, open.len() * 2));
@@ -502,4 +568,37 @@ pub fn render_text(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How the parallel walker reports a directory it cannot list (running as root, a test
+    /// cannot make one): the skipped entry must carry that directory's path.
+    #[test]
+    fn walk_errors_keep_their_path() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let err = ignore::Error::WithDepth {
+            depth: 1,
+            err: Box::new(ignore::Error::WithPath {
+                path: "/r/locked".into(),
+                err: Box::new(ignore::Error::Io(io)),
+            }),
+        };
+        let (path, reason) = walk_error(&err);
+        assert_eq!(path, Some(Path::new("/r/locked")));
+        assert!(reason.contains("ermission denied"), "{reason}");
+        assert_eq!(rel(Path::new("/r"), path.unwrap()), "locked");
+    }
+
+    #[test]
+    fn binary_detection() {
+        assert!(!is_binary(b"fn main() {}\n\xff\xfe latin-1 \xe9\n"));
+        assert!(is_binary(b"fn main() {}\0"));
+        assert!(!is_binary(b"\xff\xfef\0n\0"));
+        let mut late = vec![b'a'; BINARY_PROBE_BYTES];
+        late.push(0);
+        assert!(!is_binary(&late), "only the first 8 KiB are probed");
+    }
 }

@@ -94,7 +94,10 @@ pub struct MetricSummary {
 impl MetricSummary {
     fn push(&mut self, v: f64) {
         let n = self.samples as f64;
-        self.mean = Some((self.mean.unwrap_or(0.0) * n + v) / (n + 1.0));
+        // Weighted so no intermediate exceeds the largest sample: `mean * n + v` overflows
+        // to infinity on samples near f64::MAX, which a hostile file can hold.
+        let m = self.mean.unwrap_or(0.0);
+        self.mean = Some(m * (n / (n + 1.0)) + v / (n + 1.0));
         self.max = Some(self.max.map_or(v, |m| m.max(v)));
         self.samples += 1;
     }
@@ -181,8 +184,15 @@ pub struct RunSummary {
     /// The `error` of a failed run's `end` event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Lines of `metrics.ndjson` skipped as malformed (not JSON, not an object, too long).
+    pub malformed_lines: u64,
+    /// The same for `system_metrics.ndjson`.
+    pub malformed_system_lines: u64,
     pub lock_holder: Option<codex_checkpoint::LockHolder>,
+    /// The first [`MAX_ANOMALIES`] anomaly events, each clipped to [`MAX_MESSAGE_CHARS`].
     pub anomalies: Vec<String>,
+    /// All anomaly events, including those not kept in `anomalies`.
+    pub anomaly_count: u64,
     pub cpu_util_pct: MetricSummary,
     pub gpu_util_pct: MetricSummary,
     pub gpu_power_w: MetricSummary,
@@ -294,9 +304,13 @@ pub fn scan_placeholders(root: &Path) -> Vec<Placeholder> {
             if lang.literate || matches!(lang.name, "JSON" | "ReStructuredText" | "SVG" | "XML") {
                 return ignore::WalkState::Continue;
             }
-            let Ok(text) = std::fs::read_to_string(path) else {
+            // Bounded like repo-map's reads; binary files hold no placeholders; a stray
+            // non-UTF-8 byte must not hide the markers on the other lines.
+            let mut bytes = Vec::new();
+            if repomap::read_capped(path, &mut bytes).is_err() || repomap::is_binary(&bytes) {
                 return ignore::WalkState::Continue;
-            };
+            }
+            let text = String::from_utf8_lossy(&bytes);
             let rel = path
                 .strip_prefix(root)
                 .unwrap_or(path)
@@ -356,114 +370,176 @@ fn field<'a>(ev: &'a Value, k: &str) -> Option<&'a Value> {
         .or_else(|| ev.get("summary").and_then(|s| s.get(k)))
 }
 
+/// Anomalies kept per run (the count covers all of them): a hostile or runaway
+/// `metrics.ndjson` must not grow the report without bound.
+pub const MAX_ANOMALIES: usize = 100;
+
+/// Characters kept of a message taken from a run's files (anomaly, error, end status).
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+fn clip(s: String) -> String {
+    match s.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+impl RunSummary {
+    /// An empty summary: nothing read yet, `crashed` until an `end` event says otherwise.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: dir.display().to_string(),
+            last_step: None,
+            total_steps: None,
+            train_loss: None,
+            val_loss: None,
+            val_loss_step: None,
+            ended: false,
+            state: RunState::Crashed,
+            error: None,
+            malformed_lines: 0,
+            malformed_system_lines: 0,
+            lock_holder: None,
+            anomalies: Vec::new(),
+            anomaly_count: 0,
+            cpu_util_pct: MetricSummary::default(),
+            gpu_util_pct: MetricSummary::default(),
+            gpu_power_w: MetricSummary::default(),
+            checkpoints: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// Folds a `metrics.ndjson` stream into `s`, line by line; returns the state its last
+/// segment's `end` event records (None while no `end` closes the file). Malformed lines are
+/// skipped, counted in `malformed_lines` and noted in `problems`; only I/O errors fail.
+pub fn read_metrics<R: std::io::BufRead>(
+    r: R,
+    s: &mut RunSummary,
+) -> std::io::Result<Option<RunState>> {
+    // The last `end` counts only if nothing follows it: any later event was written by a
+    // resumed process that has not ended (yet).
+    let mut last_end: Option<Value> = None;
+    let stats = crate::ndjson::for_each_object(r, |ev| {
+        let kind = ev.get("event").and_then(Value::as_str);
+        let step = ev.get("step").and_then(Value::as_u64);
+        // Pre-contract failure ends carry step 0; they must not hide the progress made.
+        if let Some(step) = step
+            && !(kind == Some("end") && step == 0 && s.last_step.is_some())
+        {
+            s.last_step = Some(step);
+        }
+        if let Some(t) = field(&ev, "total_steps").and_then(Value::as_u64) {
+            s.total_steps = Some(t);
+        }
+        match kind {
+            Some("step") => s.train_loss = f64_field(&ev, "train_loss").or(s.train_loss),
+            Some("anomaly") => {
+                s.anomaly_count += 1;
+                if s.anomalies.len() < MAX_ANOMALIES {
+                    let what = ev
+                        .get("message")
+                        .or_else(|| ev.get("kind"))
+                        .map(str_of)
+                        .unwrap_or_else(|| ev.to_string());
+                    let step = step.map_or(String::new(), |st| format!("step {st}: "));
+                    s.anomalies.push(clip(format!("{step}{what}")));
+                }
+            }
+            _ => {}
+        }
+        // Eval events carry val_loss; a step event may too.
+        if matches!(kind, Some("eval" | "step"))
+            && let Some(v) = f64_field(&ev, "val_loss")
+        {
+            s.val_loss = Some(v);
+            s.val_loss_step = step;
+        }
+        last_end = (kind == Some("end")).then_some(ev);
+    })?;
+    s.malformed_lines = stats.malformed;
+    s.problems.extend(stats.note("metrics.ndjson"));
+    let Some(end) = last_end else {
+        return Ok(None);
+    };
+    s.ended = true;
+    s.error = field(&end, "error").map(str_of).map(clip);
+    let status = field(&end, "status").map(str_of).map(clip);
+    Ok(Some(match status.as_deref() {
+        Some(st) => RunState::from_end_status(st).unwrap_or_else(|| {
+            s.problems
+                .push(format!("end event has an unknown status `{st}`"));
+            RunState::Failed
+        }),
+        // Hand-written or pre-contract ends without a status.
+        None if s.error.is_some() => RunState::Failed,
+        None => RunState::Completed,
+    }))
+}
+
+/// Folds a `system_metrics.ndjson` stream into the run's CPU/GPU summaries, as
+/// [`read_metrics`] does (malformed lines counted in `malformed_system_lines`).
+pub fn read_system_metrics<R: std::io::BufRead>(r: R, s: &mut RunSummary) -> std::io::Result<()> {
+    let stats = crate::ndjson::for_each_object(r, |sample| {
+        if let Some(v) = f64_field(&sample, "cpu_util_pct") {
+            s.cpu_util_pct.push(v);
+        }
+        for g in sample
+            .get("gpus")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(v) = f64_field(g, "gpu_util_pct") {
+                s.gpu_util_pct.push(v);
+            }
+            if let Some(v) = f64_field(g, "gpu_power_w") {
+                s.gpu_power_w.push(v);
+            }
+        }
+    })?;
+    s.malformed_system_lines = stats.malformed;
+    s.problems.extend(stats.note("system_metrics.ndjson"));
+    Ok(())
+}
+
+fn open_buffered(path: &Path) -> std::io::Result<std::io::BufReader<std::fs::File>> {
+    Ok(std::io::BufReader::with_capacity(
+        64 * 1024,
+        std::fs::File::open(path)?,
+    ))
+}
+
 /// One run directory: metrics, system metrics, checkpoints, lock.
 pub fn summarize_run(dir: &Path, verify: bool) -> RunSummary {
     let rd = codex_core::rundir::RunDir::new(dir);
-    let mut s = RunSummary {
-        name: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        path: dir.display().to_string(),
-        last_step: None,
-        total_steps: None,
-        train_loss: None,
-        val_loss: None,
-        val_loss_step: None,
-        ended: false,
-        state: RunState::Crashed,
-        error: None,
-        lock_holder: None,
-        anomalies: Vec::new(),
-        cpu_util_pct: MetricSummary::default(),
-        gpu_util_pct: MetricSummary::default(),
-        gpu_power_w: MetricSummary::default(),
-        checkpoints: Vec::new(),
-        problems: Vec::new(),
-    };
-    // The state the last segment's `end` event records; None while no end closes the file.
-    let mut ended_as: Option<RunState> = None;
-    match codex_core::ndjson::read_lines(&rd.metrics()) {
-        Ok(lines) => {
-            // The last `end` counts only if nothing follows it: any later event was written
-            // by a resumed process that has not ended (yet).
-            let mut last_end: Option<&Value> = None;
-            for ev in &lines {
-                let kind = ev.get("event").and_then(Value::as_str);
-                let step = ev.get("step").and_then(Value::as_u64);
-                last_end = (kind == Some("end")).then_some(ev);
-                // Pre-contract failure ends carry step 0; they must not hide the progress made.
-                if let Some(step) = step
-                    && !(kind == Some("end") && step == 0 && s.last_step.is_some())
-                {
-                    s.last_step = Some(step);
-                }
-                if let Some(t) = field(ev, "total_steps").and_then(Value::as_u64) {
-                    s.total_steps = Some(t);
-                }
-                match kind {
-                    Some("step") => s.train_loss = f64_field(ev, "train_loss").or(s.train_loss),
-                    Some("anomaly") => {
-                        let what = ev
-                            .get("message")
-                            .or_else(|| ev.get("kind"))
-                            .map(str_of)
-                            .unwrap_or_else(|| ev.to_string());
-                        let step = step.map_or(String::new(), |st| format!("step {st}: "));
-                        s.anomalies.push(format!("{step}{what}"));
-                    }
-                    _ => {}
-                }
-                // Eval events carry val_loss; a step event may too.
-                if matches!(kind, Some("eval" | "step"))
-                    && let Some(v) = f64_field(ev, "val_loss")
-                {
-                    s.val_loss = Some(v);
-                    s.val_loss_step = step;
-                }
-            }
-            if let Some(end) = last_end {
-                s.ended = true;
-                s.error = field(end, "error").map(str_of);
-                let status = field(end, "status").map(str_of);
-                ended_as = Some(match status.as_deref() {
-                    Some(st) => RunState::from_end_status(st).unwrap_or_else(|| {
-                        s.problems
-                            .push(format!("end event has an unknown status `{st}`"));
-                        RunState::Failed
-                    }),
-                    // Hand-written or pre-contract ends without a status.
-                    None if s.error.is_some() => RunState::Failed,
-                    None => RunState::Completed,
+    let mut s = RunSummary::new(dir);
+    let metrics = rd.metrics();
+    let ended_as = match open_buffered(&metrics).and_then(|r| read_metrics(r, &mut s)) {
+        Ok(state) => state,
+        Err(e) => {
+            s.problems
+                .push(if e.kind() == std::io::ErrorKind::NotFound {
+                    "no metrics.ndjson".into()
+                } else {
+                    format!("cannot read {}: {e}", metrics.display())
                 });
-            }
+            None
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            s.problems.push("no metrics.ndjson".into())
-        }
+    };
+    let system = rd.system_metrics();
+    match open_buffered(&system).and_then(|r| read_system_metrics(r, &mut s)) {
+        Ok(()) => {}
+        // Runs without telemetry have no such file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => s
             .problems
-            .push(format!("cannot read {}: {e}", rd.metrics().display())),
-    }
-    if let Ok(lines) = codex_core::ndjson::read_lines(&rd.system_metrics()) {
-        for sample in &lines {
-            if let Some(v) = f64_field(sample, "cpu_util_pct") {
-                s.cpu_util_pct.push(v);
-            }
-            for g in sample
-                .get("gpus")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(v) = f64_field(g, "gpu_util_pct") {
-                    s.gpu_util_pct.push(v);
-                }
-                if let Some(v) = f64_field(g, "gpu_power_w") {
-                    s.gpu_power_w.push(v);
-                }
-            }
-        }
+            .push(format!("cannot read {}: {e}", system.display())),
     }
     if rd.checkpoints().is_dir() {
         let listed = if verify {
@@ -526,4 +602,24 @@ pub fn find_runs(runs_dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_mean_does_not_overflow_on_huge_samples() {
+        let mut m = MetricSummary::default();
+        for v in [f64::MAX, f64::MAX, 1.0, 3.0] {
+            m.push(v);
+        }
+        assert!(m.mean.is_some_and(f64::is_finite), "{m:?}");
+        let mut m = MetricSummary::default();
+        for v in [1.0, 2.0, 6.0] {
+            m.push(v);
+        }
+        assert_eq!(m.mean, Some(3.0));
+        assert_eq!(m.max, Some(6.0));
+    }
 }

@@ -577,3 +577,173 @@ fn markdown_says_where_val_loss_was_measured() {
         "{md}"
     );
 }
+
+/// Item 15: one malformed line in the middle of metrics.ndjson used to drop the whole run's
+/// metrics; it is now skipped and counted, and the rest of the run is shown.
+#[test]
+fn malformed_metrics_lines_are_skipped_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let runs = d.path();
+    let mut text: String = steps(1, 150).iter().map(|e| format!("{e}\n")).collect();
+    text.push_str("{\"event\":\"step\",\"step\":151,\"train_l\n"); // torn by a crash, then resumed
+    text.push_str("[1,2]\n");
+    let rest: String = steps(152, 250).iter().map(|e| format!("{e}\n")).collect();
+    text.push_str(&rest);
+    text.push_str(&format!("{}\n", end("early_stopped", 250)));
+    write(&runs.join("r"), "metrics.ndjson", &text);
+    let sys = "{\"cpu_util_pct\":10}\n\u{0}garbage\n{\"cpu_util_pct\":30,\"gpus\":[{\"gpu_util_pct\":50}]}\n";
+    write(&runs.join("r"), "system_metrics.ndjson", sys);
+    let s = status::summarize_run(&runs.join("r"), false);
+    assert_eq!(s.last_step, Some(250));
+    assert_eq!(s.val_loss, Some(2.31));
+    assert_eq!(s.state, RunState::EarlyStopped);
+    assert_eq!(s.malformed_lines, 2);
+    assert_eq!(s.malformed_system_lines, 1);
+    assert_eq!(s.cpu_util_pct.samples, 2);
+    assert_eq!(s.gpu_util_pct.max, Some(50.0));
+    assert!(
+        s.problems.iter().any(
+            |p| p.starts_with("2 malformed line(s) in metrics.ndjson skipped (first: line 151")
+        ),
+        "{:?}",
+        s.problems
+    );
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["malformed_lines"], 2);
+    assert_eq!(v["malformed_system_lines"], 1);
+}
+
+/// Anomaly events and messages come from the file: the kept list and each message are
+/// bounded, the count is not; text output cannot be forged by a message's newlines.
+#[test]
+fn anomalies_are_bounded_and_escaped_in_markdown() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let mut ev = steps(1, 3);
+    for i in 0..(status::MAX_ANOMALIES + 20) {
+        ev.push(serde_json::json!({"event": "anomaly", "step": i, "message": format!("nan\n| forged | row |\u{1b}[2J{}", "x".repeat(5000))}));
+    }
+    ev.push(serde_json::json!({"event": "end", "status": "anomaly_stopped", "error": "bad\nline"}));
+    run_with(&root.join("runs"), "r", &ev);
+    let r = codex_audit::probes::build_report(StatusInput {
+        root: root.to_path_buf(),
+        runs: None,
+        verify: false,
+        cuda_compiled: false,
+        commands: Vec::new(),
+        extra: binary_rows(),
+    });
+    let run = &r.runs[0];
+    assert_eq!(run.anomaly_count, status::MAX_ANOMALIES as u64 + 20);
+    assert_eq!(run.anomalies.len(), status::MAX_ANOMALIES);
+    assert!(
+        run.anomalies
+            .iter()
+            .all(|a| a.chars().count() <= status::MAX_MESSAGE_CHARS + 1)
+    );
+    let md = codex_audit::probes::render_markdown(&r);
+    assert!(
+        !md.contains('\u{1b}'),
+        "escape sequences reach the terminal"
+    );
+    assert!(!md.lines().any(|l| l.starts_with("| forged")), "{md}");
+    assert!(md.contains("nan\\n| forged"), "{md}");
+    assert!(md.contains("anomaly-stopped: bad\\nline"), "{md}");
+    assert!(md.contains("20 more anomalies not listed"), "{md}");
+}
+
+/// config.toml and provenance.json are read capped and lossily: a stray byte in them does not
+/// make a run look unseeded or without provenance.
+#[test]
+fn non_utf8_config_and_provenance_still_count() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let mut ev = steps(1, 3);
+    ev.push(end("completed", 3));
+    let run = run_with(&root.join("runs"), "r", &ev);
+    write(&run, "config.toml", b"# caf\xe9\nseed = 7\n");
+    write(&run, "provenance.json", b"{\"host\": \"\xff\"}\n");
+    let r = codex_audit::probes::build_report(StatusInput {
+        root: root.to_path_buf(),
+        runs: None,
+        verify: false,
+        cuda_compiled: false,
+        commands: Vec::new(),
+        extra: binary_rows(),
+    });
+    for c in &r.reproducibility {
+        assert_eq!(c.status, Level::Ok, "{c:?}");
+    }
+}
+
+/// Item 16: a binary `.rs` file is skipped (listed with its reason), not counted as Rust.
+#[test]
+fn binary_source_files_are_skipped_not_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    write(r, "src/lib.rs", "pub fn f() {}\n");
+    let mut junk = Vec::new();
+    let mut x: u32 = 12345;
+    for _ in 0..100_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        junk.push((x >> 16) as u8);
+    }
+    junk[4000] = 0;
+    write(r, "src/junk.rs", &junk);
+    // UTF-16 with a byte-order mark is text (tokei transcodes it): still counted.
+    write(r, "src/wide.py", b"\xff\xfex\x00\n\x00");
+    let map = repomap::build(r, &Options::default()).unwrap();
+    assert_eq!(map.languages["Rust"].files, 1);
+    assert_eq!(map.languages["Rust"].code, 1);
+    assert_eq!(map.languages["Python"].files, 1);
+    assert_eq!(map.skipped.len(), 1, "{:?}", map.skipped);
+    assert_eq!(map.skipped[0].path, "src/junk.rs");
+    assert!(map.skipped[0].reason.contains("binary"));
+    let text = repomap::render_text(&map, None, &repomap::estimate_tokens);
+    assert!(text.contains("  src/junk.rs  (binary content"), "{text}");
+}
+
+/// Item 16: names are escaped in the text view (a newline in a file name cannot forge a
+/// line), and an unreadable directory is skipped under its real path.
+#[cfg(unix)]
+#[test]
+fn control_characters_in_names_and_unreadable_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    write(
+        r,
+        "src/evil\nforged.rs  [Rust 999 lines]\n.rs",
+        "fn a() {}\n",
+    );
+    write(r, "dir\u{1b}[31m/x.rs", "fn b() {}\n");
+    write(r, "locked/inner.rs", "fn c() {}\n");
+    fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    // Root ignores permissions: only check the skip where the directory really is unreadable.
+    let unreadable = fs::read_dir(r.join("locked")).is_err();
+    let map = repomap::build(r, &Options::default()).unwrap();
+    fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    let text = repomap::render_text(&map, None, &repomap::estimate_tokens);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("forged.rs")),
+        "{text}"
+    );
+    assert!(
+        text.contains("evil\\nforged.rs  [Rust 999 lines]\\n.rs  [Rust 1/0/0]"),
+        "{text}"
+    );
+    assert!(text.contains("dir\\u{1b}[31m/"), "{text}");
+    if unreadable {
+        assert!(
+            map.skipped
+                .iter()
+                .any(|s| s.path == "locked" && !s.reason.is_empty()),
+            "{:?}",
+            map.skipped
+        );
+        assert!(map.skipped.iter().all(|s| !s.path.is_empty()));
+    }
+}

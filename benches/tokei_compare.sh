@@ -18,6 +18,8 @@
 #   the opposite.
 # - UTF-16 files: tokei transcodes them; codex counts bytes, so UTF-16 text is mis-split.
 # - Jupyter notebooks are not counted by codex.
+# - Files with a NUL byte in their first 8 KiB (binary) are skipped by codex and listed as
+#   skipped; tokei counts their bytes as lines of the extension's language.
 # - Code fences (in Markdown, and in Rust doc comments, which tokei parses as Markdown) whose
 #   language tokei knows but codex does not (```tex, ```abnf, ```swift, ```jinja2, ...): tokei
 #   counts the body as that language's code, codex as Markdown comment lines, so a few Rust and

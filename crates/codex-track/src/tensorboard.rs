@@ -209,6 +209,27 @@ impl EventSink for TensorBoardSink {
     }
 }
 
+/// A scalar as read back: (tag, step, value).
+pub type ScalarPoint = (String, i64, f32);
+
+/// Every scalar of an event file as (tag, step, value), up to the first torn or corrupt record;
+/// and whether the file ended cleanly. For tests and checks: TensorBoard is the real reader.
+pub fn read_scalars(path: &Path) -> std::io::Result<(Vec<ScalarPoint>, bool)> {
+    let (records, clean) = crate::record::read_records(File::open(path)?)?;
+    let mut out = Vec::new();
+    for r in records {
+        let ev = proto::Event::decode(&r[..]).map_err(std::io::Error::other)?;
+        if let Some(What::Summary(s)) = ev.what {
+            for v in s.value {
+                if let Some(ValueKind::SimpleValue(x)) = v.value {
+                    out.push((v.tag, ev.step, x));
+                }
+            }
+        }
+    }
+    Ok((out, clean))
+}
+
 /// A step event's values in the order of [`STEP_TAGS`].
 pub fn step_scalars(m: &codex_core::event::StepMetrics) -> [f64; 8] {
     [

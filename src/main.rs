@@ -5,6 +5,7 @@ mod commands;
 mod ctx;
 mod settings;
 mod sinks;
+mod track;
 
 use clap::{Parser, Subcommand};
 use ctx::{ColorChoice, Ctx};
@@ -60,6 +61,8 @@ enum Command {
     Status(commands::status::Args),
     /// Show or validate the effective configuration.
     Config(commands::config::Args),
+    /// Replay runs' records into TensorBoard event files or CSV, idempotently.
+    Sync(commands::sync::Args),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -123,6 +126,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::RepoMap(args) => commands::repo_map::run(ctx, args),
         Command::Status(args) => commands::status::run(ctx, args),
         Command::Config(args) => commands::config::run(ctx, args),
+        Command::Sync(args) => commands::sync::run(ctx, args),
     }
 }
 

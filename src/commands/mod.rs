@@ -7,5 +7,6 @@ pub mod metrics;
 pub mod model;
 pub mod repo_map;
 pub mod status;
+pub mod sync;
 pub mod tokenizer;
 pub mod train;

@@ -16,5 +16,6 @@ mod metrics;
 mod model;
 mod record;
 mod tokenizer;
+mod track;
 mod train;
 mod trust;

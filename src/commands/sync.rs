@@ -1,0 +1,191 @@
+//! `codex sync RUN… --to tensorboard[:DIR] | csv[:FILE]`: replays runs' records into a tracker
+//! after the fact (a run trained without `--track`, or on an air-gapped box). Idempotent: the
+//! output is rebuilt from the record each time and replaces what an earlier sync or live sink
+//! wrote, so syncing twice never duplicates points.
+
+use crate::ctx::{Ctx, out_line, with_hint};
+use anyhow::{Context as _, bail};
+use codex_core::exit;
+use codex_track::tensorboard::FILE_SUFFIX;
+use codex_track::{CsvSink, ReplayStats, TensorBoardSink};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The record (metrics.ndjson, and system_metrics.ndjson for TensorBoard) \
+is the source: each sync rewrites the output from it, replacing the event files codex wrote \
+before in that directory (*.codex) or the CSV file, so points are never duplicated. Syncing a \
+run that is still training with --track replaces its live file; its later points reach the \
+output at the next sync."
+)]
+pub struct Args {
+    /// Run directories (each holding metrics.ndjson).
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where to: `tensorboard` (<run>/tensorboard/), `tensorboard:DIR` (DIR/<run name>/, one
+    /// TensorBoard run per codex run), `csv` (<run>/metrics.csv), `csv:FILE` (one run only).
+    #[arg(long, value_name = "TARGET", required = true, value_parser = parse_target)]
+    pub to: Vec<Target>,
+}
+
+/// A sync destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tensorboard(Option<PathBuf>),
+    Csv(Option<PathBuf>),
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let (kind, path) = match s.split_once(':') {
+        Some((k, p)) if !p.is_empty() => (k, Some(PathBuf::from(p))),
+        Some((k, _)) => (k, None),
+        None => (s, None),
+    };
+    match kind {
+        "tensorboard" => Ok(Target::Tensorboard(path)),
+        "csv" => Ok(Target::Csv(path)),
+        other => Err(format!(
+            "unknown tracker `{other}`: expected tensorboard[:DIR] or csv[:FILE]"
+        )),
+    }
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
+    for t in &args.to {
+        if matches!(t, Target::Csv(Some(_))) && args.runs.len() > 1 {
+            return Err(with_hint(
+                anyhow::anyhow!("csv:FILE takes one run; {} were given", args.runs.len()),
+                "use plain `--to csv` to write each run's own metrics.csv",
+            ));
+        }
+    }
+    for run in &args.runs {
+        let metrics = run.join("metrics.ndjson");
+        if !metrics.is_file() {
+            bail!(
+                "{} is not a run directory: no metrics.ndjson",
+                run.display()
+            );
+        }
+        for t in &args.to {
+            let (path, stats, system) = match t {
+                Target::Tensorboard(dir) => sync_tensorboard(run, dir.as_deref())?,
+                Target::Csv(file) => {
+                    let path = file.clone().unwrap_or_else(|| run.join("metrics.csv"));
+                    let stats = sync_csv(&metrics, &path)?;
+                    (path, stats, None)
+                }
+            };
+            report(ctx, run, t, &path, stats, system)?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn report(
+    ctx: &Ctx,
+    run: &Path,
+    t: &Target,
+    path: &Path,
+    stats: ReplayStats,
+    system: Option<ReplayStats>,
+) -> anyhow::Result<()> {
+    let kind = match t {
+        Target::Tensorboard(_) => "tensorboard",
+        Target::Csv(_) => "csv",
+    };
+    let skipped = stats.skipped + system.map_or(0, |s| s.skipped);
+    if ctx.json {
+        out_line(serde_json::json!({
+            "run": run, "to": kind, "path": path, "events": stats.events,
+            "system_samples": system.map(|s| s.events), "skipped_lines": skipped,
+        }))?;
+    } else {
+        let sys = system
+            .map(|s| format!(" and {} system samples", s.events))
+            .unwrap_or_default();
+        out_line(format!(
+            "{}: {} events{sys} to {}",
+            run.display(),
+            stats.events,
+            path.display()
+        ))?;
+    }
+    if skipped > 0 {
+        ctx.warn(format!(
+            "{}: skipped {skipped} malformed or torn line(s) of its record",
+            run.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a fresh event file beside a temporary name TensorBoard ignores, renames it into
+/// place, then removes the other codex event files of that directory.
+fn sync_tensorboard(
+    run: &Path,
+    dir: Option<&Path>,
+) -> anyhow::Result<(PathBuf, ReplayStats, Option<ReplayStats>)> {
+    let dir = match dir {
+        Some(d) => d.join(run_name(run)?),
+        None => run.join("tensorboard"),
+    };
+    codex_core::fsutil::create_dir_all(&dir)?;
+    // No "tfevents" in the name: TensorBoard never reads a half-written sync.
+    let tmp = dir.join(format!(".codex-sync.{}.tmp", std::process::id()));
+    let mut sink = TensorBoardSink::to_file(&tmp).with_run_dir(run);
+    let result = (|| {
+        let stats = codex_track::replay(&run.join("metrics.ndjson"), &mut sink)?;
+        let sys_path = run.join("system_metrics.ndjson");
+        let system = if sys_path.is_file() {
+            Some(codex_track::replay_system(&sys_path, &mut sink)?)
+        } else {
+            None
+        };
+        Ok::<_, codex_core::event::SinkError>((stats, system))
+    })();
+    drop(sink);
+    let (stats, system) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::anyhow!(e)).context(format!("cannot sync {}", run.display()));
+        }
+    };
+    let name = TensorBoardSink::default_file_name();
+    let path = dir.join(&name);
+    std::fs::rename(&tmp, &path)?;
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n != name && n.starts_with("events.out.tfevents.") && n.ends_with(FILE_SUFFIX) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot replace {}", entry.path().display()))?;
+        }
+    }
+    codex_core::fsutil::fsync_dir(&dir)?;
+    Ok((path, stats, system))
+}
+
+/// Rebuilds the CSV in a temporary sibling and renames it over `path`.
+fn sync_csv(metrics: &Path, path: &Path) -> anyhow::Result<ReplayStats> {
+    let mut stats = ReplayStats::default();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        codex_core::fsutil::create_dir_all(dir)?;
+    }
+    codex_core::fsutil::atomic_write_with(path, |f| {
+        let mut sink = CsvSink::from_writer(&mut *f);
+        stats = codex_track::replay(metrics, &mut sink).map_err(std::io::Error::other)?;
+        use codex_core::event::EventSink as _;
+        sink.flush().map_err(std::io::Error::other)
+    })
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(stats)
+}
+
+fn run_name(run: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(run)?;
+    abs.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} has no directory name", run.display()))
+}

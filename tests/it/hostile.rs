@@ -23,6 +23,31 @@ fn mkfifo(path: &Path) {
     assert!(ok.success(), "mkfifo {}", path.display());
 }
 
+/// A "disk full" character device: a private node (1, 7) in `dir` when this user may make
+/// one, so that a regression that replaces the node cannot break the machine's `/dev/full`;
+/// `/dev/full` itself otherwise (a user who cannot mknod cannot replace it either).
+pub fn full_device(dir: &Path) -> PathBuf {
+    let node = dir.join("full");
+    let made = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "1", "7"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let works = made
+        && fs::OpenOptions::new()
+            .write(true)
+            .open(&node)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+            .is_err_and(|e| e.raw_os_error() == Some(28));
+    if works {
+        node
+    } else {
+        let _ = fs::remove_file(&node);
+        PathBuf::from("/dev/full")
+    }
+}
+
 /// `codex` with `args` under a 2 GB address-space limit and a 60 s timeout, so a runaway
 /// read fails the test instead of taking the machine.
 pub fn codex_limited(args: &[&str]) -> assert_cmd::Command {
@@ -47,20 +72,26 @@ pub fn codex_limited(args: &[&str]) -> assert_cmd::Command {
 fn json_path_dev_full_is_an_error_and_the_device_stays() {
     let dir = tempdir();
     let tree = small_tree(dir.path());
+    let full = full_device(dir.path());
     let err = expect_exit(
         codex()
             .arg("repo-map")
             .arg(&tree)
-            .args(["--json-path", "/dev/full"])
+            .arg("--json-path")
+            .arg(&full)
             .timeout(Duration::from_secs(60)),
         1,
     )
     .stderr;
-    assert!(err.contains("/dev/full"), "{err}");
+    assert!(err.contains(&full.display().to_string()), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(!err.contains("wrote"), "{err}");
-    let meta = fs::metadata("/dev/full").unwrap();
-    assert!(meta.file_type().is_char_device(), "/dev/full was replaced");
+    let meta = fs::metadata(&full).unwrap();
+    assert!(
+        meta.file_type().is_char_device(),
+        "{} was replaced",
+        full.display()
+    );
 }
 
 #[test]
@@ -192,4 +223,48 @@ fn oversized_config_is_refused_and_long_values_are_cut() {
     let err = expect_exit(&mut codex_limited(&["config", "validate", &bad]), 1).stderr;
     assert!(err.len() < 4000, "{} bytes of stderr", err.len());
     assert!(err.contains("TOML syntax error"), "{err}");
+}
+
+#[test]
+fn run_records_are_created_like_file_create_not_0600() {
+    let dir = tempdir();
+    let input = crate::support::corpus(dir.path());
+    let run = dir.path().join("run");
+    codex()
+        .args(["train", "--config"])
+        .arg(crate::support::fixture("train/tiny.toml"))
+        .arg(format!("data.inputs=[{input:?}]"))
+        .arg(format!("output.dir={:?}", run.display().to_string()))
+        .args([
+            "training.steps=2",
+            "tokenizer.kind=train",
+            "tokenizer.vocab_size=300",
+        ])
+        .assert()
+        .success();
+    let plain = dir.path().join("plain");
+    fs::File::create(&plain).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for name in ["config.toml", "provenance.json", "tokenizer.json"] {
+        assert_eq!(mode(&run.join(name)), mode(&plain), "{name}");
+    }
+}
+
+#[test]
+fn metrics_out_to_dev_full_is_an_error_and_the_device_stays() {
+    let err = expect_exit(
+        codex()
+            .args(["metrics", "watch", "--count", "1", "--interval", "0.2"])
+            .args(["--no-gpu", "--out", "/dev/full"])
+            .timeout(Duration::from_secs(60)),
+        1,
+    )
+    .stderr;
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        fs::metadata("/dev/full")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 }

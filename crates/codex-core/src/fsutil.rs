@@ -272,7 +272,27 @@ mod tests {
     #[test]
     fn devices_are_written_through_never_replaced() {
         use std::os::unix::fs::FileTypeExt;
-        let full = Path::new("/dev/full");
+        // A private "disk full" node when we may make one (root), so that a regression that
+        // replaces it cannot break the machine's /dev/full.
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("full");
+        let made = std::process::Command::new("mknod")
+            .arg(&node)
+            .args(["c", "1", "7"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            // A filesystem mounted nodev makes such a node useless.
+            && OpenOptions::new()
+                .write(true)
+                .open(&node)
+                .and_then(|mut f| f.write_all(b"x"))
+                .is_err_and(|e| e.raw_os_error() == Some(28));
+        let full = if made {
+            node.as_path()
+        } else {
+            Path::new("/dev/full")
+        };
         let err = atomic_write(full, b"data").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(28), "{err}"); // ENOSPC
         assert!(fs::metadata(full).unwrap().file_type().is_char_device());

@@ -3,7 +3,8 @@
 //! never turned back into override strings; they are only rendered as such for the run record.
 
 use codex_core::config::{
-    ConfigError, ConfigIssue, Validate, apply_overrides, load, parse_toml, read_toml_file,
+    ConfigError, ConfigIssue, Validate, apply_overrides, check, finish, parse_toml, push_new,
+    read_toml_file,
 };
 use codex_core::mode::SystemMetricsMode;
 use codex_train::config::{DEFAULT_CONFIG_TOML, TrainConfig};
@@ -34,8 +35,55 @@ pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainCon
     Ok(load_from(&base, overrides)?.cfg)
 }
 
+/// Keys of other trainers (Hugging Face `TrainingArguments`, PEFT) and where they live here,
+/// for the did-you-mean of an unknown key (see [`codex_core::config::check`]).
+pub const KEY_ALIASES: &[(&str, &str)] = &[
+    ("lora", "model.lora"),
+    ("peft", "model.lora"),
+    ("model.lora_r", "model.lora.r"),
+    ("model.lora_alpha", "model.lora.alpha"),
+    ("model.lora_dropout", "model.lora.dropout"),
+    ("model.name", "model.preset"),
+    ("model.model_name_or_path", "model.pretrained"),
+    ("optimizer.learning_rate", "optimizer.lr"),
+    ("learning_rate", "optimizer.lr"),
+    ("lr", "optimizer.lr"),
+    ("per_device_train_batch_size", "training.batch_size"),
+    ("train_batch_size", "training.batch_size"),
+    ("num_train_epochs", "training.epochs"),
+    ("max_steps", "training.steps"),
+    ("gradient_accumulation_steps", "training.grad_accum"),
+    ("warmup_steps", "schedule.warmup_steps"),
+    ("lr_scheduler_type", "schedule.kind"),
+    ("weight_decay", "optimizer.weight_decay"),
+    ("adam_beta1", "optimizer.beta1"),
+    ("adam_beta2", "optimizer.beta2"),
+    ("adam_epsilon", "optimizer.eps"),
+    ("max_grad_norm", "training.clip_norm"),
+    ("logging_steps", "training.log_every"),
+    ("eval_steps", "training.eval_every"),
+    ("save_steps", "checkpoint.every"),
+    ("save_total_limit", "checkpoint.keep_last"),
+    ("metric_for_best_model", "checkpoint.monitor"),
+    ("bf16", "training.dtype"),
+    ("max_seq_length", "data.context_length"),
+    ("block_size", "data.context_length"),
+    ("seq_len", "data.context_length"),
+    ("output_dir", "output.dir"),
+];
+
 /// [`load_config`] from any [`Base`].
 pub fn load_from(base: &Base, overrides: &[String]) -> Result<Loaded, ConfigError> {
+    load_checked(base, overrides, |_, _| {})
+}
+
+/// [`load_from`], with `extra` checks of the loaded config (those of `codex config validate`)
+/// reported together with every other problem.
+pub fn load_checked(
+    base: &Base,
+    overrides: &[String],
+    extra: impl FnOnce(&TrainConfig, &mut Vec<ConfigIssue>),
+) -> Result<Loaded, ConfigError> {
     let (mut table, name) = match base {
         Base::File(p) | Base::Run(p) => (read_toml_file(p)?, p.display().to_string()),
         Base::Embedded => (
@@ -45,25 +93,60 @@ pub fn load_from(base: &Base, overrides: &[String]) -> Result<Loaded, ConfigErro
     };
     let in_file =
         !matches!(base, Base::Embedded) && table.get("output").and_then(|o| o.get("dir")).is_some();
-    let issues = apply_overrides(&mut table, overrides);
+    // A malformed override is one problem among the others, not a reason to stop looking.
+    let mut issues = apply_overrides(&mut table, overrides);
     let source = if overrides.is_empty() {
         name
     } else {
         format!("{name} + overrides")
     };
-    if !issues.is_empty() {
-        return Err(ConfigError {
-            source_name: source,
-            issues,
-        });
+    let (cfg, found) = check::<TrainConfig>(table, KEY_ALIASES);
+    push_new(&mut issues, found);
+    if let Some(cfg) = &cfg {
+        let mut more = Vec::new();
+        extra(cfg, &mut more);
+        push_new(&mut issues, more);
     }
     let in_overrides = overrides
         .iter()
         .any(|o| o.split('=').next().map(str::trim) == Some("output.dir"));
     Ok(Loaded {
-        cfg: load::<TrainConfig>(table, &source)?,
+        cfg: finish(cfg, issues, &source)?,
         explicit_dir: in_file || in_overrides,
     })
+}
+
+/// What `codex config validate` checks beyond the config's own rules, without running: the
+/// preset exists, and every `data.inputs` entry names files.
+pub fn static_checks(cfg: &TrainConfig, issues: &mut Vec<ConfigIssue>) {
+    let m = &cfg.model;
+    if m.pretrained.trim().is_empty()
+        && !m.preset.trim().is_empty()
+        && !codex_registry::PRESETS.iter().any(|p| p.name == m.preset)
+    {
+        let names = codex_registry::PRESETS.iter().map(|p| p.name);
+        let message = match codex_core::config::closest(&m.preset, names.clone()) {
+            Some(n) => format!("unknown preset (did you mean `{n}`?)"),
+            None => format!(
+                "unknown preset; one of {}",
+                names.collect::<Vec<_>>().join(", ")
+            ),
+        };
+        issues.push(ConfigIssue::invalid(
+            "model.preset",
+            format!("{:?}", m.preset),
+            message,
+        ));
+    }
+    for (i, input) in cfg.data.inputs.iter().enumerate() {
+        if let Err(e) = codex_tokenizer::corpus::CorpusSpec::new([input.as_str()]).resolve() {
+            issues.push(ConfigIssue::invalid(
+                &format!("data.inputs.{i}"),
+                format!("{input:?}"),
+                e.to_string(),
+            ));
+        }
+    }
 }
 
 /// Typed `codex train` flags that set config fields.

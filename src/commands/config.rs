@@ -2,7 +2,7 @@
 //! lists every problem of a config file at once.
 
 use crate::ctx::{Ctx, out_json, out_line};
-use crate::settings::load_config;
+use crate::settings::{Base, load_checked, load_config, static_checks};
 use codex_core::exit;
 use std::path::PathBuf;
 
@@ -24,7 +24,8 @@ pub enum ConfigCommand {
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Check a training config; exit 1 listing every problem
+    /// Check a training config without running it (its rules, the preset, that the data
+    /// inputs exist); exit 1 listing every problem
     Validate {
         /// The TOML config to check.
         #[arg(value_name = "FILE")]
@@ -46,25 +47,27 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        ConfigCommand::Validate { file, overrides } => match load_config(Some(&file), &overrides) {
-            Ok(_) => {
-                if ctx.json {
-                    out_json(&serde_json::json!({"valid": true, "file": file, "issues": []}))?;
-                } else {
-                    out_line(format!("{}: valid", file.display()))?;
+        ConfigCommand::Validate { file, overrides } => {
+            match load_checked(&Base::File(file.clone()), &overrides, static_checks) {
+                Ok(_) => {
+                    if ctx.json {
+                        out_json(&serde_json::json!({"valid": true, "file": file, "issues": []}))?;
+                    } else {
+                        out_line(format!("{}: valid", file.display()))?;
+                    }
+                    Ok(exit::OK)
                 }
-                Ok(exit::OK)
-            }
-            Err(e) => {
-                if ctx.json {
-                    out_json(
-                        &serde_json::json!({"valid": false, "file": file, "issues": e.issues}),
-                    )?;
-                    Ok(exit::INVALID)
-                } else {
-                    Err(anyhow::Error::new(e))
+                Err(e) => {
+                    if ctx.json {
+                        out_json(
+                            &serde_json::json!({"valid": false, "file": file, "issues": e.issues}),
+                        )?;
+                        Ok(exit::INVALID)
+                    } else {
+                        Err(anyhow::Error::new(e))
+                    }
                 }
             }
-        },
+        }
     }
 }

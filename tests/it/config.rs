@@ -92,3 +92,134 @@ fn show_prints_the_effective_config() {
         .assert()
         .success();
 }
+
+#[test]
+fn every_stage_reports_at_once() {
+    // A malformed override, an unknown key and three bad values: one report, all five.
+    let out = expect_exit(
+        codex()
+            .args(["--json", "config", "validate"])
+            .arg(fixture("train/tiny.toml"))
+            .args([
+                "training.steps=0",
+                "optimizer.lr=-1",
+                "data.val_fraction=2",
+                "foo.bar=1",
+                "nonsense",
+                "training.batch_size=zero",
+            ]),
+        1,
+    );
+    let v = json_of(out.stdout.as_bytes());
+    let paths: Vec<&str> = v["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    for p in [
+        "nonsense",
+        "foo",
+        "training.steps",
+        "optimizer.lr",
+        "data.val_fraction",
+        "training.batch_size",
+    ] {
+        assert!(paths.contains(&p), "missing {p} in {paths:?}");
+    }
+}
+
+#[test]
+fn validate_checks_presets_inputs_and_foreign_key_names() {
+    let dir = tempdir();
+    let cfg = dir.path().join("hf.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\npreset = \"gpt-tiyn\"\n[data]\ninputs = [\"/no/such/dir/*.py\"]\n\
+         [training]\nlearning_rate = 1e-4\nper_device_train_batch_size = 8\n\
+         num_train_epochs = 3\nwarmup_steps = 10\n[lora]\nr = 8\n",
+    )
+    .unwrap();
+    let err = expect_exit(codex().args(["config", "validate"]).arg(&cfg), 1).stderr;
+    for (path, hint) in [
+        ("model.preset", "did you mean `gpt-tiny`?"),
+        ("data.inputs.0", "no files match"),
+        ("training.learning_rate", "did you mean `optimizer.lr`?"),
+        (
+            "training.per_device_train_batch_size",
+            "did you mean `training.batch_size`?",
+        ),
+        (
+            "training.num_train_epochs",
+            "did you mean `training.epochs`?",
+        ),
+        (
+            "training.warmup_steps",
+            "did you mean `schedule.warmup_steps`?",
+        ),
+        ("lora", "did you mean `model.lora`?"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(path))
+            .unwrap_or_else(|| panic!("no line for {path} in:\n{err}"));
+        assert!(line.contains(hint), "{path}: want {hint:?} in {line:?}");
+    }
+    // An existing input and a known preset pass.
+    let ok = dir.path().join("ok.toml");
+    let corpus = crate::support::corpus(dir.path());
+    std::fs::write(&ok, format!("[data]\ninputs = [{corpus:?}]\n")).unwrap();
+    codex()
+        .args(["config", "validate"])
+        .arg(&ok)
+        .assert()
+        .success();
+}
+
+#[test]
+fn sizes_have_upper_bounds() {
+    let out = expect_exit(
+        codex()
+            .args(["--json", "config", "validate"])
+            .arg(fixture("train/tiny.toml"))
+            .args([
+                "training.epochs=18446744073709551",
+                "training.steps=18446744073709551",
+                "training.batch_size=100000000",
+                "training.grad_accum=100000000",
+                "data.context_length=100000000",
+                "tokenizer.kind=train",
+                "tokenizer.vocab_size=4000000000",
+                "model.lora.enabled=true",
+                "model.lora.r=100000000",
+            ]),
+        1,
+    );
+    let v = json_of(out.stdout.as_bytes());
+    let issues = v["issues"].as_array().unwrap();
+    for p in [
+        "training.epochs",
+        "training.steps",
+        "training.batch_size",
+        "training.grad_accum",
+        "data.context_length",
+        "tokenizer.vocab_size",
+        "model.lora.r",
+    ] {
+        let i = issues
+            .iter()
+            .find(|i| i["path"] == p)
+            .unwrap_or_else(|| panic!("missing {p} in {issues:?}"));
+        assert!(
+            i["message"].as_str().unwrap().starts_with("must be <="),
+            "{i}"
+        );
+    }
+    // `train` stops on the bound with exit 1 instead of aborting on the allocation.
+    let err = expect_exit(
+        &mut crate::hostile::codex_limited(&["train", "training.batch_size=100000000"]),
+        1,
+    )
+    .stderr;
+    assert!(err.contains("training.batch_size"), "{err}");
+}

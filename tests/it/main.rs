@@ -12,6 +12,7 @@ mod audit;
 mod checkpoint;
 mod config;
 mod global;
+mod hostile;
 mod metrics;
 mod model;
 mod record;

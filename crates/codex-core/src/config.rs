@@ -1,16 +1,52 @@
 //! Configuration: TOML layers plus `a.b.c=value` overrides, deserialized into a typed config
 //! with **every** problem reported at once, each with its dotted path and the value received.
 //!
-//! serde stops at the first error, so [`load`] loops: on a type error at path `p` it records
-//! the problem, removes `p` (the field falls back to its default) and tries again. Unknown keys
-//! are collected with `serde_ignored` once the rest deserializes, and semantic rules come from
-//! [`Validate`]. Config structs therefore use `#[serde(default)]` and must *not* use
-//! `deny_unknown_fields`.
+//! serde stops at the first error, so [`check`] loops: on a type error at path `p` it records
+//! the problem, removes `p` (the field falls back to its default) and tries again, at most
+//! [`MAX_TYPE_ERRORS`] times. Unknown keys are collected with `serde_ignored` once the rest
+//! deserializes, and the semantic rules of [`Validate`] run on what is left, so malformed
+//! overrides, unknown keys, type errors and bad values all come in one report. Config structs
+//! therefore use `#[serde(default)]` and must *not* use `deny_unknown_fields`.
+//!
+//! Errors quote what they received, cut to [`MAX_QUOTE_CHARS`]: a 10 MB string value makes a
+//! one-line problem, not 10 MB of stderr.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::Path;
+
+/// The largest config file read: 4 MiB, about a thousand times a real config, so a wrong path
+/// (`/dev/zero`, a dataset) fails at once instead of filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Longest key or value quoted in an issue; longer ones are cut with `…` and their length.
+pub const MAX_QUOTE_CHARS: usize = 80;
+
+/// Type errors collected before giving up: each one costs a full deserialization.
+pub const MAX_TYPE_ERRORS: usize = 64;
+
+/// Issues a [`ConfigError`] prints; the rest are counted (`--json` still lists all).
+pub const MAX_SHOWN_ISSUES: usize = 100;
+
+/// Longest message line kept (a TOML syntax error quotes the offending line).
+const MAX_MESSAGE_LINE_CHARS: usize = 200;
+
+/// `text` cut to `max` characters, with `…` and the full length when it was longer.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} chars)", &text[..end], text.chars().count()),
+    }
+}
+
+/// Every line of `text` cut to [`MAX_MESSAGE_LINE_CHARS`].
+fn clip_lines(text: &str) -> String {
+    text.lines()
+        .map(|l| clip(l, MAX_MESSAGE_LINE_CHARS))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// One problem in a configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,11 +59,12 @@ pub struct ConfigIssue {
 }
 
 impl ConfigIssue {
+    /// A problem; path and value are cut to [`MAX_QUOTE_CHARS`], message lines to 200.
     pub fn new(path: impl Into<String>, value: Option<String>, message: impl Into<String>) -> Self {
         Self {
-            path: path.into(),
-            value,
-            message: message.into(),
+            path: clip(&path.into(), MAX_QUOTE_CHARS),
+            value: value.map(|v| clip(&v, MAX_QUOTE_CHARS)),
+            message: clip_lines(&message.into()),
         }
     }
 
@@ -63,8 +100,11 @@ impl fmt::Display for ConfigError {
             self.source_name,
             if n == 1 { "" } else { "s" }
         )?;
-        for issue in &self.issues {
+        for issue in self.issues.iter().take(MAX_SHOWN_ISSUES) {
             write!(f, "\n  {issue}")?;
+        }
+        if n > MAX_SHOWN_ISSUES {
+            write!(f, "\n  … and {} more", n - MAX_SHOWN_ISSUES)?;
         }
         Ok(())
     }
@@ -89,16 +129,26 @@ pub fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigEr
     })
 }
 
-/// Reads and parses a TOML file.
+/// Reads and parses a TOML file: a regular file of at most [`MAX_CONFIG_BYTES`], in UTF-8.
 pub fn read_toml_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let fail = |message: String| ConfigError {
         source_name: name.clone(),
-        issues: vec![ConfigIssue::new(
-            "<file>",
-            None,
-            format!("cannot read: {e}"),
-        )],
+        issues: vec![ConfigIssue::new("<file>", None, message)],
+    };
+    let bytes = crate::fsutil::read_regular_capped(path, MAX_CONFIG_BYTES).map_err(|e| {
+        use std::io::ErrorKind::{InvalidData, InvalidInput};
+        // The refusals of read_regular_capped say what the file is; others are OS errors.
+        fail(match e.kind() {
+            InvalidInput | InvalidData => e.to_string(),
+            _ => format!("cannot read: {e}"),
+        })
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "cannot read: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse_toml(&text, &name)
 }
@@ -192,6 +242,35 @@ pub fn load<T>(table: toml::Table, source_name: &str) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Serialize + Default + Validate,
 {
+    let (parsed, issues) = check::<T>(table, &[]);
+    finish(parsed, issues, source_name)
+}
+
+/// `Ok(parsed)` when there are no issues, else every issue under `source_name`.
+pub fn finish<T>(
+    parsed: Option<T>,
+    issues: Vec<ConfigIssue>,
+    source_name: &str,
+) -> Result<T, ConfigError> {
+    match parsed {
+        Some(v) if issues.is_empty() => Ok(v),
+        _ => Err(ConfigError {
+            source_name: source_name.to_string(),
+            issues,
+        }),
+    }
+}
+
+/// Everything wrong with `table` as a `T`: type errors, unknown keys (with a did-you-mean from
+/// `aliases` or from the key names) and [`Validate`] problems, together. Returns the config
+/// with defaults in place of unusable values, to run further checks on; `None` when it could
+/// not be built. `aliases` maps keys of other tools to ours, `(from, to)`: a dotted `from`
+/// matches that key and the keys under it (`lora` → `model.lora` covers `lora.r`); a plain
+/// name also matches that leaf in any section (`learning_rate` → `optimizer.lr`).
+pub fn check<T>(table: toml::Table, aliases: &[(&str, &str)]) -> (Option<T>, Vec<ConfigIssue>)
+where
+    T: DeserializeOwned + Serialize + Default + Validate,
+{
     let mut table = table;
     let mut issues = Vec::new();
     let parsed: T = loop {
@@ -207,12 +286,17 @@ where
                     received,
                     clean_message(&err.inner().to_string()),
                 ));
+                if issues.len() >= MAX_TYPE_ERRORS {
+                    issues.push(ConfigIssue::new(
+                        "<file>",
+                        None,
+                        format!("stopped after {MAX_TYPE_ERRORS} type errors; fix these first"),
+                    ));
+                    return (None, issues);
+                }
                 if segments.is_empty() || !remove_path(&mut table, &segments) {
                     // Nothing left to strip: report what we have.
-                    return Err(ConfigError {
-                        source_name: source_name.to_string(),
-                        issues,
-                    });
+                    return (None, issues);
                 }
             }
         }
@@ -227,22 +311,51 @@ where
         let segments: Vec<String> = path.split('.').map(str::to_string).collect();
         let received = get_path(&table, &segments).map(|v| v.to_string());
         let mut message = "unknown key".to_string();
-        if let Some(suggestion) = suggest(defaults.as_ref(), &segments) {
+        let suggestion = alias_for(aliases, &path)
+            .or_else(|| suggest(defaults.as_ref(), &segments).map(str::to_string));
+        if let Some(suggestion) = suggestion {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }
         issues.push(ConfigIssue::new(path, received, message));
     }
-    if issues.is_empty() {
-        parsed.validate(&mut issues);
+    // Values: a field whose value was already reported holds its default now, so a rule
+    // about it (or a combination with it) would only repeat that report.
+    let mut semantic = Vec::new();
+    parsed.validate(&mut semantic);
+    push_new(&mut issues, semantic);
+    (Some(parsed), issues)
+}
+
+/// Appends the issues of `more` whose path has no issue yet.
+pub fn push_new(issues: &mut Vec<ConfigIssue>, more: Vec<ConfigIssue>) {
+    for issue in more {
+        if !issues.iter().any(|i| i.path == issue.path) {
+            issues.push(issue);
+        }
     }
-    if issues.is_empty() {
-        Ok(parsed)
-    } else {
-        Err(ConfigError {
-            source_name: source_name.to_string(),
-            issues,
+}
+
+/// What `aliases` (see [`check`]) suggest for the unknown key `path`.
+fn alias_for(aliases: &[(&str, &str)], path: &str) -> Option<String> {
+    let under = |from: &str| {
+        if path == from {
+            Some(String::new())
+        } else {
+            path.strip_prefix(from)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .map(|rest| format!(".{rest}"))
+        }
+    };
+    aliases
+        .iter()
+        .find_map(|(from, to)| under(from).map(|rest| format!("{to}{rest}")))
+        .or_else(|| {
+            let leaf = path.rsplit('.').next()?;
+            aliases
+                .iter()
+                .find(|(from, _)| !from.contains('.') && *from == leaf)
+                .map(|(_, to)| to.to_string())
         })
-    }
 }
 
 /// Serializes a config back to TOML (for `config show` and the run's `config.toml`).
@@ -307,19 +420,23 @@ fn remove_path(table: &mut toml::Table, segments: &[String]) -> bool {
     }
 }
 
-fn suggest(defaults: Option<&toml::Value>, segments: &[String]) -> Option<String> {
+fn suggest<'a>(defaults: Option<&'a toml::Value>, segments: &[String]) -> Option<&'a str> {
     let (last, parents) = segments.split_last()?;
     let mut cur = defaults?;
     for seg in parents {
         cur = cur.as_table()?.get(seg)?;
     }
-    let table = cur.as_table()?;
-    table
-        .keys()
-        .map(|k| (strsim::levenshtein(k, last), k))
+    closest(last, cur.as_table()?.keys().map(String::as_str))
+}
+
+/// The candidate nearest to `word` by edit distance, when it is near enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|k| (strsim::levenshtein(k, word), k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 4))
         .min()
-        .map(|(_, k)| k.clone())
+        .map(|(_, k)| k)
 }
 
 #[cfg(test)]
@@ -445,5 +562,84 @@ mod tests {
         merge(&mut base, table("[t]\ny = 3\n"));
         assert_eq!(base["t"]["x"].as_integer(), Some(1));
         assert_eq!(base["t"]["y"].as_integer(), Some(3));
+    }
+
+    #[test]
+    fn clip_cuts_on_char_boundaries_and_says_how_long() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "abc… (4 chars)");
+        assert_eq!(clip("ééé", 1), "é… (3 chars)");
+        let issue = ConfigIssue::new("k".repeat(500), Some("v".repeat(10_000)), "m");
+        assert!(issue.to_string().len() < 250, "{issue}");
+    }
+
+    #[test]
+    fn values_are_checked_alongside_unknown_keys_and_type_errors() {
+        let t = table("steps = \"many\"\nstepz = 3\n[optimizer]\nlr = -1.0\n");
+        let (cfg, issues) = check::<Cfg>(t, &[]);
+        assert!(cfg.is_some());
+        let paths: Vec<_> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["steps", "stepz", "optimizer.lr"]);
+        // A value already reported as a type error is not reported again by a rule.
+        let t = table("[optimizer]\nlr = \"fast\"\n");
+        let err = load::<Cfg>(t, "t").unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+    }
+
+    #[test]
+    fn aliases_suggest_our_key_for_a_foreign_one() {
+        let aliases = [("learning_rate", "optimizer.lr"), ("lora", "model.lora")];
+        assert_eq!(
+            alias_for(&aliases, "training.learning_rate").as_deref(),
+            Some("optimizer.lr")
+        );
+        assert_eq!(alias_for(&aliases, "lora").as_deref(), Some("model.lora"));
+        assert_eq!(
+            alias_for(&aliases, "lora.r").as_deref(),
+            Some("model.lora.r")
+        );
+        assert_eq!(alias_for(&aliases, "training.lr"), None);
+        let t = table("[optimizer]\nlearning_rate = 1\n");
+        let (_, issues) = check::<Cfg>(t, &aliases);
+        assert!(
+            issues[0].message.contains("did you mean `optimizer.lr`?"),
+            "{issues:?}"
+        );
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Many {
+        m: std::collections::BTreeMap<String, u64>,
+    }
+
+    impl Validate for Many {
+        fn validate(&self, _: &mut Vec<ConfigIssue>) {}
+    }
+
+    #[test]
+    fn type_errors_are_collected_up_to_a_bound() {
+        let mut text = "[m]\n".to_string();
+        for i in 0..500 {
+            text.push_str(&format!("k{i} = \"x\"\n"));
+        }
+        let err = load::<Many>(table(&text), "t").unwrap_err();
+        assert_eq!(err.issues.len(), MAX_TYPE_ERRORS + 1);
+        assert!(err.issues.last().unwrap().message.contains("stopped after"));
+        let shown = err.to_string();
+        assert!(!shown.contains("more"), "{shown}");
+    }
+
+    #[test]
+    fn display_lists_a_bounded_number_of_issues() {
+        let err = ConfigError {
+            source_name: "t".into(),
+            issues: (0..250)
+                .map(|i| ConfigIssue::new(format!("k{i}"), None, "unknown key"))
+                .collect(),
+        };
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), 1 + MAX_SHOWN_ISSUES + 1);
+        assert!(shown.ends_with("… and 150 more"), "{shown}");
     }
 }

@@ -368,6 +368,37 @@ fn unit_interval(issues: &mut Vec<ConfigIssue>, path: &str, v: f64, open_high: b
 
 impl Validate for TrainConfig {
     fn validate(&self, issues: &mut Vec<ConfigIssue>) {
+        // Upper bounds of the sizes: far above any real run, and below what overflows the
+        // step arithmetic (`epochs * blocks`, `steps * batch`) or makes the first allocation
+        // abort the process instead of failing with a message.
+        mod limits {
+            /// 2^40 steps: ~35 years at 1000 steps/s, and `steps * batch` still fits u64.
+            pub const STEPS: u64 = 1 << 40;
+            /// `epochs * train blocks` must fit u64 for any corpus that fits on disk.
+            pub const EPOCHS: u64 = 1 << 20;
+            /// Sequences per micro-batch.
+            pub const BATCH_SIZE: u64 = 1 << 16;
+            /// Micro-batches per step.
+            pub const GRAD_ACCUM: u64 = 1 << 16;
+            /// Tokens per sequence (1M).
+            pub const CONTEXT_LENGTH: u64 = 1 << 20;
+            /// Tokens in one micro-batch (`batch_size * context_length`): activations scale
+            /// with it.
+            pub const BATCH_TOKENS: u64 = 1 << 24;
+            /// Vocabulary (16M): ids are u32 and the embedding is `vocab * d_model` floats.
+            pub const VOCAB_SIZE: u64 = 1 << 24;
+            /// LoRA rank.
+            pub const LORA_R: u64 = 1 << 16;
+        }
+        fn at_most(issues: &mut Vec<ConfigIssue>, path: &str, v: u64, max: u64, why: &str) {
+            if v > max {
+                issues.push(ConfigIssue::invalid(
+                    path,
+                    v,
+                    format!("must be <= {max} ({why})"),
+                ));
+            }
+        }
         let m = &self.model;
         if m.preset.trim().is_empty() && m.pretrained.trim().is_empty() {
             issues.push(ConfigIssue::invalid(
@@ -380,6 +411,13 @@ impl Validate for TrainConfig {
             if m.lora.r == 0 {
                 issues.push(ConfigIssue::invalid("model.lora.r", 0, "must be > 0"));
             }
+            at_most(
+                issues,
+                "model.lora.r",
+                m.lora.r as u64,
+                limits::LORA_R,
+                "a rank beyond any layer width",
+            );
             positive_f(issues, "model.lora.alpha", m.lora.alpha);
             unit_interval(issues, "model.lora.dropout", m.lora.dropout, true);
         }
@@ -391,6 +429,13 @@ impl Validate for TrainConfig {
                 "must be >= 2",
             ));
         }
+        at_most(
+            issues,
+            "data.context_length",
+            d.context_length as u64,
+            limits::CONTEXT_LENGTH,
+            "tokens per sequence",
+        );
         if !(d.val_fraction.is_finite() && d.val_fraction > 0.0 && d.val_fraction < 1.0) {
             issues.push(ConfigIssue::invalid(
                 "data.val_fraction",
@@ -417,6 +462,13 @@ impl Validate for TrainConfig {
                 t.vocab_size,
                 "must be >= 260 (the 256 bytes plus special tokens)",
             )),
+            TokenizerKind::Train => at_most(
+                issues,
+                "tokenizer.vocab_size",
+                t.vocab_size as u64,
+                limits::VOCAB_SIZE,
+                "token ids are u32 and the embedding grows with it",
+            ),
             _ => {}
         }
         let o = &self.optimizer;
@@ -446,11 +498,47 @@ impl Validate for TrainConfig {
                 "set `training.steps` or `training.epochs` > 0",
             ));
         }
+        at_most(
+            issues,
+            "training.steps",
+            tr.steps,
+            limits::STEPS,
+            "about 35 years at 1000 steps/s",
+        );
+        at_most(
+            issues,
+            "training.epochs",
+            tr.epochs,
+            limits::EPOCHS,
+            "the step count must fit 64 bits",
+        );
         if tr.batch_size == 0 {
             issues.push(ConfigIssue::invalid(
                 "training.batch_size",
                 0,
                 "must be > 0",
+            ));
+        }
+        at_most(
+            issues,
+            "training.batch_size",
+            tr.batch_size as u64,
+            limits::BATCH_SIZE,
+            "sequences per micro-batch; use grad_accum for larger batches",
+        );
+        let batch_tokens = (tr.batch_size as u64).saturating_mul(d.context_length as u64);
+        if tr.batch_size as u64 <= limits::BATCH_SIZE
+            && d.context_length as u64 <= limits::CONTEXT_LENGTH
+            && batch_tokens > limits::BATCH_TOKENS
+        {
+            issues.push(ConfigIssue::invalid(
+                "training.batch_size",
+                tr.batch_size,
+                format!(
+                    "batch_size * data.context_length = {batch_tokens} tokens per micro-batch; \
+                     must be <= {} (use grad_accum for larger batches)",
+                    limits::BATCH_TOKENS
+                ),
             ));
         }
         if tr.grad_accum == 0 {
@@ -460,6 +548,13 @@ impl Validate for TrainConfig {
                 "must be > 0",
             ));
         }
+        at_most(
+            issues,
+            "training.grad_accum",
+            tr.grad_accum as u64,
+            limits::GRAD_ACCUM,
+            "micro-batches per step",
+        );
         if !(tr.clip_norm.is_finite() && tr.clip_norm >= 0.0) {
             issues.push(ConfigIssue::invalid(
                 "training.clip_norm",

@@ -268,3 +268,25 @@ fn metrics_out_to_dev_full_is_an_error_and_the_device_stays() {
             .is_char_device()
     );
 }
+
+#[test]
+fn eval_file_from_a_device_is_refused_at_once() {
+    let dir = tempdir();
+    let input = crate::support::corpus(dir.path());
+    let run = dir.path().join("run");
+    codex()
+        .args(crate::support::tiny_args(
+            &input,
+            &run,
+            &["training.steps=2"],
+        ))
+        .assert()
+        .success();
+    let run = run.display().to_string();
+    let err = expect_exit(
+        &mut codex_limited(&["eval", &run, "--file", "/dev/zero"]),
+        1,
+    )
+    .stderr;
+    assert!(err.contains("character device"), "{err}");
+}

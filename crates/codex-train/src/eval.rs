@@ -154,6 +154,9 @@ pub fn locate(target: &Path) -> Result<(PathBuf, LoadedCheckpoint)> {
     Ok((target.to_path_buf(), ck))
 }
 
+/// Largest `--file` an evaluation reads: its tokens are held in memory (4 bytes each).
+const MAX_EVAL_FILE_BYTES: u64 = 1 << 30;
+
 /// Which data an evaluation reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EvalData {
@@ -216,9 +219,18 @@ pub fn run(job: EvalJob) -> Result<EvalReport> {
     let batch_size = job.batch_size.unwrap_or(cfg.training.batch_size).max(1);
     let (ds, source) = match &job.data {
         EvalData::File(f) => {
-            let text = std::fs::read_to_string(f).map_err(|source| Error::Read {
+            let read = |source| Error::Read {
                 path: f.clone(),
                 source,
+            };
+            let bytes =
+                codex_core::fsutil::read_regular_capped(f, MAX_EVAL_FILE_BYTES).map_err(read)?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                Error::Invalid(format!(
+                    "`{}` is not UTF-8 text (invalid byte at offset {})",
+                    f.display(),
+                    e.utf8_error().valid_up_to()
+                ))
             })?;
             let tok = run_tokenizer(cfg, job.run_dir.as_deref())?;
             let ids = tok.encode(&text)?;

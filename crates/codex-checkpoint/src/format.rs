@@ -186,9 +186,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Total size of the files it lists.
+    /// Total size of the files it lists (saturating: the sizes come from a file, and a forged
+    /// manifest must not overflow the sum).
     pub fn size_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size_bytes).sum()
+        self.files
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.size_bytes))
     }
 
     /// Its kind, when every file that kind needs is listed.

@@ -541,6 +541,25 @@ mod tests {
     }
 
     #[test]
+    fn forged_sizes_do_not_overflow_the_total() {
+        let file = |name: &str| FileEntry {
+            name: name.into(),
+            size_bytes: u64::MAX,
+            sha256: "0".repeat(64),
+        };
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "format": "x", "step": 1, "codex_version": "0",
+            "config_hash": "", "created": "", "files": []
+        }))
+        .unwrap();
+        let m = Manifest {
+            files: vec![file("a"), file("b")],
+            ..m
+        };
+        assert_eq!(m.size_bytes(), u64::MAX);
+    }
+
+    #[test]
     fn completeness_by_kind() {
         use crate::{ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE, MODEL_FILE, OPTIMIZER_FILE};
         let full = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE];

@@ -89,6 +89,16 @@ struct Probe {
     added_tokens: Option<Vec<ProbeAdded>>,
     #[serde(default)]
     padding: Option<ProbePadding>,
+    // Parsed (not skipped) so that bad strings in them are errors here: `tokenizers` panics
+    // (`expect("Helper")`) when a decoder it buffers fails to deserialize.
+    #[serde(default, rename = "normalizer")]
+    _normalizer: Value,
+    #[serde(default, rename = "pre_tokenizer")]
+    _pre_tokenizer: Value,
+    #[serde(default, rename = "post_processor")]
+    _post_processor: Value,
+    #[serde(default, rename = "decoder")]
+    _decoder: Value,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +177,14 @@ pub fn check(bytes: &[u8], path: &Path) -> Result<()> {
         id: id.to_string(),
         reason,
     };
+    // JSON is UTF-8; serde_json skips unused strings without checking them, and `tokenizers`
+    // panics on some of them.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(corrupt(format!(
+            "invalid UTF-8 at byte offset {}",
+            e.valid_up_to()
+        )));
+    }
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut ids: Vec<(u64, String)> = Vec::new();
     let id_of = |token: &str, id: &Value| -> Result<u64> {
@@ -403,6 +421,31 @@ mod tests {
             r#""padding":{"strategy":{"Fixed":4000000000},"direction":"Right","pad_to_multiple_of":null,"pad_id":0,"pad_type_id":0,"pad_token":"a"}"#,
         ));
         assert!(e.contains("padding length 4000000000"), "{e}");
+    }
+
+    #[test]
+    fn fuzz_findings_are_errors() {
+        // tokenizer_json fuzz target: an invalid UTF-8 byte in the decoder's `type` made
+        // `tokenizers` panic (decoders/mod.rs `expect("Helper")`).
+        let json = word_level(r#""a":0"#, "").replace(
+            r#""decoder":null"#,
+            "\"decoder\":{\"type\":\"Metaspa\u{FFFD}e\"}",
+        );
+        let mut bytes = json.into_bytes();
+        let at = bytes
+            .windows(3)
+            .position(|w| w == "\u{FFFD}".as_bytes())
+            .unwrap();
+        bytes.splice(at..at + 3, [0xff]);
+        let e = parse(&bytes, Path::new("t.json")).unwrap_err().to_string();
+        assert!(e.contains("t.json: invalid UTF-8 at byte offset"), "{e}");
+        // The same through a lone surrogate escape, which is valid UTF-8 text.
+        let json = word_level(r#""a":0"#, "").replace(
+            r#""decoder":null"#,
+            r#""decoder":{"type":"Metaspace","replacement":"\ud800"}"#,
+        );
+        let e = parse_err(&json);
+        assert!(e.contains("t.json") && e.contains("hex escape"), "{e}");
     }
 
     #[test]

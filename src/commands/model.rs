@@ -420,8 +420,9 @@ fn merge(
         ] {
             let from = dir.join(f);
             if from.is_file() {
-                let bytes =
-                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+                // Same cap as codex_tokenizer puts on a tokenizer.json, the largest of these.
+                let bytes = source::read_bounded(&from, codex_tokenizer::source::MAX_FILE_BYTES)
+                    .map_err(registry_err)?;
                 let to = out.join(f);
                 codex_core::fsutil::atomic_write(&to, &bytes)
                     .with_context(|| format!("writing {}", to.display()))?;

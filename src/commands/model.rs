@@ -165,23 +165,30 @@ fn file_entry(path: &Path, hash: bool) -> anyhow::Result<Value> {
     }
 }
 
-/// Parameter count and dtypes of safetensors files, from their headers only.
+/// Parameter count and dtypes of safetensors files, from their headers only (checked against
+/// the file sizes by `safetensors_header`).
 fn header_params(files: &[PathBuf]) -> anyhow::Result<(usize, Vec<String>)> {
-    let mut total = 0;
+    let mut total: u64 = 0;
     let mut dtypes = std::collections::BTreeSet::new();
     for f in files {
-        for (name, dtype, shape) in source::safetensors_header(f)? {
+        for t in source::safetensors_header(f)? {
             // Buffers stored next to the weights are not parameters.
-            if name.ends_with("position_ids")
-                || name.ends_with(".attn.bias")
-                || name.ends_with(".attn.masked_bias")
+            if t.name.ends_with("position_ids")
+                || t.name.ends_with(".attn.bias")
+                || t.name.ends_with(".attn.masked_bias")
             {
                 continue;
             }
-            total += shape.iter().product::<usize>();
-            dtypes.insert(dtype);
+            // Each tensor's bytes are in the file, so the sum is bounded by the file sizes;
+            // checked all the same, since shapes come from the file.
+            total = total.checked_add(t.elements).ok_or_else(|| {
+                anyhow::anyhow!("{}: parameter count overflows 2^64", f.display())
+            })?;
+            dtypes.insert(t.dtype);
         }
     }
+    let total = usize::try_from(total)
+        .map_err(|_| anyhow::anyhow!("parameter count {total} does not fit this platform"))?;
     Ok((total, dtypes.into_iter().collect()))
 }
 
@@ -225,9 +232,9 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<u8> {
             source_desc = format!("preset {name}");
         }
         ModelSource::HfDir(dir) => {
-            let text = std::fs::read_to_string(dir.join("config.json"))
-                .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
-            config_json = serde_json::from_str(&text)
+            let bytes = source::read_bounded(&dir.join("config.json"), source::MAX_JSON_BYTES)
+                .map_err(registry_err)?;
+            config_json = serde_json::from_slice(&bytes)
                 .with_context(|| format!("parsing {}", dir.join("config.json").display()))?;
             let cfg = ArchConfig::from_hf_json(&config_json, &dir.join("config.json"))
                 .map_err(registry_err)?;
@@ -298,9 +305,9 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<u8> {
     }
     if let Some(ad) = &a.adapter {
         let cfg_path = ad.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let v: Value = serde_json::from_str(&text)
+        let bytes =
+            source::read_bounded(&cfg_path, source::MAX_JSON_BYTES).map_err(registry_err)?;
+        let v: Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("parsing {}", cfg_path.display()))?;
         let lc = LoraConfig::from_peft_json(&v, &cfg_path).map_err(registry_err)?;
         let (n, _) = header_params(&[ad.join(ADAPTER_WEIGHTS)])?;
@@ -310,13 +317,15 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<u8> {
         files.push(ad.join(ADAPTER_WEIGHTS));
     }
     if lora_params > 0 {
-        total += lora_params;
+        total = total.saturating_add(lora_params);
     }
     let trainable = if lora_params > 0 { lora_params } else { total };
     let el = dtype_size(dtype_name.split([',', ' ']).next().unwrap_or("f32"));
-    let weights_bytes = total as u64 * el;
+    // Saturating: a count near 2^64 prints as the maximum rather than wrapping to a small
+    // number.
+    let weights_bytes = (total as u64).saturating_mul(el);
     // Training: weights + gradients of the trainable tensors + AdamW's two f32 moments.
-    let train_bytes = weights_bytes + trainable as u64 * (el + 8);
+    let train_bytes = weights_bytes.saturating_add((trainable as u64).saturating_mul(el + 8));
     let file_json: Vec<Value> = files
         .iter()
         .map(|f| file_entry(f, !a.no_hash))
@@ -411,8 +420,9 @@ fn merge(
         ] {
             let from = dir.join(f);
             if from.is_file() {
-                let bytes =
-                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+                // Same cap as codex_tokenizer puts on a tokenizer.json, the largest of these.
+                let bytes = source::read_bounded(&from, codex_tokenizer::source::MAX_FILE_BYTES)
+                    .map_err(registry_err)?;
                 let to = out.join(f);
                 codex_core::fsutil::atomic_write(&to, &bytes)
                     .with_context(|| format!("writing {}", to.display()))?;

@@ -22,9 +22,22 @@ enum Command {
     Encode(EncodeArgs),
     /// Decode token ids back to text (ids as arguments, --file, or stdin; one sequence a line).
     Decode(DecodeArgs),
-    /// Report vocab size, unk rate, round-trip mismatches, tokens per byte/char, special tokens.
+    /// Report vocab size, unk rate, round-trip mismatches, tokens per byte/char, special tokens;
+    /// exit 1 when a problem is found.
+    #[command(after_help = VALIDATE_PROBLEMS)]
     Validate(ValidateArgs),
 }
+
+const VALIDATE_PROBLEMS: &str = "\
+Problems (each is listed; any makes the exit status 1):
+  - an expected special token is missing, or does not encode as exactly its own id
+  - manifest.json next to the tokenizer is unreadable or its tokenizer_sha256 does not match
+  - a corpus INPUT matches no files
+  - the unknown-token rate is above --max-unk-rate (default 0.01)
+  - the round-trip mismatch rate (decode(encode(x)) != normalize(x), per document) is above
+    --max-roundtrip-mismatch-rate; default 0 for byte-level tokenizers (byte-level
+    pre-tokenizer or byte fallback), which are lossless by design, and no limit for the
+    others (WordPiece, WordLevel, Unigram), whose decoders cannot restore spacing";
 
 #[derive(Copy, Clone, Debug, clap::ValueEnum)]
 enum ModelArg {
@@ -188,11 +201,12 @@ struct ValidateArgs {
     /// Special tokens that must exist (comma-separated; default: the manifest's).
     #[arg(long, value_delimiter = ',')]
     expect_special: Option<Vec<String>>,
-    /// Fail when the unknown-token rate is above this.
-    #[arg(long)]
+    /// Fail when the unknown-token rate is above this [default: 0.01].
+    #[arg(long, value_name = "RATE")]
     max_unk_rate: Option<f64>,
-    /// Fail when the decode(encode(x)) != x rate is above this.
-    #[arg(long)]
+    /// Fail when the decode(encode(x)) != normalize(x) rate is above this [default: 0 for
+    /// byte-level tokenizers, else no limit].
+    #[arg(long, value_name = "RATE")]
     max_roundtrip_mismatch_rate: Option<f64>,
 }
 
@@ -228,7 +242,12 @@ fn hint(err: anyhow::Error) -> anyhow::Error {
         }
         TokenizerError::VocabTooSmall { .. } => "raise --vocab-size",
         TokenizerError::EmptyCorpus { .. } => "check the inputs (empty lines are skipped)",
-        TokenizerError::Corrupt { .. } => "re-create the file; it is not a valid tokenizer.json",
+        TokenizerError::Corrupt { .. } | TokenizerError::BadVocab { .. } => {
+            "re-create the file; it is not a valid tokenizer.json"
+        }
+        TokenizerError::TooLarge { .. } | TokenizerError::NotAFile { .. } => {
+            "give a regular tokenizer.json file"
+        }
         _ => return err,
     };
     // These errors have no source, so the message plus the hint as its cause loses nothing;
@@ -469,8 +488,15 @@ fn validate(ctx: &Ctx, a: ValidateArgs) -> anyhow::Result<u8> {
                 r.unk_token.as_deref().unwrap_or("no unk token")
             ))?;
             out_line(format!(
-                "round trip     {:.6} mismatch rate ({} of {} documents)",
-                r.roundtrip_mismatch_rate, r.roundtrip_mismatches, r.documents
+                "round trip     {:.6} mismatch rate ({} of {} documents; {})",
+                r.roundtrip_mismatch_rate,
+                r.roundtrip_mismatches,
+                r.documents,
+                if r.lossless_by_design {
+                    "byte-level, lossless by design"
+                } else {
+                    "not lossless by design"
+                }
             ))?;
             out_line(format!("tokens/byte    {:.4}", r.tokens_per_byte))?;
             out_line(format!("tokens/char    {:.4}", r.tokens_per_char))?;
@@ -489,9 +515,10 @@ fn validate(ctx: &Ctx, a: ValidateArgs) -> anyhow::Result<u8> {
             r.special_token_coverage * 100.0,
             specials.join(", ")
         ))?;
-        for p in &r.problems {
-            ctx.warn(p);
-        }
+    }
+    // Listed in both modes: stderr stays readable next to --json on stdout.
+    for p in &r.problems {
+        ctx.warn(format!("problem: {p}"));
     }
     if r.problems.is_empty() {
         Ok(exit::OK)

@@ -1,6 +1,6 @@
 //! `codex model list|show|lora merge` through the real binary.
 
-use crate::support::{assert_ok, codex, fixture, json_of, tempdir};
+use crate::support::{assert_ok, codex, codex_process, fixture, json_of, tempdir};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
@@ -163,4 +163,120 @@ fn show_lora_r_counts_a_fresh_adapter_and_validates_targets() {
         .assert()
         .code(1)
         .stderr(contains("q_proj").and(contains("c_attn, c_fc, c_proj")));
+}
+
+/// `codex` under a 2 GB address-space limit: an allocation sized by hostile input fails the
+/// test (abort, exit 134) instead of taking the machine.
+fn codex_limited() -> assert_cmd::Command {
+    let pinned = codex_process();
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", r#"ulimit -v 2000000; exec "$0" "$@""#])
+        .arg(pinned.get_program());
+    for (k, v) in pinned.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    assert_cmd::Command::from_std(sh)
+}
+
+/// A copy of a fixture model directory in `dir`.
+fn copy_model(from: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let to = dir.join(from.rsplit('/').next().unwrap());
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to
+}
+
+#[test]
+fn absurd_config_sizes_and_lora_ranks_are_errors_not_aborts() {
+    // Regression: each aborted (exit 134) allocating hundreds of GB.
+    let dir = tempdir();
+    let m = copy_model("registry/gpt2-tiny", dir.path());
+    let cfg = m.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["n_layer"] = 1_000_000_000u64.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    for extra in [&[][..], &["--lora-r", "8"][..]] {
+        codex_limited()
+            .args(["model", "show"])
+            .arg(&m)
+            .args(extra)
+            .assert()
+            .code(1)
+            .stderr(contains("config.json").and(contains("`n_layer` 1000000000 exceeds")));
+    }
+    codex_limited()
+        .args(["model", "show", "gpt-tiny", "--lora-r", "100000000"])
+        .assert()
+        .code(1)
+        .stderr(contains("r = 100000000 exceeds the smaller dimension"));
+    codex_limited()
+        .args(["model", "show", "gpt2", "--vocab-size", "4000000000"])
+        .assert()
+        .code(1)
+        .stderr(contains("`vocab_size` 4000000000 exceeds"));
+    // Within every bound, but 13e9 parameters: refused against the memory limit.
+    codex_limited()
+        .args([
+            "model",
+            "show",
+            "gpt2",
+            "--vocab-size",
+            "16777216",
+            "--lora-r",
+            "8",
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("12970744320 parameters of 4 bytes need"));
+}
+
+#[test]
+fn show_checks_tensor_offsets_against_the_file() {
+    let dir = tempdir();
+    let m = copy_model("registry/gpt2-tiny", dir.path());
+    let st = m.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    // Regression: exit 0 for a half-truncated file.
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    codex()
+        .args(["model", "show"])
+        .arg(&m)
+        .assert()
+        .code(1)
+        .stderr(contains("model.safetensors").and(contains("(truncated file?)")));
+    // Regression: a [2^40, 2^40] tensor counted as 0 parameters (integer wrap).
+    let header =
+        br#"{"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,4]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend([0u8; 4]);
+    std::fs::write(&st, file).unwrap();
+    codex()
+        .args(["model", "show"])
+        .arg(&m)
+        .assert()
+        .code(1)
+        .stderr(contains(
+            "tensor `w`: shape [1099511627776, 1099511627776] has more than 2^64",
+        ));
+}
+
+#[test]
+fn show_checks_gguf_tensor_offsets_against_the_file() {
+    let dir = tempdir();
+    let g = dir.path().join("t.gguf");
+    let bytes = std::fs::read(fixture("registry/llama-tiny.q8_0.gguf")).unwrap();
+    std::fs::write(&g, &bytes[..bytes.len() - 100]).unwrap();
+    codex_limited()
+        .args(["model", "show"])
+        .arg(&g)
+        .assert()
+        .code(1)
+        .stderr(contains("t.gguf").and(contains("(truncated?)")));
 }

@@ -731,3 +731,202 @@ fn interop_codex_trained_tokenizers_load_and_match_in_python() {
         );
     }
 }
+
+/// `codex` under a 2 GB address-space limit: an allocation sized by hostile input fails the
+/// test (abort, exit 134) instead of taking the machine.
+fn codex_limited() -> assert_cmd::Command {
+    let pinned = codex_process();
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", r#"ulimit -v 2000000; exec "$0" "$@""#])
+        .arg(pinned.get_program());
+    for (k, v) in pinned.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    assert_cmd::Command::from_std(sh)
+}
+
+/// A WordLevel tokenizer.json with the given vocab entries and added tokens.
+fn word_level_json(vocab: &str, added_tokens: &str) -> String {
+    format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{added_tokens}],
+        "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
+        "decoder":null,"model":{{"type":"WordLevel","vocab":{{{vocab}}},"unk_token":"a"}}}}"#
+    )
+}
+
+#[test]
+fn huge_or_sparse_token_ids_are_refused_not_allocated() {
+    // Regression: a 52 KB tokenizer.json with one id of 4e9 grew codex to 24 GB (validate,
+    // train with tokenizer.kind=load) or was accepted silently (encode).
+    let dir = tempdir();
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, word_level_json(r#""a":0,"b":1,"c":4000000000"#, "")).unwrap();
+    let added = dir.path().join("added.json");
+    std::fs::write(
+        &added,
+        word_level_json(
+            r#""a":0"#,
+            r#"{"id":4000000000,"content":"X","single_word":false,"lstrip":false,
+            "rstrip":false,"normalized":false,"special":true}"#,
+        ),
+    )
+    .unwrap();
+    let sparse = dir.path().join("sparse.json");
+    std::fs::write(&sparse, word_level_json(r#""a":0,"b":1,"c":70000"#, "")).unwrap();
+    for (file, needle) in [
+        (
+            &huge,
+            r#"token "c" has id 4000000000: ids must be below 16777216"#,
+        ),
+        (&added, r#"token "X" has id 4000000000"#),
+        (&sparse, "ids must be dense (0..3), but id 2 is unused"),
+    ] {
+        for sub in [
+            &["validate"][..],
+            &["encode", "a b"][..],
+            &["decode", "0"][..],
+        ] {
+            codex_limited()
+                .args(["tokenizer", sub[0], "-t"])
+                .arg(file)
+                .args(&sub[1..])
+                .assert()
+                .code(1)
+                .stderr(predicate::str::contains(file.display().to_string()))
+                .stderr(predicate::str::contains(needle));
+        }
+    }
+}
+
+#[test]
+fn tokenizer_files_are_bounded_regular_files() {
+    let dir = tempdir();
+    let big = dir.path().join("tokenizer.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(codex_tokenizer::source::MAX_FILE_BYTES + 1)
+        .unwrap();
+    codex_limited()
+        .args(["tokenizer", "validate", "-t"])
+        .arg(&big)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "larger than 268435456 bytes are refused",
+        ));
+    codex_limited()
+        .args(["tokenizer", "encode", "x", "-t", "/dev/null"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("/dev/null is not a regular file"));
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_aborts() {
+    let dir = tempdir();
+    // Regression: exit 134 (allocation abort) in the trainer.
+    codex_limited()
+        .args(["tokenizer", "train", "--vocab-size", "4000000000", "-o"])
+        .arg(dir.path().join("out"))
+        .arg(fixture("tokenizer/corpus.txt"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "vocab_size = 4000000000: must be at most 16777216",
+        ));
+    let tok = train_bpe(dir.path());
+    codex_limited()
+        .args(["tokenizer", "encode", "--padding", "max-length"])
+        .args([
+            "--max-length",
+            "4000000000",
+            "--pad-token",
+            "[PAD]",
+            "hi",
+            "-t",
+        ])
+        .arg(&tok)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--max-length 4000000000"));
+    // The same length stored in the tokenizer.json itself.
+    let path = tok.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 4_000_000_000u64},
+        "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0,
+        "pad_token": "[PAD]"});
+    std::fs::write(&path, json.to_string()).unwrap();
+    codex_limited()
+        .args(["tokenizer", "encode", "hi", "-t"])
+        .arg(&tok)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("padding length 4000000000"));
+}
+
+#[test]
+fn validate_exits_1_when_a_byte_level_tokenizer_does_not_round_trip() {
+    // Regression: a round-trip mismatch rate of 1.0 was reported with exit 0.
+    let dir = tempdir();
+    let tok = train_bpe(dir.path());
+    let path = tok.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["decoder"] = serde_json::Value::Null;
+    let broken = dir.path().join("no-decoder.json");
+    std::fs::write(&broken, json.to_string()).unwrap();
+    let corpus = fixture("tokenizer/corpus.txt");
+    codex()
+        .args(["tokenizer", "validate", "-t"])
+        .arg(&broken)
+        .arg(&corpus)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("1.000000 mismatch rate"))
+        .stderr(predicate::str::contains(
+            "problem: round-trip mismatch rate 1.000000 exceeds 0",
+        ));
+    // An explicit limit overrides the byte-level default; rates outside [0, 1] are errors.
+    codex()
+        .args([
+            "tokenizer",
+            "validate",
+            "--max-roundtrip-mismatch-rate",
+            "1",
+            "-t",
+        ])
+        .arg(&broken)
+        .arg(&corpus)
+        .assert()
+        .success();
+    codex()
+        .args(["tokenizer", "validate", "--max-unk-rate", "2", "-t"])
+        .arg(&broken)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--max-unk-rate 2: must be a rate"));
+    // Unknown tokens above the limit are a problem: a WordLevel vocabulary of one word.
+    let wl = dir.path().join("wl.json");
+    std::fs::write(&wl, word_level_json(r#""a":0,"b":1"#, "")).unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "b b b c\n").unwrap();
+    codex()
+        .args(["tokenizer", "validate", "-t"])
+        .arg(&wl)
+        .arg(&text)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "problem: unk rate 0.250000 exceeds 0.01 (--max-unk-rate)",
+        ));
+    codex()
+        .args(["tokenizer", "validate", "--max-unk-rate", "0.3", "-t"])
+        .arg(&wl)
+        .arg(&text)
+        .assert()
+        .success();
+}

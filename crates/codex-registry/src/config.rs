@@ -6,6 +6,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
+/// Upper bounds on config sizes: far above any published model (vocab ≤ 262k, hidden ≤ 25k,
+/// MLP ≤ 74k, layers ≤ 160), low enough that every product of them fits in a u64 and no
+/// single count from a hostile config.json sizes an allocation on its own.
+pub mod limits {
+    pub const VOCAB: usize = 1 << 24;
+    pub const POSITIONS: usize = 1 << 24;
+    pub const LAYERS: usize = 1 << 12;
+    pub const HIDDEN: usize = 1 << 16;
+    pub const INTERMEDIATE: usize = 1 << 18;
+    pub const HEAD_DIM: usize = 1 << 12;
+    pub const TYPE_VOCAB: usize = 1 << 16;
+}
+
 /// GPT-2 (`GPT2LMHeadModel`): learned positions, LayerNorm, GELU MLP, tied lm_head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -256,8 +269,20 @@ impl ArchConfig {
                 Ok(())
             }
         };
+        let at_most = |name: &str, v: usize, max: usize| {
+            if v > max {
+                Err(format!("`{name}` {v} exceeds the supported maximum {max}"))
+            } else {
+                Ok(())
+            }
+        };
         match self {
             ArchConfig::Gpt2(c) => {
+                at_most("vocab_size", c.vocab_size, limits::VOCAB)?;
+                at_most("n_positions", c.n_positions, limits::POSITIONS)?;
+                at_most("n_layer", c.n_layer, limits::LAYERS)?;
+                at_most("n_embd", c.n_embd, limits::HIDDEN)?;
+                at_most("n_inner", c.n_inner.unwrap_or(0), limits::INTERMEDIATE)?;
                 nonzero("vocab_size", c.vocab_size)?;
                 nonzero("n_positions", c.n_positions)?;
                 nonzero("n_layer", c.n_layer)?;
@@ -288,6 +313,22 @@ impl ArchConfig {
                 }
             }
             ArchConfig::Llama(c) => {
+                at_most("vocab_size", c.vocab_size, limits::VOCAB)?;
+                at_most(
+                    "max_position_embeddings",
+                    c.max_position_embeddings,
+                    limits::POSITIONS,
+                )?;
+                at_most("num_hidden_layers", c.num_hidden_layers, limits::LAYERS)?;
+                at_most("hidden_size", c.hidden_size, limits::HIDDEN)?;
+                at_most(
+                    "intermediate_size",
+                    c.intermediate_size,
+                    limits::INTERMEDIATE,
+                )?;
+                at_most("num_attention_heads", c.num_attention_heads, limits::HIDDEN)?;
+                at_most("head_dim", c.head_dim(), limits::HEAD_DIM)?;
+                nonzero("hidden_size", c.hidden_size)?;
                 nonzero("vocab_size", c.vocab_size)?;
                 nonzero("num_hidden_layers", c.num_hidden_layers)?;
                 nonzero("num_attention_heads", c.num_attention_heads)?;
@@ -316,6 +357,20 @@ impl ArchConfig {
                 }
             }
             ArchConfig::Bert(c) => {
+                at_most("vocab_size", c.vocab_size, limits::VOCAB)?;
+                at_most(
+                    "max_position_embeddings",
+                    c.max_position_embeddings,
+                    limits::POSITIONS,
+                )?;
+                at_most("num_hidden_layers", c.num_hidden_layers, limits::LAYERS)?;
+                at_most("hidden_size", c.hidden_size, limits::HIDDEN)?;
+                at_most(
+                    "intermediate_size",
+                    c.intermediate_size,
+                    limits::INTERMEDIATE,
+                )?;
+                at_most("type_vocab_size", c.type_vocab_size, limits::TYPE_VOCAB)?;
                 nonzero("vocab_size", c.vocab_size)?;
                 nonzero("num_hidden_layers", c.num_hidden_layers)?;
                 nonzero("num_attention_heads", c.num_attention_heads)?;
@@ -343,44 +398,86 @@ impl ArchConfig {
         Ok(())
     }
 
-    /// The number of parameters this config has (without a LoRA adapter).
+    /// The number of parameters this config has (without a LoRA adapter); saturates at
+    /// `usize::MAX` for an unvalidated config whose product overflows.
     pub fn param_count(&self) -> usize {
+        self.checked_param_count()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::param_count`] in checked arithmetic: `None` when it overflows a u64 (only an
+    /// unvalidated config can; the [`limits`] keep every validated one far below).
+    pub fn checked_param_count(&self) -> Option<u64> {
+        // Sums of products of config values: fold them as checked u64 terms.
+        fn sum(terms: &[&[usize]]) -> Option<u64> {
+            terms.iter().try_fold(0u64, |acc, factors| {
+                let t = factors
+                    .iter()
+                    .try_fold(1u64, |p, &f| p.checked_mul(f as u64))?;
+                acc.checked_add(t)
+            })
+        }
         match self {
             ArchConfig::Gpt2(c) => {
                 let d = c.n_embd;
-                let inner = c.n_inner.unwrap_or(4 * d);
-                let block = 2 * 2 * d
-                    + (d * 3 * d + 3 * d)
-                    + (d * d + d)
-                    + (d * inner + inner)
-                    + (inner * d + d);
-                let head = if c.tie_word_embeddings {
-                    0
-                } else {
-                    c.vocab_size * d
-                };
-                c.vocab_size * d + c.n_positions * d + c.n_layer * block + 2 * d + head
+                let inner = c.n_inner.unwrap_or(d.checked_mul(4)?);
+                let block = sum(&[
+                    &[4, d],
+                    &[3, d, d],
+                    &[3, d],
+                    &[d, d],
+                    &[d],
+                    &[d, inner],
+                    &[inner],
+                    &[inner, d],
+                    &[d],
+                ])?;
+                let heads = if c.tie_word_embeddings { 1 } else { 2 };
+                sum(&[&[heads, c.vocab_size, d], &[c.n_positions, d], &[2, d]])?
+                    .checked_add(block.checked_mul(c.n_layer as u64)?)
             }
             ArchConfig::Llama(c) => {
                 let (d, hd, ff) = (c.hidden_size, c.head_dim(), c.intermediate_size);
-                let (q, kv) = (c.num_attention_heads * hd, c.kv_heads() * hd);
-                let qkv_b = if c.qkv_bias() { q + 2 * kv } else { 0 };
-                let o_b = if c.o_bias() { d } else { 0 };
-                let mlp_b = if c.mlp_bias { 2 * ff + d } else { 0 };
-                let layer = d * (q + 2 * kv) + qkv_b + q * d + o_b + 3 * d * ff + mlp_b + 2 * d;
-                let head = if c.tie_word_embeddings {
-                    0
-                } else {
-                    c.vocab_size * d
-                };
-                c.vocab_size * d + c.num_hidden_layers * layer + d + head
+                let q = c.num_attention_heads.checked_mul(hd)?;
+                let kv = c.kv_heads().checked_mul(hd)?;
+                let qkv_b = if c.qkv_bias() { 1 } else { 0 };
+                let o_b = usize::from(c.o_bias());
+                let mlp_b = usize::from(c.mlp_bias);
+                let layer = sum(&[
+                    &[d, q],
+                    &[2, d, kv],
+                    &[qkv_b, q],
+                    &[qkv_b, 2, kv],
+                    &[q, d],
+                    &[o_b, d],
+                    &[3, d, ff],
+                    &[mlp_b, 2, ff],
+                    &[mlp_b, d],
+                    &[2, d],
+                ])?;
+                let heads = if c.tie_word_embeddings { 1 } else { 2 };
+                sum(&[&[heads, c.vocab_size, d], &[d]])?
+                    .checked_add(layer.checked_mul(c.num_hidden_layers as u64)?)
             }
             ArchConfig::Bert(c) => {
                 let (d, ff) = (c.hidden_size, c.intermediate_size);
-                let layer = 4 * (d * d + d) + 2 * 2 * d + (d * ff + ff) + (ff * d + d);
-                (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * d
-                    + 2 * d
-                    + c.num_hidden_layers * layer
+                let layer = sum(&[
+                    &[4, d, d],
+                    &[4, d],
+                    &[4, d],
+                    &[d, ff],
+                    &[ff],
+                    &[ff, d],
+                    &[d],
+                ])?;
+                sum(&[
+                    &[c.vocab_size, d],
+                    &[c.max_position_embeddings, d],
+                    &[c.type_vocab_size, d],
+                    &[2, d],
+                ])?
+                .checked_add(layer.checked_mul(c.num_hidden_layers as u64)?)
             }
         }
     }

@@ -5,6 +5,7 @@ use crate::error::{RegistryError, Result, io_err};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 fn meta_u64(c: &Content, key: &str) -> Option<u64> {
@@ -70,15 +71,159 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// `general.alignment` of a GGUF stream, found by walking its metadata (`None` when absent or
+/// when the walk fails: `Content::read` then reports the malformed header itself). Needed
+/// because candle divides by it unchecked, so 0 panics.
+fn alignment<R: Read + Seek>(r: &mut R) -> Option<u64> {
+    fn u32_<R: Read>(r: &mut R) -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+    fn u64_<R: Read>(r: &mut R) -> Option<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    fn len<R: Read>(r: &mut R, v1: bool) -> Option<u64> {
+        if v1 { u32_(r).map(u64::from) } else { u64_(r) }
+    }
+    fn skip<R: Seek>(r: &mut R, n: u64) -> Option<()> {
+        r.seek(SeekFrom::Current(i64::try_from(n).ok()?))
+            .ok()
+            .map(|_| ())
+    }
+    /// Skips a value; returns its integer value when it is one.
+    fn value<R: Read + Seek>(r: &mut R, ty: u32, v1: bool, depth: u32) -> Option<Option<u64>> {
+        Some(match ty {
+            0 | 1 | 7 => {
+                let mut b = [0u8; 1];
+                r.read_exact(&mut b).ok()?;
+                (ty == 0).then_some(b[0] as u64)
+            }
+            2 | 3 => {
+                let mut b = [0u8; 2];
+                r.read_exact(&mut b).ok()?;
+                (ty == 2).then_some(u16::from_le_bytes(b) as u64)
+            }
+            4 => Some(u32_(r)? as u64),
+            5 | 6 => {
+                u32_(r)?;
+                None
+            }
+            10 => Some(u64_(r)?),
+            11 | 12 => {
+                u64_(r)?;
+                None
+            }
+            8 => {
+                let n = len(r, v1)?;
+                skip(r, n)?;
+                None
+            }
+            9 if depth < 8 => {
+                let et = u32_(r)?;
+                let n = len(r, v1)?;
+                let fixed = match et {
+                    0 | 1 | 7 => Some(1),
+                    2 | 3 => Some(2),
+                    4..=6 => Some(4),
+                    10..=12 => Some(8),
+                    _ => None,
+                };
+                match fixed {
+                    Some(size) => skip(r, n.checked_mul(size)?)?,
+                    None => {
+                        // Each element takes at least one byte: a count past the end fails
+                        // on the first read that runs out.
+                        for _ in 0..n {
+                            value(r, et, v1, depth + 1)?;
+                        }
+                    }
+                }
+                None
+            }
+            _ => return None,
+        })
+    }
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).ok()?;
+    if &magic != b"GGUF" {
+        return None;
+    }
+    let v1 = u32_(r)? == 1;
+    len(r, v1)?; // tensor count
+    let kv = len(r, v1)?;
+    for _ in 0..kv {
+        let klen = len(r, v1)?;
+        if klen > 4096 {
+            return None;
+        }
+        let mut key = vec![0u8; klen as usize];
+        r.read_exact(&mut key).ok()?;
+        let ty = u32_(r)?;
+        let v = value(r, ty, v1, 0)?;
+        if key == b"general.alignment" {
+            return v;
+        }
+    }
+    None
+}
+
+/// Reads a GGUF header and checks that every tensor's data lies inside the stream, in checked
+/// arithmetic (shapes and offsets come from the file). Reads no tensor data.
+pub fn read_gguf_header<R: Read + Seek>(r: &mut R) -> std::result::Result<Content, String> {
+    let len = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    if alignment(r) == Some(0) {
+        return Err("`general.alignment` is 0".into());
+    }
+    r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let content = Content::read(r).map_err(|e| e.to_string())?;
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |p, &d| p.checked_mul(d as u64))
+            .ok_or_else(|| format!("tensor `{name}`: shape {dims:?} overflows"))?;
+        let bs = info.ggml_dtype.block_size() as u64;
+        if elements % bs != 0 {
+            return Err(format!(
+                "tensor `{name}`: {elements} elements are not whole blocks of {bs} ({:?})",
+                info.ggml_dtype
+            ));
+        }
+        let end = (elements / bs)
+            .checked_mul(info.ggml_dtype.type_size() as u64)
+            .and_then(|b| b.checked_add(info.offset))
+            .and_then(|b| b.checked_add(content.tensor_data_offset));
+        match end {
+            Some(end) if end <= len => {}
+            _ => {
+                return Err(format!(
+                    "tensor `{name}` (offset {}, shape {dims:?}, {:?}) ends past the {len}-byte \
+                     file (truncated?)",
+                    info.offset, info.ggml_dtype
+                ));
+            }
+        }
+    }
+    Ok(content)
+}
+
 /// The Llama config from a GGUF file's metadata and its weights (f32 on the CPU, HF names).
 pub(crate) fn read_gguf(path: &Path) -> Result<(ArchConfig, HashMap<String, Tensor>)> {
     let bad = |msg: String| RegistryError::Gguf {
         path: path.to_path_buf(),
         msg,
     };
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let file_len = f.metadata().map_err(io_err(path))?.len();
-    let content = Content::read(&mut f).map_err(|e| bad(e.to_string()))?;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    if !f.metadata().map_err(io_err(path))?.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    // Buffered: the header walk reads a few bytes at a time.
+    let mut f = std::io::BufReader::new(f);
+    let content = read_gguf_header(&mut f).map_err(bad)?;
     let arch = match content.metadata.get("general.architecture") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(bad("no `general.architecture`".into())),
@@ -98,18 +243,11 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(ArchConfig, HashMap<String, Tens
         .map(|v| v as usize)
         .unwrap_or(heads);
     let hidden = need("embedding_length")?;
-    // Check every tensor lies inside the file before reading (a truncated file would fail
-    // mid-read otherwise).
-    for (name, info) in &content.tensor_infos {
-        let n = info.shape.elem_count();
-        let bs = info.ggml_dtype.block_size();
-        let bytes = (n / bs.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
-        let end = content.tensor_data_offset + info.offset + bytes;
-        if end > file_len {
-            return Err(bad(format!(
-                "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)"
-            )));
-        }
+    // unpermute divides by them.
+    if heads == 0 || kv_heads == 0 {
+        return Err(bad(format!(
+            "head counts must be > 0 (head_count {heads}, head_count_kv {kv_heads})"
+        )));
     }
     let mut tensors = HashMap::new();
     let mut vocab = None;

@@ -12,7 +12,7 @@ mod arch;
 pub mod config;
 pub mod device;
 pub mod error;
-mod gguf;
+pub mod gguf;
 mod init;
 pub mod lora;
 mod model;

@@ -96,6 +96,29 @@ pub fn apply_lora(model: &mut Model, config: LoraConfig, seed: u64) -> Result<()
             .collect();
         config.target_modules = leaves.into_iter().collect();
     }
+    // The rank of A·B cannot exceed either dimension of the layer, and A and B are r × in and
+    // out × r: checked before anything is allocated, so r = 1e8 is an error, not an abort.
+    let mut adapter_params: u64 = 0;
+    for (name, in_dim, out_dim) in names_dims(model) {
+        if !config.target_modules.iter().any(|t| matches(&name, t)) {
+            continue;
+        }
+        let max = in_dim.min(out_dim);
+        if config.r > max {
+            return Err(RegistryError::Lora(format!(
+                "r = {} exceeds the smaller dimension of `{name}` ({in_dim} → {out_dim}); \
+                 r must be at most {max}",
+                config.r
+            )));
+        }
+        adapter_params = adapter_params
+            .saturating_add((config.r as u64).saturating_mul((in_dim + out_dim) as u64));
+    }
+    crate::model::check_memory(
+        Some(adapter_params),
+        model.dtype().size_in_bytes(),
+        &format!("LoRA adapter (r = {}) for {}", config.r, model.origin),
+    )?;
     let (device, dtype) = (model.device().clone(), model.dtype());
     let mut b = Builder::init(&device, dtype, seed);
     let scale = config.scale();
@@ -121,8 +144,8 @@ pub fn apply_lora(model: &mut Model, config: LoraConfig, seed: u64) -> Result<()
 /// Reads a PEFT adapter directory and attaches it to `model`.
 pub fn load_adapter(model: &mut Model, dir: &Path) -> Result<()> {
     let cfg_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-    let v: Value = serde_json::from_str(&text)
+    let bytes = crate::weights::read_bounded(&cfg_path, crate::weights::MAX_JSON_BYTES)?;
+    let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::Lora(format!("{}: {e}", cfg_path.display())))?;
     let cfg = LoraConfig::from_peft_json(&v, &cfg_path)?;
     let w_path = dir.join(ADAPTER_WEIGHTS);
@@ -218,4 +241,13 @@ impl Model {
             .map(|l| l.name.clone())
             .collect()
     }
+}
+
+/// `(name, in, out)` of every linear layer.
+fn names_dims(model: &mut Model) -> Vec<(String, usize, usize)> {
+    model
+        .linears_mut()
+        .into_iter()
+        .map(|l| (l.name.clone(), l.in_dim, l.out_dim))
+        .collect()
 }

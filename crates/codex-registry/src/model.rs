@@ -95,6 +95,15 @@ impl Model {
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
+        // Validated first so the size check below sees bounded values.
+        config
+            .validate()
+            .map_err(|msg| RegistryError::Invalid(format!("{origin}: {msg}")))?;
+        check_memory(
+            config.checked_param_count(),
+            dtype.size_in_bytes(),
+            &format!("{origin} ({} architecture)", config.arch_name()),
+        )?;
         let model = Self::build(
             config,
             Builder::init(device, dtype, seed),
@@ -361,4 +370,70 @@ impl Model {
 /// `base_model.model.<module>.lora_A.weight`, PEFT's key for a saved adapter tensor.
 fn peft_name(module: &str, ab: &str) -> String {
     format!("base_model.model.{module}.{ab}.weight")
+}
+
+/// Most bytes of fresh parameters allocated at once, whatever the machine: 1 TiB.
+pub const MAX_PARAM_BYTES: u64 = 1 << 40;
+
+/// Refuses `params` parameters of `dtype_bytes` each when they exceed the memory available
+/// now (or [`MAX_PARAM_BYTES`]): allocating them would abort the process rather than fail.
+/// Fresh weights are drawn on the CPU before they move to a device, so RAM bounds them too.
+pub fn check_memory(params: Option<u64>, dtype_bytes: usize, what: &str) -> Result<()> {
+    let bytes = params.and_then(|p| p.checked_mul(dtype_bytes as u64));
+    let mut limit = (MAX_PARAM_BYTES, "the limit");
+    for (l, which) in [
+        (available_memory(), "available memory"),
+        (address_space_limit(), "the address-space limit (ulimit -v)"),
+    ] {
+        if let Some(l) = l
+            && l < limit.0
+        {
+            limit = (l, which);
+        }
+    }
+    let (limit, which) = limit;
+    match bytes {
+        Some(b) if b <= limit => Ok(()),
+        _ => Err(RegistryError::Invalid(format!(
+            "{what}: {} parameters of {dtype_bytes} bytes need {} bytes, more than {which} \
+             ({limit} bytes)",
+            params.map_or("more than 2^64".into(), |p| p.to_string()),
+            bytes.map_or("more than 2^64".into(), |b| b.to_string()),
+        ))),
+    }
+}
+
+/// The line of a small /proc file that starts with `key`, split on whitespace.
+fn proc_fields(file: &str, key: &str) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .ok()?
+        .take(1 << 16)
+        .read_to_string(&mut text)
+        .ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(
+        line[key.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
+fn available_memory() -> Option<u64> {
+    let kb: u64 = proc_fields("/proc/meminfo", "MemAvailable:")?
+        .first()?
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// The soft address-space limit (`ulimit -v`), in bytes; None when unlimited or unknown.
+fn address_space_limit() -> Option<u64> {
+    proc_fields("/proc/self/limits", "Max address space")?
+        .first()?
+        .parse()
+        .ok()
 }

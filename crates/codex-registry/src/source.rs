@@ -3,7 +3,7 @@
 //! [`Model::from_tensors`] turns into a model.
 
 use crate::config::ArchConfig;
-use crate::error::{RegistryError, Result, io_err};
+use crate::error::{RegistryError, Result};
 use crate::gguf;
 use crate::model::Model;
 use crate::registry::{find_preset, preset_names};
@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 // The safetensors I/O lives in `weights`; these paths are the public ones.
-pub use crate::weights::{read_safetensors, safetensors_header, weight_files, write_safetensors};
+pub use crate::weights::{
+    HeaderTensor, MAX_JSON_BYTES, parse_safetensors_header, read_bounded, read_safetensors,
+    safetensors_header, weight_files, write_safetensors,
+};
 
 /// A resolved model reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,8 +161,8 @@ pub fn load_pretrained(source: &str, device: &Device, dtype: DType) -> Result<Mo
 /// The architecture config of an HF directory's `config.json`.
 fn read_config(dir: &Path) -> Result<ArchConfig> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| RegistryError::Config {
+    let bytes = crate::weights::read_bounded(&path, crate::weights::MAX_JSON_BYTES)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Config {
         path: path.clone(),
         msg: e.to_string(),
     })?;

@@ -116,6 +116,13 @@ pub fn configure(tokenizer: &mut Tokenizer, settings: &EncodeSettings) -> Result
     params.strategy = match padding {
         Padding::Longest => PaddingStrategy::BatchLongest,
         _ => match settings.max_length {
+            Some(n) if n > crate::source::MAX_PAD_LENGTH => {
+                return Err(bad(format!(
+                    "--max-length {n} for --padding max-length exceeds {} tokens (every document \
+                     is padded to it)",
+                    crate::source::MAX_PAD_LENGTH
+                )));
+            }
             Some(n) => PaddingStrategy::Fixed(n),
             None => return Err(bad("--padding max-length needs --max-length".into())),
         },

@@ -44,6 +44,17 @@ pub enum TokenizerError {
     },
     #[error("corrupt tokenizer file {}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
+    #[error("bad vocabulary in {}: token {token:?} has id {id}: {reason}", path.display())]
+    BadVocab {
+        path: PathBuf,
+        token: String,
+        id: String,
+        reason: String,
+    },
+    #[error("{} is {bytes} bytes; tokenizer files larger than {max} bytes are refused", path.display())]
+    TooLarge { path: PathBuf, bytes: u64, max: u64 },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     #[error("{} already exists (use --force to overwrite)", path.display())]
     Exists { path: PathBuf },
 

@@ -20,7 +20,7 @@ pub mod train;
 pub mod validate;
 
 pub use error::{Result, TokenizerError};
-pub use source::{load, load_file, resolve};
+pub use source::{load, load_file, parse, resolve};
 pub use tokenizers;
 pub use tokenizers::Tokenizer;
 pub use train::{ModelKind, Normalization, TrainConfig, Trained, train};

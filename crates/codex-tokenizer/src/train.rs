@@ -92,11 +92,13 @@ impl Validate for TrainConfig {
                 format!("must be larger than the number of special tokens ({specials})"),
             ));
         }
-        if self.vocab_size > u32::MAX as usize {
+        // The trainers reserve tables of vocab_size entries up front (an abort, not an error,
+        // when that fails), and loading refuses ids at or above this anyway.
+        if self.vocab_size as u64 > crate::source::MAX_VOCAB {
             issues.push(ConfigIssue::invalid(
                 "vocab_size",
                 self.vocab_size,
-                "too large",
+                format!("must be at most {} (2^24)", crate::source::MAX_VOCAB),
             ));
         }
         if self.model != ModelKind::Bpe && self.unk_token.is_empty() {

@@ -11,7 +11,21 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
+/// Default `max_unk_rate`: more than 1% unknown tokens means the vocabulary does not cover
+/// the text.
+pub const DEFAULT_MAX_UNK_RATE: f64 = 0.01;
+
 /// What to validate and what counts as a problem.
+///
+/// Problems (each listed in [`ValidateReport::problems`]; the CLI exits 1 on any):
+/// - an expected special token is missing, or does not encode as exactly its own id;
+/// - manifest.json is unreadable, or its `tokenizer_sha256` does not match the file;
+/// - a corpus input matches no files;
+/// - the unknown-token rate is above `max_unk_rate` (default [`DEFAULT_MAX_UNK_RATE`]);
+/// - the round-trip mismatch rate (decode(encode(x)) != normalize(x)) is above
+///   `max_roundtrip_mismatch_rate`; by default 0 for tokenizers that are lossless by design
+///   (byte-level pre-tokenizer or byte fallback) and no limit for the others (WordPiece,
+///   WordLevel, Unigram without byte fallback), whose decoders cannot restore spacing.
 #[derive(Clone, Debug, Default)]
 pub struct ValidateOptions {
     /// Sample corpus; without it only the files and special tokens are checked.
@@ -20,8 +34,31 @@ pub struct ValidateOptions {
     pub max_documents: Option<u64>,
     /// Special tokens that must exist; default: the manifest's, else the tokenizer's own.
     pub expect_special: Option<Vec<String>>,
+    /// `None`: [`DEFAULT_MAX_UNK_RATE`].
     pub max_unk_rate: Option<f64>,
+    /// `None`: 0 when the tokenizer is lossless by design, else no limit.
     pub max_roundtrip_mismatch_rate: Option<f64>,
+}
+
+impl ValidateOptions {
+    fn check(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--max-unk-rate", self.max_unk_rate),
+            (
+                "--max-roundtrip-mismatch-rate",
+                self.max_roundtrip_mismatch_rate,
+            ),
+        ] {
+            if let Some(v) = v
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(TokenizerError::Config(format!(
+                    "{flag} {v}: must be a rate between 0 and 1"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,6 +101,11 @@ pub struct ValidateReport {
     pub roundtrip_mismatches: u64,
     pub roundtrip_mismatch_rate: f64,
     pub first_roundtrip_mismatch: Option<Mismatch>,
+    /// Byte-level pre-tokenizer or byte fallback: every text should round-trip exactly.
+    pub lossless_by_design: bool,
+    /// The limits applied (null: none).
+    pub max_unk_rate: Option<f64>,
+    pub max_roundtrip_mismatch_rate: Option<f64>,
     pub tokens_per_byte: f64,
     pub tokens_per_char: f64,
     pub special_tokens: Vec<SpecialToken>,
@@ -73,20 +115,18 @@ pub struct ValidateReport {
     pub problems: Vec<String>,
 }
 
+/// A manifest lists the corpus files with their hashes: generous, but bounded.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
 /// Validates the tokenizer at `path` (already resolved) against `opts`.
 pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
-    let bytes = std::fs::read(path).map_err(|source| TokenizerError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Corrupt {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    opts.check()?;
+    let bytes = crate::source::read_file(path)?;
+    let mut tokenizer = crate::source::parse(&bytes, path)?;
     // Measure the text itself: no padding, truncation or template tokens.
     tokenizer.with_padding(None);
     tokenizer
@@ -102,7 +142,7 @@ pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
     let manifest_exists = manifest_path.is_file();
     let (mut manifest, mut manifest_error) = (None, None);
     if manifest_exists {
-        match std::fs::read(&manifest_path)
+        match crate::source::read_bounded(&manifest_path, MAX_MANIFEST_BYTES)
             .map_err(|e| e.to_string())
             .and_then(|b| {
                 serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
@@ -140,6 +180,13 @@ pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
             .and_then(|i| tokenizer.id_to_token(i as u32)),
     };
     let unk_id = unk_token.as_deref().and_then(|t| tokenizer.token_to_id(t));
+    let pre_tokenizer = serde_json::to_value(tokenizer.get_pre_tokenizer()).unwrap_or_default();
+    let lossless_by_design = has_type(&pre_tokenizer, "ByteLevel")
+        || model_json.get("byte_fallback") == Some(&serde_json::Value::Bool(true));
+    let max_roundtrip_mismatch_rate = opts
+        .max_roundtrip_mismatch_rate
+        .or(lossless_by_design.then_some(0.0));
+    let max_unk_rate = opts.max_unk_rate.unwrap_or(DEFAULT_MAX_UNK_RATE);
 
     // Expected special tokens.
     let expected: Vec<String> = match &opts.expect_special {
@@ -191,6 +238,16 @@ pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
             "special tokens missing from the vocabulary: {missing_special_tokens:?}"
         ));
     }
+    let split: Vec<&str> = special_tokens
+        .iter()
+        .filter(|s| s.id.is_some() && !s.atomic)
+        .map(|s| s.token.as_str())
+        .collect();
+    if !split.is_empty() {
+        problems.push(format!(
+            "special tokens that do not encode as their own single id: {split:?}"
+        ));
+    }
     let special_token_coverage = if expected.is_empty() {
         1.0
     } else {
@@ -221,6 +278,9 @@ pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
         roundtrip_mismatches: 0,
         roundtrip_mismatch_rate: 0.0,
         first_roundtrip_mismatch: None,
+        lossless_by_design,
+        max_unk_rate: Some(max_unk_rate),
+        max_roundtrip_mismatch_rate,
         tokens_per_byte: 0.0,
         tokens_per_char: 0.0,
         special_tokens,
@@ -288,23 +348,50 @@ pub fn validate(path: &Path, opts: &ValidateOptions) -> Result<ValidateReport> {
         report.roundtrip_mismatch_rate = ratio(report.roundtrip_mismatches, report.documents);
         report.tokens_per_byte = ratio(report.tokens, report.bytes);
         report.tokens_per_char = ratio(report.tokens, report.chars);
-        if let Some(max) = opts.max_unk_rate
-            && report.unk_rate > max
-        {
-            report
-                .problems
-                .push(format!("unk rate {:.6} exceeds {max}", report.unk_rate));
+        if report.unk_rate > max_unk_rate {
+            report.problems.push(format!(
+                "unk rate {:.6} exceeds {max_unk_rate} (--max-unk-rate)",
+                report.unk_rate
+            ));
         }
-        if let Some(max) = opts.max_roundtrip_mismatch_rate
+        if let Some(max) = max_roundtrip_mismatch_rate
             && report.roundtrip_mismatch_rate > max
         {
+            let why = if opts.max_roundtrip_mismatch_rate.is_none() {
+                " (the tokenizer is byte-level, so every text should round-trip; \
+                 --max-roundtrip-mismatch-rate sets a limit)"
+            } else {
+                " (--max-roundtrip-mismatch-rate)"
+            };
+            let first = report
+                .first_roundtrip_mismatch
+                .as_ref()
+                .map(|m| format!(", first at {}:{}", m.file, m.line))
+                .unwrap_or_default();
             report.problems.push(format!(
-                "round-trip mismatch rate {:.6} exceeds {max}",
+                "round-trip mismatch rate {:.6} exceeds {max}{why}{first}",
                 report.roundtrip_mismatch_rate
             ));
         }
     }
     Ok(report)
+}
+
+/// Whether a serialized pre-tokenizer is, or is a sequence holding, one of type `ty`.
+fn has_type(v: &serde_json::Value, ty: &str) -> bool {
+    v.get("type").and_then(|t| t.as_str()) == Some(ty)
+        || v.get("pretokenizers")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|x| has_type(x, ty)))
+}
+
+/// The text as the tokenizer's normalizer leaves it: what decoding can give back at best.
+fn normalized(tokenizer: &Tokenizer, text: &str) -> Option<String> {
+    use tokenizers::{NormalizedString, Normalizer};
+    let n = tokenizer.get_normalizer()?;
+    let mut s = NormalizedString::from(text);
+    n.normalize(&mut s).ok()?;
+    Some(s.get().to_string())
 }
 
 fn measure(
@@ -324,7 +411,13 @@ fn measure(
     let roundtrip: Vec<bool> = encodings
         .par_iter()
         .zip(texts.par_iter())
-        .map(|(e, t)| tokenizer.decode(e.get_ids(), true).is_ok_and(|d| d == *t))
+        .map(|(e, t)| {
+            let expected = normalized(tokenizer, t);
+            let expected = expected.as_deref().unwrap_or(t);
+            tokenizer
+                .decode(e.get_ids(), true)
+                .is_ok_and(|d| d == expected)
+        })
         .collect();
     for ((doc, enc), ok) in batch.iter().zip(&encodings).zip(roundtrip) {
         report.documents += 1;

@@ -1,5 +1,6 @@
 //! codex-registry's integration tests, one binary.
 
 mod behaviour;
+mod hostile;
 mod numerics;
 mod support;

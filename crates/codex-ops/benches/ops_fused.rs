@@ -1,5 +1,6 @@
 //! Fused codex-ops kernels vs the plain candle compositions they replace, forward + backward at
-//! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), and
+//! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), a
+//! frozen (LoRA base) linear at SmolLM2-135M's MLP shape, and
 //! the fused AdamW vs `candle_nn::AdamW` on 262k parameters (PERFORMANCE.md's probe).
 //!
 //!     cargo bench -p codex-ops --bench ops_fused
@@ -94,6 +95,16 @@ fn ops(c: &mut Criterion) {
             &[2048, 256],
             &|x| codex_ops::linear(x, &w, &b, codex_ops::WeightLayout::InOut),
             &|x| codex_ops::linear_reference(x, &w, &b, codex_ops::WeightLayout::InOut),
+        )?;
+        // A frozen LoRA base layer at SmolLM2-135M's MLP shape (batch 4 x context 128, d = 576,
+        // ff = 1536, weight [out, in]): the fused op skips candle's weight-gradient GEMM.
+        let w = rand(&[1536, 576], 7)?;
+        pair(
+            c,
+            "frozen_linear 512x576 -> 1536",
+            &[512, 576],
+            &|x| codex_ops::frozen_linear(x, &w, None, codex_ops::WeightLayout::OutIn),
+            &|x| codex_ops::frozen_linear_reference(x, &w, None, codex_ops::WeightLayout::OutIn),
         )?;
         let t: Vec<u32> = (0..2048u32).map(|i| (i * 37 + 11) % 256).collect();
         let t = Tensor::new(t.as_slice(), &Device::Cpu)?;

@@ -10,8 +10,9 @@
 //! - candle `CustomOp`s with hand-written backward: [`layer_norm`], [`gelu`] (tanh
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
 //!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly), [`linear`] (matmul with
-//!   the bias fused in) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
-//!   recomputation in backward), the last two calling the `gemm` kernels on strided views;
+//!   the bias fused in), [`frozen_linear`] (constant weight: backward yields `dx` only, no
+//!   weight-gradient GEMM) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
+//!   recomputation in backward), the last three calling the `gemm` kernels on strided views;
 //! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
 //!
 //! The elementwise loops are compiled twice, baseline and AVX2+FMA, and picked at run time
@@ -37,7 +38,7 @@ pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scal
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
 pub use gelu::{gelu, gelu_reference};
-pub use linear::{WeightLayout, linear, linear_reference};
+pub use linear::{WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_reference};
 pub use norm::{layer_norm, layer_norm_reference};
 pub use softmax::{causal_softmax, causal_softmax_reference};
 pub use xent::{cross_entropy, cross_entropy_reference};

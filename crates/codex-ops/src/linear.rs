@@ -5,7 +5,7 @@
 //! an allocating add, and in backward a transpose-matmul pair plus a sum for the bias, each grad
 //! landing in a fresh zero-filled accumulator.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use crate::matmul::{View, gemm_into};
@@ -32,13 +32,12 @@ struct Dims {
 
 /// `x` is `(..., in)`: every leading dimension counts as rows, so callers need no reshape (a
 /// reshape is one more node whose gradient candle's backward zero-fills and adds).
-fn dims(x: &Shape, w: &Shape, b: &Shape, layout: WeightLayout) -> Result<Dims> {
-    let (Some((&i, lead)), &[w0, w1], &[o]) = (x.dims().split_last(), w.dims(), b.dims()) else {
+fn dims(x: &Shape, w: &Shape, b: Option<&Shape>, layout: WeightLayout) -> Result<Dims> {
+    let (Some((&i, lead)), &[w0, w1]) = (x.dims().split_last(), w.dims()) else {
         bail!(
-            "linear: expected x (..., in), weight 2-D and bias 1-D, got {:?}, {:?}, {:?}",
+            "linear: expected x (..., in) and a 2-D weight, got {:?}, {:?}",
             x.dims(),
-            w.dims(),
-            b.dims()
+            w.dims()
         )
     };
     let n = lead.iter().product();
@@ -46,13 +45,22 @@ fn dims(x: &Shape, w: &Shape, b: &Shape, layout: WeightLayout) -> Result<Dims> {
         WeightLayout::OutIn => (w1, w0),
         WeightLayout::InOut => (w0, w1),
     };
-    if wi != i || wo != o {
+    if wi != i {
         bail!(
-            "linear: weight {:?} ({layout:?}) does not map {i} inputs to {o} outputs",
+            "linear: weight {:?} ({layout:?}) does not map {i} inputs to {wo} outputs",
             w.dims()
         );
     }
-    Ok(Dims { n, i, o })
+    if let Some(b) = b
+        && b.dims() != [wo]
+    {
+        bail!(
+            "linear: bias {:?} does not match the {wo} outputs of weight {:?}",
+            b.dims(),
+            w.dims()
+        );
+    }
+    Ok(Dims { n, i, o: wo })
 }
 
 /// `x`'s shape with the last dimension replaced by `o`.
@@ -64,14 +72,56 @@ fn out_shape(x: &Shape, o: usize) -> Shape {
     Shape::from(dims)
 }
 
-impl Affine {
-    /// The weight as an `in × out` view.
-    fn w_in_out(&self, d: &Dims) -> View {
-        match self.layout {
-            WeightLayout::InOut => View::rows(0, d.i, d.o, d.o),
-            WeightLayout::OutIn => View::rows(0, d.o, d.i, d.i).t(),
-        }
+/// The weight as an `in × out` view.
+fn w_in_out(layout: WeightLayout, d: &Dims) -> View {
+    match layout {
+        WeightLayout::InOut => View::rows(0, d.i, d.o, d.o),
+        WeightLayout::OutIn => View::rows(0, d.o, d.i, d.i).t(),
     }
+}
+
+/// `y = x · W (+ b)`, `n × o`: the bias seeds the rows that the product accumulates into.
+fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0f32; d.n * d.o];
+    if let Some(b) = b
+        && d.o > 0
+    {
+        y.par_chunks_mut(d.o * 64)
+            .for_each(|c| c.chunks_exact_mut(d.o).for_each(|r| r.copy_from_slice(b)));
+    }
+    let len = y.len();
+    gemm_into(
+        y.as_mut_ptr(),
+        len,
+        View::rows(0, d.n, d.o, d.o),
+        x,
+        View::rows(0, d.n, d.i, d.i),
+        w,
+        w_in_out(layout, d),
+        1.0,
+        b.is_some(),
+        rayon::current_num_threads(),
+    );
+    y
+}
+
+/// `dx = dy · Wᵀ` (`n × o · o × i`).
+fn grad_x(d: &Dims, layout: WeightLayout, g: &[f32], w: &[f32], threads: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; d.n * d.i];
+    let len = dx.len();
+    gemm_into(
+        dx.as_mut_ptr(),
+        len,
+        View::rows(0, d.n, d.i, d.i),
+        g,
+        View::rows(0, d.n, d.o, d.o),
+        w,
+        w_in_out(layout, d).t(),
+        1.0,
+        false,
+        threads,
+    );
+    dx
 }
 
 impl CustomOp3 for Affine {
@@ -88,28 +138,11 @@ impl CustomOp3 for Affine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1.shape(), l2.shape(), l3.shape(), self.layout)?;
+        let d = dims(l1.shape(), l2.shape(), Some(l3.shape()), self.layout)?;
         let x = f32_slice(s1, l1, "linear (x)")?;
         let w = f32_slice(s2, l2, "linear (weight)")?;
         let b = f32_slice(s3, l3, "linear (bias)")?;
-        let mut y = vec![0f32; d.n * d.o];
-        if d.o > 0 {
-            y.par_chunks_mut(d.o * 64)
-                .for_each(|c| c.chunks_exact_mut(d.o).for_each(|r| r.copy_from_slice(b)));
-        }
-        let len = y.len();
-        gemm_into(
-            y.as_mut_ptr(),
-            len,
-            View::rows(0, d.n, d.o, d.o),
-            x,
-            View::rows(0, d.n, d.i, d.i),
-            w,
-            self.w_in_out(&d),
-            1.0,
-            true,
-            rayon::current_num_threads(),
-        );
+        let y = forward(&d, self.layout, x, w, Some(b));
         Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
     }
 
@@ -121,29 +154,15 @@ impl CustomOp3 for Affine {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = dims(x.shape(), w.shape(), b.shape(), self.layout)?;
+        let d = dims(x.shape(), w.shape(), Some(b.shape()), self.layout)?;
         let threads = rayon::current_num_threads();
         let op = "linear backward";
         let (dx, dw, db) = with_f32(x, op, |xs| {
             with_f32(w, op, |ws| {
                 with_f32(dy, op, |g| {
-                    let gv = View::rows(0, d.n, d.o, d.o);
-                    // dx = dy · Wᵀ  (n × o · o × i)
-                    let mut dx = vec![0f32; d.n * d.i];
-                    let len = dx.len();
-                    gemm_into(
-                        dx.as_mut_ptr(),
-                        len,
-                        View::rows(0, d.n, d.i, d.i),
-                        g,
-                        gv,
-                        ws,
-                        self.w_in_out(&d).t(),
-                        1.0,
-                        false,
-                        threads,
-                    );
+                    let dx = grad_x(&d, self.layout, g, ws, threads);
                     // dW in the weight's own layout: xᵀ · dy (in × out) or dyᵀ · x (out × in).
+                    let gv = View::rows(0, d.n, d.o, d.o);
                     let mut dw = vec![0f32; d.i * d.o];
                     let len = dw.len();
                     let xv = View::rows(0, d.n, d.i, d.i);
@@ -201,10 +220,52 @@ impl CustomOp3 for Affine {
     }
 }
 
+/// A linear layer whose weight and bias are constants: they ride inside the op rather than in the
+/// graph, so backward yields `dx` alone. Through candle's matmul, backward also runs the
+/// weight-gradient GEMM and keeps a weight-sized gradient in the `GradStore` even for a detached
+/// weight (its backprop computes both sides of every matmul), a third of a frozen model's GEMMs.
+struct Frozen {
+    w: Tensor,
+    b: Option<Tensor>,
+    layout: WeightLayout,
+}
+
+impl CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "codex-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = "frozen linear";
+        let d = dims(
+            l.shape(),
+            self.w.shape(),
+            self.b.as_ref().map(Tensor::shape),
+            self.layout,
+        )?;
+        let x = f32_slice(s, l, op)?;
+        let y = with_f32(&self.w, op, |w| match &self.b {
+            Some(b) => with_f32(b, op, |b| Ok(forward(&d, self.layout, x, w, Some(b)))),
+            None => Ok(forward(&d, self.layout, x, w, None)),
+        })?;
+        Ok((CpuStorage::F32(y), out_shape(l.shape(), d.o)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let d = dims(x.shape(), self.w.shape(), None, self.layout)?;
+        let threads = rayon::current_num_threads();
+        let op = "frozen linear backward";
+        let dx = with_f32(&self.w, op, |w| {
+            with_f32(dy, op, |g| Ok(grad_x(&d, self.layout, g, w, threads)))
+        })?;
+        Ok(Some(cpu_tensor(dx, x.shape())?))
+    }
+}
+
 /// `x · W + b` over the last dimension of `x` (any leading shape), with the weight in `layout`.
 /// One op forward and one backward on CPU f32; candle's matmul and broadcast add elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
-    let d = dims(x.shape(), w.shape(), b.shape(), layout)?;
+    let d = dims(x.shape(), w.shape(), Some(b.shape()), layout)?;
     if is_cpu_f32(x) && is_cpu_f32(w) && is_cpu_f32(b) {
         x.contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, Affine { layout })
@@ -225,6 +286,50 @@ pub fn linear_reference(
         WeightLayout::OutIn => x.matmul(&w.t()?)?,
     };
     y.broadcast_add(b)
+}
+
+/// `x · W (+ b)` with `W` and `b` held constant: backward gives `dx` only (no weight-gradient
+/// GEMM, no weight-sized gradient buffer), and neither gets a gradient even if it is a `Var`.
+/// For frozen base weights (LoRA). One op on CPU f32 over any leading shape of `x`; elsewhere
+/// [`frozen_linear_reference`].
+pub fn frozen_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    if is_cpu_f32(x) && is_cpu_f32(w) && b.is_none_or(is_cpu_f32) {
+        let op = Frozen {
+            w: w.detach().contiguous()?,
+            b: b.map(|b| b.detach().contiguous()).transpose()?,
+            layout,
+        };
+        x.contiguous()?.apply_op1(op)
+    } else {
+        frozen_linear_reference(x, w, b, layout)
+    }
+}
+
+/// The candle composition of [`frozen_linear`]: one 2-D matmul on the detached weight, so
+/// candle's backward still computes (and drops) a weight gradient.
+pub fn frozen_linear_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    let x2 = x.reshape((d.n, d.i))?;
+    let w = w.detach();
+    let mut y = match layout {
+        WeightLayout::InOut => x2.matmul(&w)?,
+        WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+    };
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.detach())?;
+    }
+    y.reshape(out_shape(x.shape(), d.o))
 }
 
 #[cfg(test)]
@@ -276,6 +381,94 @@ mod tests {
             WeightLayout::InOut,
         )?;
         assert_eq!(y.dims(), &[2, 3, 5]);
+        Ok(())
+    }
+
+    /// Forward and dx against the candle composition; neither W nor b gets a gradient.
+    fn check_frozen(
+        layout: WeightLayout,
+        lead: &[usize],
+        i: usize,
+        o: usize,
+        bias: bool,
+    ) -> Result<()> {
+        let mut xs = lead.to_vec();
+        xs.push(i);
+        let x = Var::from_tensor(&rand(11, &xs, 1.0)?)?;
+        let wshape = match layout {
+            WeightLayout::InOut => [i, o],
+            WeightLayout::OutIn => [o, i],
+        };
+        let w = Var::from_tensor(&rand(12, &wshape, 0.5)?)?;
+        let b = Var::from_tensor(&rand(13, &[o], 0.5)?)?;
+        let bt = bias.then(|| b.as_tensor());
+        let mut ys = lead.to_vec();
+        ys.push(o);
+        let r = rand(14, &ys, 1.0)?;
+        let y1 = frozen_linear(&x, &w, bt, layout)?;
+        let y2 = frozen_linear_reference(&x, &w, bt, layout)?;
+        assert_eq!(y1.dims(), ys.as_slice());
+        assert_close(&y1, &y2, 1e-5, "frozen linear forward")?;
+        let g1 = (y1 * &r)?.sum_all()?.backward()?;
+        let g2 = (y2 * &r)?.sum_all()?.backward()?;
+        let (Some(a), Some(c)) = (g1.get(&x), g2.get(&x)) else {
+            panic!("missing dx")
+        };
+        assert_close(a, c, 1e-4, "frozen linear dx")?;
+        assert!(
+            g1.get(&w).is_none() && g1.get(&b).is_none(),
+            "frozen W or b got a gradient"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_matches_candle_and_leaves_weight_without_grad() -> Result<()> {
+        check_frozen(WeightLayout::OutIn, &[70], 33, 17, false)?;
+        check_frozen(WeightLayout::OutIn, &[3, 50], 24, 40, true)?;
+        check_frozen(WeightLayout::InOut, &[2, 3, 25], 16, 9, true)?;
+        check_frozen(WeightLayout::InOut, &[150], 24, 40, false)
+    }
+
+    /// The gradient store holds nothing weight-shaped after backward, which candle's own matmul
+    /// does (it computes both sides of every matmul, detached or not).
+    #[test]
+    fn frozen_linear_backward_stores_no_weight_gradient() -> Result<()> {
+        let x = Var::from_tensor(&rand(21, &[64, 32], 1.0)?)?;
+        let w = rand(22, &[500, 32], 0.5)?;
+        let weight_shaped = |y: Tensor| -> Result<usize> {
+            let grads = y.sum_all()?.backward()?;
+            Ok(grads
+                .get_ids()
+                .filter_map(|id| grads.get_id(*id))
+                .filter(|g| matches!(g.dims(), [500, 32] | [32, 500]))
+                .count())
+        };
+        let fused = frozen_linear(&x, &w, None, WeightLayout::OutIn)?;
+        assert_eq!(weight_shaped(fused)?, 0);
+        let plain = frozen_linear_reference(&x, &w, None, WeightLayout::OutIn)?;
+        assert_eq!(
+            weight_shaped(plain)?,
+            1,
+            "candle no longer stores dW: update the docs"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_is_bitwise_repeatable() -> Result<()> {
+        let x = Var::from_tensor(&rand(31, &[130, 48], 1.0)?)?;
+        let w = rand(32, &[96, 48], 0.5)?;
+        let run = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let y = frozen_linear(&x, &w, None, WeightLayout::OutIn)?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            let dx = g.get(&x).expect("dx").flatten_all()?.to_vec1()?;
+            Ok((y.flatten_all()?.to_vec1()?, dx))
+        };
+        let (a, b) = (run()?, run()?);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.0), bits(&b.0));
+        assert_eq!(bits(&a.1), bits(&b.1));
         Ok(())
     }
 

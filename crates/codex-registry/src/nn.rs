@@ -107,42 +107,51 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let layout = if self.conv1d {
+            codex_ops::WeightLayout::InOut
+        } else {
+            codex_ops::WeightLayout::OutIn
+        };
         let w = f.w(&self.weight);
-        if let (Some(bias), false, None) = (&self.bias, f.frozen, &self.lora) {
-            // Trainable weight and bias: one fused op on any leading shape (its backward always
-            // produces dW and db, which a frozen base would discard).
-            let layout = if self.conv1d {
-                codex_ops::WeightLayout::InOut
-            } else {
-                codex_ops::WeightLayout::OutIn
-            };
+        if f.frozen {
+            // Frozen base (LoRA): backward needs dx only. On CPU f32 one op that skips the
+            // weight-gradient GEMM candle's matmul would run and discard; candle elsewhere.
+            let b = self.bias.as_ref().map(|b| f.w(b));
+            let y = codex_ops::frozen_linear(x, &w, b.as_ref(), layout)?;
+            return self.add_lora(x, y, f);
+        }
+        if let (Some(bias), None) = (&self.bias, &self.lora) {
+            // Trainable weight and bias: one fused op on any leading shape.
             return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?);
         }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_dim))?;
-        let mut y = if self.conv1d {
+        let y = if self.conv1d {
             x2.matmul(&w)?
         } else {
             x2.matmul(&w.t()?)?
         };
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&f.w(bias))?;
-        }
-        if let Some(l) = &self.lora
-            && l.merged_from.is_none()
-        {
-            let xd = f.dropout(&x2, l.dropout)?;
-            let h = xd
-                .matmul(&l.a.as_tensor().t()?)?
-                .matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (h * l.scale)?)?;
-        }
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.out_dim;
         }
-        Ok(y.reshape(out)?)
+        self.add_lora(x, y.reshape(out)?, f)
+    }
+
+    /// `y + scale · dropout(x) Aᵀ Bᵀ` while an unmerged adapter is attached; `y` as is otherwise.
+    fn add_lora(&self, x: &Tensor, y: Tensor, f: &Fwd) -> Result<Tensor> {
+        let Some(l) = &self.lora else { return Ok(y) };
+        if l.merged_from.is_some() {
+            return Ok(y);
+        }
+        let rows = x.elem_count() / self.in_dim;
+        let xd = f.dropout(&x.reshape((rows, self.in_dim))?, l.dropout)?;
+        let h = xd
+            .matmul(&l.a.as_tensor().t()?)?
+            .matmul(&l.b.as_tensor().t()?)?;
+        let h = (h * l.scale)?.reshape(y.shape())?;
+        Ok((y + h)?)
     }
 
     /// `scale · B A`, in the weight's layout and dtype.
@@ -226,9 +235,19 @@ pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     Ok(table.embedding(&flat)?.reshape((b, t, d))?)
 }
 
-/// LM head `[B, T, d] x [V, d]^T -> [B, T, V]` as one 2-D matmul on `[B*T, d]`: a broadcast
+/// LM head `[B, T, d] x [V, d]^T -> [B, T, V]`. Frozen (LoRA), through
+/// [`codex_ops::frozen_linear`]: at a 49k vocabulary the weight gradient candle would compute and
+/// drop is the largest GEMM of the step. Trainable, as one 2-D matmul on `[B*T, d]`: a broadcast
 /// matmul would make backward compute a `[B, d, V]` weight gradient and sum it over `B`.
-pub(crate) fn lm_head(h: &Tensor, head: &Tensor) -> Result<Tensor> {
+pub(crate) fn lm_head(h: &Tensor, head: &Tensor, f: &Fwd) -> Result<Tensor> {
+    if f.frozen {
+        return Ok(codex_ops::frozen_linear(
+            h,
+            head,
+            None,
+            codex_ops::WeightLayout::OutIn,
+        )?);
+    }
     let (b, t, d) = h.dims3()?;
     let v = head.dim(0)?;
     Ok(h.reshape((b * t, d))?

@@ -129,7 +129,7 @@ impl Architecture for Gpt2 {
             Some(w) => f.w(w),
             None => wte,
         };
-        lm_head(&h, &head)
+        lm_head(&h, &head, f)
     }
 
     fn linears(&self) -> Vec<&Linear> {

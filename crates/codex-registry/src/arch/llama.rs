@@ -136,7 +136,7 @@ impl Architecture for Llama {
             Some(w) => f.w(w),
             None => emb,
         };
-        lm_head(&h, &head)
+        lm_head(&h, &head, f)
     }
 
     fn linears(&self) -> Vec<&Linear> {

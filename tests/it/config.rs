@@ -217,7 +217,7 @@ fn sizes_have_upper_bounds() {
     }
     // `train` stops on the bound with exit 1 instead of aborting on the allocation.
     let err = expect_exit(
-        &mut crate::hostile::codex_limited(&["train", "training.batch_size=100000000"]),
+        crate::support::codex_limited().args(["train", "training.batch_size=100000000"]),
         1,
     )
     .stderr;

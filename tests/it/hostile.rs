@@ -1,7 +1,7 @@
 //! Output and input paths that are not plain files: devices, FIFOs, symlinks, streams that
 //! never end. Nothing may be replaced, nothing may hang, nothing may eat the machine.
 
-use crate::support::{codex, codex_process, expect_exit, tempdir};
+use crate::support::{codex, codex_limited, expect_exit, tempdir};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -46,26 +46,6 @@ pub fn full_device(dir: &Path) -> PathBuf {
         let _ = fs::remove_file(&node);
         PathBuf::from("/dev/full")
     }
-}
-
-/// `codex` with `args` under a 2 GB address-space limit and a 60 s timeout, so a runaway
-/// read fails the test instead of taking the machine.
-pub fn codex_limited(args: &[&str]) -> assert_cmd::Command {
-    let pinned = codex_process();
-    let mut sh = std::process::Command::new("sh");
-    sh.arg("-c")
-        .arg("ulimit -v 2000000; exec \"$0\" \"$@\"")
-        .arg(pinned.get_program())
-        .args(args);
-    for (k, v) in pinned.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    let mut cmd = assert_cmd::Command::from_std(sh);
-    cmd.timeout(Duration::from_secs(60));
-    cmd
 }
 
 #[test]
@@ -179,7 +159,7 @@ fn config_from_dev_zero_or_a_fifo_is_refused_at_once() {
         ["config", "validate", "/dev/zero"],
         ["train", "--config", "/dev/zero"],
     ] {
-        let err = expect_exit(&mut codex_limited(&args), 1).stderr;
+        let err = expect_exit(codex_limited().args(args), 1).stderr;
         assert!(err.contains("character device"), "{err}");
         assert!(!err.contains("No such file"), "{err}");
     }
@@ -187,7 +167,7 @@ fn config_from_dev_zero_or_a_fifo_is_refused_at_once() {
     let fifo = dir.path().join("c.toml");
     mkfifo(&fifo);
     let fifo = fifo.display().to_string();
-    let err = expect_exit(&mut codex_limited(&["config", "validate", &fifo]), 1).stderr;
+    let err = expect_exit(codex_limited().args(["config", "validate", &fifo]), 1).stderr;
     assert!(err.contains("FIFO"), "{err}");
 }
 
@@ -197,7 +177,7 @@ fn oversized_config_is_refused_and_long_values_are_cut() {
     let big = dir.path().join("big.toml");
     fs::write(&big, format!("# {}\n", "x".repeat(5 << 20))).unwrap();
     let big = big.display().to_string();
-    let err = expect_exit(&mut codex_limited(&["config", "validate", &big]), 1).stderr;
+    let err = expect_exit(codex_limited().args(["config", "validate", &big]), 1).stderr;
     assert!(err.contains("the limit is 4194304 bytes"), "{err}");
     // 1.5 MB values under the cap: the error quotes 80 characters of each, not megabytes.
     let long = dir.path().join("long.toml");
@@ -211,7 +191,7 @@ fn oversized_config_is_refused_and_long_values_are_cut() {
     )
     .unwrap();
     let long = long.display().to_string();
-    let err = expect_exit(&mut codex_limited(&["config", "validate", &long]), 1).stderr;
+    let err = expect_exit(codex_limited().args(["config", "validate", &long]), 1).stderr;
     assert!(err.len() < 2000, "{} bytes of stderr", err.len());
     assert!(err.contains("optimizer.lr"), "{err}");
     assert!(err.contains("optimizer.nam"), "{err}");
@@ -220,7 +200,7 @@ fn oversized_config_is_refused_and_long_values_are_cut() {
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, format!("a = [{}\n", "1, ".repeat(1 << 20))).unwrap();
     let bad = bad.display().to_string();
-    let err = expect_exit(&mut codex_limited(&["config", "validate", &bad]), 1).stderr;
+    let err = expect_exit(codex_limited().args(["config", "validate", &bad]), 1).stderr;
     assert!(err.len() < 4000, "{} bytes of stderr", err.len());
     assert!(err.contains("TOML syntax error"), "{err}");
 }
@@ -284,7 +264,7 @@ fn eval_file_from_a_device_is_refused_at_once() {
         .success();
     let run = run.display().to_string();
     let err = expect_exit(
-        &mut codex_limited(&["eval", &run, "--file", "/dev/zero"]),
+        codex_limited().args(["eval", &run, "--file", "/dev/zero"]),
         1,
     )
     .stderr;

@@ -1,6 +1,6 @@
 //! `codex model list|show|lora merge` through the real binary.
 
-use crate::support::{assert_ok, codex, codex_process, fixture, json_of, tempdir};
+use crate::support::{assert_ok, codex, codex_limited, fixture, json_of, tempdir};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
@@ -163,22 +163,6 @@ fn show_lora_r_counts_a_fresh_adapter_and_validates_targets() {
         .assert()
         .code(1)
         .stderr(contains("q_proj").and(contains("c_attn, c_fc, c_proj")));
-}
-
-/// `codex` under a 2 GB address-space limit: an allocation sized by hostile input fails the
-/// test (abort, exit 134) instead of taking the machine.
-fn codex_limited() -> assert_cmd::Command {
-    let pinned = codex_process();
-    let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", r#"ulimit -v 2000000; exec "$0" "$@""#])
-        .arg(pinned.get_program());
-    for (k, v) in pinned.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    assert_cmd::Command::from_std(sh)
 }
 
 /// A copy of a fixture model directory in `dir`.

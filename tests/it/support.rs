@@ -213,3 +213,21 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
+
+/// `codex` under a 2 GB address-space limit and a 60 s timeout, so a runaway allocation or
+/// read fails the test instead of taking the machine.
+pub fn codex_limited() -> Command {
+    let pinned = codex_process();
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", r#"ulimit -v 2000000; exec "$0" "$@""#])
+        .arg(pinned.get_program());
+    for (k, v) in pinned.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let mut cmd = Command::from_std(sh);
+    cmd.timeout(std::time::Duration::from_secs(60));
+    cmd
+}

@@ -7,7 +7,8 @@
 //! runs them with `--include-ignored`, and they fail when those variables are unset.
 
 use crate::support::{
-    asset_var, codex, codex_process, fixture, json_of, stdout_json, stdout_of, tempdir,
+    asset_var, codex, codex_limited, codex_process, fixture, json_of, stdout_json, stdout_of,
+    tempdir,
 };
 use predicates::prelude::*;
 use std::path::{Path, PathBuf};
@@ -730,22 +731,6 @@ fn interop_codex_trained_tokenizers_load_and_match_in_python() {
             &corpus,
         );
     }
-}
-
-/// `codex` under a 2 GB address-space limit: an allocation sized by hostile input fails the
-/// test (abort, exit 134) instead of taking the machine.
-fn codex_limited() -> assert_cmd::Command {
-    let pinned = codex_process();
-    let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", r#"ulimit -v 2000000; exec "$0" "$@""#])
-        .arg(pinned.get_program());
-    for (k, v) in pinned.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    assert_cmd::Command::from_std(sh)
 }
 
 /// A WordLevel tokenizer.json with the given vocab entries and added tokens.

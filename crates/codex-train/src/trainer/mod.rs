@@ -314,40 +314,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
         };
         let mut opt = Optimizer::new(&cfg.optimizer, model.named_trainable())?;
         let mut resumed = None;
-        let mut resume = resume;
-        while let Some(ck) = &resume {
-            let restored = check_against_data(&self.st, &ds)
-                .map_err(|message| Error::TrainerState {
-                    dir: ck.dir.clone(),
-                    message,
-                })
-                .and_then(|()| {
-                    checkpoint::restore(ck, &self.st, model.as_ref(), &mut opt, &device)
-                });
-            let Err(e) = restored else { break };
-            if self.opts.resume != Resume::Latest {
-                return Err(e);
-            }
-            // `--resume` means the newest checkpoint that works: skip this one like a corrupt
-            // one, and try the next older (every tensor is overwritten by the next restore).
-            let (failed, step) = (ck.dir.clone(), ck.step);
-            self.warn(
-                WarningKind::SkippedCheckpoint,
-                format!(
-                    "skipped checkpoint {}: {}",
-                    failed.display(),
-                    error_chain(&e)
-                ),
-            );
-            let older = newest_usable(self.run.root(), step)?.ok_or(Error::NothingToResume {
-                dir: self.run.checkpoints(),
-            })?;
-            let mut older = older;
-            older.skipped.retain(|(_, why)| why != NEWER_THAN_FAILED);
-            self.manager.protect(older.step);
-            self.st = checkpoint::read_state(&older)?;
-            resume = Some(older);
-        }
+        let resume = self.restore_or_fall_back(resume, &ds, model.as_ref(), &mut opt, &device)?;
         if let Some(ck) = &resume {
             let r = self.resume_warnings(ck, &ds, total_steps, opt.steps_taken());
             self.resumed_from = Some(ck.dir.clone());
@@ -408,6 +375,52 @@ impl<'a, 'c> Trainer<'a, 'c> {
             step_counter,
         });
         Ok(())
+    }
+
+    /// Restores `resume` into the model and optimizer. With `--resume`, a checkpoint that does
+    /// not fit (state against data, tensor shapes) is skipped like a corrupt one and the next
+    /// older that verifies is tried; returns the one restored.
+    fn restore_or_fall_back(
+        &mut self,
+        resume: Option<LoadedCheckpoint>,
+        ds: &Dataset,
+        model: &dyn TrainModel,
+        opt: &mut Optimizer,
+        device: &Device,
+    ) -> Result<Option<LoadedCheckpoint>> {
+        let mut resume = resume;
+        while let Some(ck) = &resume {
+            let restored = check_against_data(&self.st, ds)
+                .map_err(|message| Error::TrainerState {
+                    dir: ck.dir.clone(),
+                    message,
+                })
+                .and_then(|()| checkpoint::restore(ck, &self.st, model, opt, device));
+            let Err(e) = restored else { break };
+            if self.opts.resume != Resume::Latest {
+                return Err(e);
+            }
+            // `--resume` means the newest checkpoint that works: skip this one like a corrupt
+            // one, and try the next older (every tensor is overwritten by the next restore).
+            let (failed, step) = (ck.dir.clone(), ck.step);
+            self.warn(
+                WarningKind::SkippedCheckpoint,
+                format!(
+                    "skipped checkpoint {}: {}",
+                    failed.display(),
+                    error_chain(&e)
+                ),
+            );
+            let older = newest_usable(self.run.root(), step)?.ok_or(Error::NothingToResume {
+                dir: self.run.checkpoints(),
+            })?;
+            let mut older = older;
+            older.skipped.retain(|(_, why)| why != NEWER_THAN_FAILED);
+            self.manager.protect(older.step);
+            self.st = checkpoint::read_state(&older)?;
+            resume = Some(older);
+        }
+        Ok(resume)
     }
 
     /// Warnings about what changed since the checkpoint; the `resumed` part of `start`.

@@ -135,6 +135,22 @@ impl CorpusSpec {
     }
 }
 
+/// What kind of special file this is, for messages.
+fn special_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
 fn expand(input: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(input);
     if path.is_file() {
@@ -157,6 +173,17 @@ fn expand(input: &str) -> Result<Vec<PathBuf>> {
             }
         }
         return Ok(out);
+    }
+    // Something that exists but is neither a file nor a directory (a FIFO would block, a
+    // device never ends): say what it is, not "no such file".
+    if let Ok(meta) = std::fs::metadata(path) {
+        return Err(TokenizerError::BadInput {
+            input: input.to_string(),
+            message: format!(
+                "is {}, not a regular file or directory",
+                special_kind(&meta.file_type())
+            ),
+        });
     }
     if !input.contains(['*', '?', '[']) {
         return Ok(Vec::new());
@@ -467,6 +494,17 @@ mod tests {
         }
         std::fs::write(&p, bytes).unwrap();
         p
+    }
+
+    #[test]
+    fn special_files_are_named_not_missing() {
+        let spec = CorpusSpec {
+            inputs: vec!["/dev/zero".into()],
+            ..Default::default()
+        };
+        let err = spec.resolve().unwrap_err().to_string();
+        assert!(err.contains("character device"), "{err}");
+        assert!(!err.contains("no such file"), "{err}");
     }
 
     fn texts(spec: &CorpusSpec) -> Result<Vec<String>> {

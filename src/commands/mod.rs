@@ -5,6 +5,7 @@ pub mod config;
 pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod repo_map;
 pub mod status;
 pub mod sync;

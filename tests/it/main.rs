@@ -14,6 +14,7 @@ mod config;
 mod global;
 mod hostile;
 mod metrics;
+mod mlflow;
 mod model;
 mod record;
 mod tokenizer;

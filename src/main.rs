@@ -65,6 +65,8 @@ enum Command {
     Sync(commands::sync::Args),
     /// Draw runs' curves (one chart per metric, runs overlaid) as SVG or PNG.
     Plot(commands::plot::Args),
+    /// Compare runs side by side: config differences, final and best metrics, speed.
+    Compare(commands::compare::Args),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -130,6 +132,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Config(args) => commands::config::run(ctx, args),
         Command::Sync(args) => commands::sync::run(ctx, args),
         Command::Plot(args) => commands::plot::run(ctx, args),
+        Command::Compare(args) => commands::compare::run(ctx, args),
     }
 }
 

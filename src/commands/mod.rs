@@ -1,6 +1,7 @@
 //! One module per top-level command; each exposes `Args` (clap) and `run(ctx, args)`.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod metrics;

@@ -86,11 +86,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             );
         }
         for t in &args.to {
-            if let Target::Mlflow(uri) = t {
-                sync_mlflow(ctx, run, uri.as_deref(), args.experiment.as_deref())?;
-                continue;
-            }
             let (path, stats, system) = match t {
+                Target::Mlflow(uri) => {
+                    sync_mlflow(ctx, run, uri.as_deref(), args.experiment.as_deref())?;
+                    continue;
+                }
                 Target::Tensorboard(dir) => sync_tensorboard(run, dir.as_deref())?,
                 Target::Csv(file) => {
                     let path = file.clone().unwrap_or_else(|| run.join("metrics.csv"));

@@ -16,6 +16,7 @@ mod hostile;
 mod metrics;
 mod mlflow;
 mod model;
+mod plot;
 mod record;
 mod tokenizer;
 mod track;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     uri: String,
+    killed: bool,
 }
 
 impl Server {
@@ -48,6 +49,7 @@ impl Server {
         let server = Server {
             child,
             uri: format!("http://127.0.0.1:{port}"),
+            killed: false,
         };
         let t = Instant::now();
         while !healthy(port) {
@@ -66,6 +68,9 @@ impl Server {
     }
 
     fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .status();
@@ -456,7 +461,8 @@ fn sync_to_mlflow_without_a_server_is_a_clear_error() {
         .env_remove("MLFLOW_TRACKING_URI")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Invalid input (exit 1): the hint names both ways to give the server.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("MLFLOW_TRACKING_URI"), "{err}");
     let out = codex()
@@ -464,6 +470,7 @@ fn sync_to_mlflow_without_a_server_is_a_clear_error() {
         .arg(&run)
         .output()
         .unwrap();
+    // A malformed --to is a usage error (exit 2).
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http://"));
     // `--track mlflow` with no server named refuses before training.

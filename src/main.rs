@@ -61,8 +61,12 @@ enum Command {
     Status(commands::status::Args),
     /// Show or validate the effective configuration.
     Config(commands::config::Args),
-    /// Replay runs' records into TensorBoard event files or CSV, idempotently.
+    /// Replay runs' records into TensorBoard event files, CSV or MLflow, idempotently.
     Sync(commands::sync::Args),
+    /// Draw runs' curves (one chart per metric, runs overlaid) as SVG or PNG.
+    Plot(commands::plot::Args),
+    /// Compare runs side by side: config differences, final and best metrics, speed.
+    Compare(commands::compare::Args),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -127,6 +131,8 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Status(args) => commands::status::run(ctx, args),
         Command::Config(args) => commands::config::run(ctx, args),
         Command::Sync(args) => commands::sync::run(ctx, args),
+        Command::Plot(args) => commands::plot::run(ctx, args),
+        Command::Compare(args) => commands::compare::run(ctx, args),
     }
 }
 

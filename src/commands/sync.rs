@@ -1,7 +1,8 @@
-//! `codex sync RUN… --to tensorboard[:DIR] | csv[:FILE]`: replays runs' records into a tracker
-//! after the fact (a run trained without `--track`, or on an air-gapped box). Idempotent: the
-//! output is rebuilt from the record each time and replaces what an earlier sync or live sink
-//! wrote, so syncing twice never duplicates points.
+//! `codex sync RUN… --to tensorboard[:DIR] | csv[:FILE] | mlflow[:URI]`: replays runs' records
+//! into a tracker after the fact (a run trained without `--track`, or on an air-gapped box).
+//! Idempotent: files are rebuilt from the record each time and replace what an earlier sync or
+//! live sink wrote; an MLflow run is found again by its `codex.run_id` tag and receives only
+//! the points it lacks. Syncing twice never duplicates points.
 
 use crate::ctx::{Ctx, out_line, with_hint};
 use anyhow::{Context as _, bail};
@@ -16,16 +17,24 @@ use std::path::{Path, PathBuf};
 is the source: each sync rewrites the output from it, replacing the event files codex wrote \
 before in that directory (*.codex) or the CSV file, so points are never duplicated. Syncing a \
 run that is still training with --track replaces its live file; its later points reach the \
-output at the next sync."
+output at the next sync.\n\nMLflow: the run is found by its `codex.run_id` tag (or created in \
+the experiment of --experiment, MLFLOW_EXPERIMENT_NAME, or `codex`), and only points whose \
+(key, step, timestamp) the server lacks are sent; this is how points a live sink could not \
+deliver arrive. MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN and MLFLOW_TRACKING_USERNAME / \
+_PASSWORD are honoured."
 )]
 pub struct Args {
     /// Run directories (each holding metrics.ndjson).
     #[arg(value_name = "RUN", required = true)]
     pub runs: Vec<PathBuf>,
     /// Where to: `tensorboard` (<run>/tensorboard/), `tensorboard:DIR` (DIR/<run name>/, one
-    /// TensorBoard run per codex run), `csv` (<run>/metrics.csv), `csv:FILE` (one run only).
+    /// TensorBoard run per codex run), `csv` (<run>/metrics.csv), `csv:FILE` (one run only),
+    /// `mlflow` (MLFLOW_TRACKING_URI), `mlflow:http://host:port`.
     #[arg(long, value_name = "TARGET", required = true, value_parser = parse_target)]
     pub to: Vec<Target>,
+    /// The MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else `codex`).
+    #[arg(long, value_name = "NAME")]
+    pub experiment: Option<String>,
 }
 
 /// A sync destination.
@@ -33,6 +42,7 @@ pub struct Args {
 pub enum Target {
     Tensorboard(Option<PathBuf>),
     Csv(Option<PathBuf>),
+    Mlflow(Option<String>),
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
@@ -44,8 +54,16 @@ fn parse_target(s: &str) -> Result<Target, String> {
     match kind {
         "tensorboard" => Ok(Target::Tensorboard(path)),
         "csv" => Ok(Target::Csv(path)),
+        "mlflow" => {
+            let uri = s.split_once(':').map(|(_, u)| u.to_string());
+            let uri = uri.filter(|u| !u.is_empty());
+            if let Some(u) = &uri {
+                codex_track::mlflow::Endpoint::resolve(Some(u))?;
+            }
+            Ok(Target::Mlflow(uri))
+        }
         other => Err(format!(
-            "unknown tracker `{other}`: expected tensorboard[:DIR] or csv[:FILE]"
+            "unknown tracker `{other}`: expected tensorboard[:DIR], csv[:FILE] or mlflow[:URI]"
         )),
     }
 }
@@ -69,6 +87,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         }
         for t in &args.to {
             let (path, stats, system) = match t {
+                Target::Mlflow(uri) => {
+                    sync_mlflow(ctx, run, uri.as_deref(), args.experiment.as_deref())?;
+                    continue;
+                }
                 Target::Tensorboard(dir) => sync_tensorboard(run, dir.as_deref())?,
                 Target::Csv(file) => {
                     let path = file.clone().unwrap_or_else(|| run.join("metrics.csv"));
@@ -93,6 +115,7 @@ fn report(
     let kind = match t {
         Target::Tensorboard(_) => "tensorboard",
         Target::Csv(_) => "csv",
+        Target::Mlflow(_) => "mlflow",
     };
     let skipped = stats.skipped + system.map_or(0, |s| s.skipped);
     if ctx.json {
@@ -188,4 +211,70 @@ fn run_name(run: &Path) -> anyhow::Result<String> {
     abs.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .with_context(|| format!("{} has no directory name", run.display()))
+}
+
+/// Sends what the MLflow server lacks of the run.
+fn sync_mlflow(
+    ctx: &Ctx,
+    run: &Path,
+    uri: Option<&str>,
+    experiment: Option<&str>,
+) -> anyhow::Result<()> {
+    use codex_track::mlflow;
+    let endpoint = mlflow::Endpoint::resolve(uri).map_err(|e| {
+        with_hint(
+            anyhow::anyhow!(e),
+            "use --to mlflow:http://host:port or set MLFLOW_TRACKING_URI",
+        )
+    })?;
+    let base = endpoint.base.clone();
+    let client = mlflow::api::Client::new(endpoint, std::time::Duration::from_secs(60));
+    let experiment = mlflow::experiment_name(experiment);
+    let r = mlflow::sync_run(&client, &experiment, run)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot sync {} to MLflow", run.display()))?;
+    if ctx.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["run"] = serde_json::json!(run);
+        v["to"] = "mlflow".into();
+        v["uri"] = base.into();
+        out_line(v)?;
+    } else {
+        out_line(format!(
+            "{}: {} points sent, {} already there, {} params sent to MLflow run {} ({}) on {base}{}",
+            run.display(),
+            r.points_sent,
+            r.points_present,
+            r.params_sent,
+            r.run_id,
+            if r.created {
+                "created"
+            } else {
+                "found by its codex.run_id tag"
+            },
+            r.status
+                .as_deref()
+                .map(|s| format!(", status {s}"))
+                .unwrap_or_default()
+        ))?;
+    }
+    if !r.params_conflicting.is_empty() {
+        ctx.warn(format!(
+            "{}: the MLflow run holds other values for {} param(s) ({}); MLflow params cannot change",
+            run.display(),
+            r.params_conflicting.len(),
+            r.params_conflicting.join(", ")
+        ));
+    }
+    if let Some(e) = &r.artifact_error {
+        ctx.warn(format!("{}: artifacts not uploaded: {e}", run.display()));
+    }
+    if r.skipped_lines > 0 {
+        ctx.warn(format!(
+            "{}: skipped {} malformed or torn line(s) of its record",
+            run.display(),
+            r.skipped_lines
+        ));
+    }
+    Ok(())
 }

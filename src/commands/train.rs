@@ -45,7 +45,8 @@ pub struct Args {
     #[arg(long, value_name = "STEP", hide = true)]
     pub stop_at_step: Option<u64>,
     /// Also write the run to these trackers, live: tensorboard (<run>/tensorboard/), csv
-    /// (<run>/metrics.csv). `codex sync` writes them after the fact.
+    /// (<run>/metrics.csv), mlflow (MLFLOW_TRACKING_URI or tracking.mlflow). `codex sync`
+    /// writes them after the fact.
     #[arg(long, value_name = "TRACKERS", value_delimiter = ',', value_enum)]
     pub track: Vec<crate::track::Tracker>,
 }
@@ -105,7 +106,12 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         sinks.push(Box::new(StdoutJson));
     }
     sinks.push(Box::new(Terminal::new(ctx)));
-    sinks.extend(crate::track::sinks(&args.track, Path::new(&cfg.output.dir)));
+    sinks.extend(crate::track::sinks(
+        ctx,
+        &args.track,
+        &cfg.tracking,
+        Path::new(&cfg.output.dir),
+    )?);
     let summary = codex_train::train(&cfg, &opts, sinks).map_err(|e| {
         let hint = match &e {
             codex_train::Error::RunExists { .. } => {

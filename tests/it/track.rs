@@ -327,3 +327,48 @@ fn tensorboard_own_reader_loads_exactly_the_record() {
         assert!(expected[tag].starts_with(pts), "{tag}: {pts:?}");
     }
 }
+
+#[test]
+fn tracking_config_turns_sinks_on_and_is_validated() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let run = dir.path().join("run");
+    let tb = dir.path().join("tb");
+    codex()
+        .args(tiny_args(
+            &input,
+            &run,
+            &[
+                "tracking.csv=true",
+                &format!("tracking.tensorboard={:?}", tb.display().to_string()),
+            ],
+        ))
+        .assert()
+        .success();
+    assert!(run.join("metrics.csv").is_file());
+    // tensorboard = DIR: one TensorBoard run per codex run, named after it.
+    assert_eq!(event_files(&tb.join("run")).len(), 1);
+    assert!(!run.join("tensorboard").exists());
+    // The section is kept in the run's config.toml, so a resume tracks the same way.
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains("[tracking]") && cfg.contains("csv = true"),
+        "{cfg}"
+    );
+
+    for (bad, what) in [
+        ("tracking.mlflow=\"ftp://host\"", "tracking.mlflow"),
+        ("tracking.tensorboard=\"\"", "tracking.tensorboard"),
+    ] {
+        let out = codex()
+            .args(tiny_args(&input, &dir.path().join("bad"), &[bad]))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(what), "{bad}");
+        assert!(!dir.path().join("bad").exists());
+    }
+    // Off by default: a config without the section writes the same config.toml as before.
+    let show = stdout_of(codex().args(["config", "show"]));
+    assert!(!show.contains("[tracking]"), "{show}");
+}

@@ -540,7 +540,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
         esc(&r.runs_dir)
     ));
     if !r.runs.is_empty() {
-        o.push_str("| Run | State | Step | Train loss | Val loss | CPU % mean/max | GPU % mean/max | GPU W mean/max | Checkpoints | Anomalies |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        o.push_str("| Run | State | Step | Train loss | Loss curve | Best val loss | CPU % mean/max | GPU % mean/max | GPU W mean/max | Checkpoints | Anomalies |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for run in &r.runs {
             let mm = |m: &status::MetricSummary| {
                 if m.samples == 0 {
@@ -566,7 +566,7 @@ pub fn render_markdown(r: &StatusReport) -> String {
                 })
                 .collect();
             o.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 cell(&run.name),
                 run.state,
                 match (run.last_step, run.total_steps) {
@@ -575,7 +575,12 @@ pub fn render_markdown(r: &StatusReport) -> String {
                     (None, _) => "–".into(),
                 },
                 opt(run.train_loss),
-                match (run.val_loss, run.val_loss_step) {
+                if run.loss_sparkline.is_empty() {
+                    "–"
+                } else {
+                    &run.loss_sparkline
+                },
+                match (run.best_val_loss, run.best_val_loss_step) {
                     (Some(v), Some(at)) => format!("{v:.4} @ step {at}"),
                     (v, _) => opt(v),
                 },

@@ -178,6 +178,11 @@ pub struct RunSummary {
     pub val_loss: Option<f64>,
     /// The step at which `val_loss` was measured.
     pub val_loss_step: Option<u64>,
+    /// The lowest finite validation loss of the run, and its step.
+    pub best_val_loss: Option<f64>,
+    pub best_val_loss_step: Option<u64>,
+    /// The training loss as a sparkline (`▁▂▃▄▅▆▇█`), oldest left; empty without step events.
+    pub loss_sparkline: String,
     /// Whether the last segment of `metrics.ndjson` ends with an `end` event.
     pub ended: bool,
     pub state: RunState,
@@ -398,6 +403,9 @@ impl RunSummary {
             train_loss: None,
             val_loss: None,
             val_loss_step: None,
+            best_val_loss: None,
+            best_val_loss_step: None,
+            loss_sparkline: String::new(),
             ended: false,
             state: RunState::Crashed,
             error: None,
@@ -425,6 +433,7 @@ pub fn read_metrics<R: std::io::BufRead>(
     // The last `end` counts only if nothing follows it: any later event was written by a
     // resumed process that has not ended (yet).
     let mut last_end: Option<Value> = None;
+    let mut losses = Trace::default();
     let stats = crate::ndjson::for_each_object(r, |ev| {
         let kind = ev.get("event").and_then(Value::as_str);
         let step = ev.get("step").and_then(Value::as_u64);
@@ -438,7 +447,12 @@ pub fn read_metrics<R: std::io::BufRead>(
             s.total_steps = Some(t);
         }
         match kind {
-            Some("step") => s.train_loss = f64_field(&ev, "train_loss").or(s.train_loss),
+            Some("step") => {
+                s.train_loss = f64_field(&ev, "train_loss").or(s.train_loss);
+                if let Some(v) = f64_field(&ev, "train_loss") {
+                    losses.push(v);
+                }
+            }
             Some("anomaly") => {
                 s.anomaly_count += 1;
                 if s.anomalies.len() < MAX_ANOMALIES {
@@ -459,9 +473,14 @@ pub fn read_metrics<R: std::io::BufRead>(
         {
             s.val_loss = Some(v);
             s.val_loss_step = step;
+            if v.is_finite() && s.best_val_loss.is_none_or(|b| v < b) {
+                s.best_val_loss = Some(v);
+                s.best_val_loss_step = step;
+            }
         }
         last_end = (kind == Some("end")).then_some(ev);
     })?;
+    s.loss_sparkline = sparkline(&losses.values(), SPARKLINE_WIDTH);
     s.malformed_lines = stats.malformed;
     s.problems.extend(stats.note("metrics.ndjson"));
     let Some(end) = last_end else {
@@ -604,9 +623,118 @@ pub fn find_runs(runs_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Characters of the run table's loss sparkline.
+pub const SPARKLINE_WIDTH: usize = 24;
+
+/// A bounded trace of a series: at most [`Trace::CAP`] values kept, adjacent pairs averaged
+/// when full (so a run of any length costs the same memory and keeps its shape).
+#[derive(Debug, Default)]
+struct Trace {
+    values: Vec<f64>,
+    /// Samples averaged into each kept value, and the partial one being filled.
+    stride: usize,
+    acc: (f64, usize),
+}
+
+impl Trace {
+    const CAP: usize = 1024;
+
+    fn push(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        let stride = self.stride.max(1);
+        self.acc = (self.acc.0 + v, self.acc.1 + 1);
+        if self.acc.1 == stride {
+            self.values.push(self.acc.0 / stride as f64);
+            self.acc = (0.0, 0);
+        }
+        if self.values.len() == Self::CAP {
+            self.values = self
+                .values
+                .chunks(2)
+                .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+                .collect();
+            self.stride = stride * 2;
+        }
+    }
+
+    fn values(&self) -> Vec<f64> {
+        let mut v = self.values.clone();
+        if self.acc.1 > 0 {
+            v.push(self.acc.0 / self.acc.1 as f64);
+        }
+        v
+    }
+}
+
+/// `values` as at most `width` block characters from `▁` (the minimum) to `█` (the maximum),
+/// each the mean of its share of the values; non-finite values are left out.
+pub fn sparkline(values: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() || width == 0 {
+        return String::new();
+    }
+    let n = v.len().min(width);
+    let buckets: Vec<f64> = (0..n)
+        .map(|i| {
+            let (a, b) = (
+                i * v.len() / n,
+                ((i + 1) * v.len() / n).max(i * v.len() / n + 1),
+            );
+            v[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect();
+    let lo = buckets.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = buckets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    buckets
+        .iter()
+        .map(|&x| {
+            let t = if hi > lo { (x - lo) / (hi - lo) } else { 0.5 };
+            BARS[((t * 7.0).round() as usize).min(7)]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparkline_snapshots() {
+        let falling: Vec<f64> = (0..100)
+            .map(|i| 5.0 * (-(i as f64) / 30.0).exp() + 1.0)
+            .collect();
+        let noisy: Vec<f64> = (0..48)
+            .map(|i| 3.0 - i as f64 * 0.04 + if i % 2 == 0 { 0.3 } else { -0.3 })
+            .collect();
+        let lines = [
+            format!("falling  {}", sparkline(&falling, SPARKLINE_WIDTH)),
+            format!("noisy    {}", sparkline(&noisy, SPARKLINE_WIDTH)),
+            format!("short    {}", sparkline(&[2.0, 1.0, 3.0], SPARKLINE_WIDTH)),
+            format!("flat     {}", sparkline(&[1.5; 10], SPARKLINE_WIDTH)),
+            format!(
+                "with-nan {}",
+                sparkline(&[3.0, f64::NAN, 2.0, 1.0], SPARKLINE_WIDTH)
+            ),
+            format!("empty    [{}]", sparkline(&[], SPARKLINE_WIDTH)),
+        ];
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn trace_keeps_the_shape_of_a_long_run_in_bounded_memory() {
+        let mut t = Trace::default();
+        for i in 0..100_000 {
+            t.push(10.0 - i as f64 / 10_000.0);
+        }
+        let v = t.values();
+        assert!(v.len() <= Trace::CAP + 1, "{}", v.len());
+        assert!(v.windows(2).all(|w| w[0] > w[1]));
+        assert!((v[0] - 10.0).abs() < 0.01 && (v[v.len() - 1] - 0.0).abs() < 0.1);
+        assert_eq!(sparkline(&v, 8), "█▇▆▅▄▃▂▁");
+    }
 
     #[test]
     fn metric_mean_does_not_overflow_on_huge_samples() {

@@ -573,7 +573,9 @@ fn markdown_says_where_val_loss_was_measured() {
     assert_eq!(r.repository_marker, Some("Cargo.toml"));
     let md = codex_audit::probes::render_markdown(&r);
     assert!(
-        md.contains("| r | early-stopped | 250/400 | 1.7500 | 2.3100 @ step 200 |"),
+        md.contains(
+            "| r | early-stopped | 250/400 | 1.7500 | ██▇▇▇▆▆▆▆▅▅▅▄▄▄▃▃▃▃▂▂▂▁▁ | 2.3100 @ step 200 |"
+        ),
         "{md}"
     );
 }

@@ -5,8 +5,11 @@
 //! - [`TensorBoardSink`]: `events.out.tfevents.*` files TensorBoard's own reader loads (and
 //!   `wandb sync --sync-tensorboard` ingests): scalars, the config as text, HParams.
 //! - [`CsvSink`]: `metrics.csv`, one row per step.
+//! - [`mlflow::MlflowSink`]: an MLflow run over the REST API, on a thread of its own.
 
 pub mod csv;
+pub mod mlflow;
+pub mod plot;
 pub mod proto;
 pub mod record;
 pub mod replay;

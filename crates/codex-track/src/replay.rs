@@ -39,6 +39,19 @@ pub fn replay_system(
     system_ndjson: &Path,
     sink: &mut TensorBoardSink,
 ) -> Result<ReplayStats, SinkError> {
+    let stats = for_each_sample(system_ndjson, |sample| {
+        sink.system_sample(sample)?;
+        Ok(())
+    })?;
+    sink.flush()?;
+    Ok(stats)
+}
+
+/// Calls `f` on every sample (a JSON object) of a `system_metrics.ndjson`.
+pub fn for_each_sample(
+    system_ndjson: &Path,
+    mut f: impl FnMut(&serde_json::Value) -> Result<(), SinkError>,
+) -> Result<ReplayStats, SinkError> {
     let mut stats = ReplayStats::default();
     for_each_line(system_ndjson, &mut stats, |line| {
         let Ok(sample) = serde_json::from_slice::<serde_json::Value>(line) else {
@@ -47,10 +60,9 @@ pub fn replay_system(
         if !sample.is_object() {
             return Ok(false);
         }
-        sink.system_sample(&sample)?;
+        f(&sample)?;
         Ok(true)
     })?;
-    sink.flush()?;
     Ok(stats)
 }
 

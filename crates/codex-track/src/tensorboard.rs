@@ -253,6 +253,16 @@ fn scalar(tag: &str, v: f64) -> proto::Value {
 }
 
 fn system_scalars(sample: &serde_json::Value) -> Vec<proto::Value> {
+    system_fields(sample)
+        .into_iter()
+        .map(|(tag, x)| scalar(&tag, x))
+        .collect()
+}
+
+/// A `system_metrics.ndjson` sample's measurements as (tag, value): top-level numbers as
+/// `system/<field>`, per-core arrays as `system/<field>/<i>`, GPU fields as
+/// `gpu<index>/<field>` (without the `gpu_` prefix); `null`s are skipped, never made 0.
+pub fn system_fields(sample: &serde_json::Value) -> Vec<(String, f64)> {
     // Identity and bookkeeping fields, not measurements.
     const SKIP: &[&str] = &["schema_version", "mono_s", "step", "index", "window"];
     let mut out = Vec::new();
@@ -265,7 +275,7 @@ fn system_scalars(sample: &serde_json::Value) -> Vec<proto::Value> {
         }
         match v {
             serde_json::Value::Number(n) => {
-                out.extend(n.as_f64().map(|x| scalar(&format!("system/{k}"), x)))
+                out.extend(n.as_f64().map(|x| (format!("system/{k}"), x)))
             }
             serde_json::Value::Array(items) if k == "gpus" => {
                 for g in items.iter().filter_map(serde_json::Value::as_object) {
@@ -279,7 +289,7 @@ fn system_scalars(sample: &serde_json::Value) -> Vec<proto::Value> {
                         }
                         if let Some(x) = gv.as_f64() {
                             let field = gk.strip_prefix("gpu_").unwrap_or(gk);
-                            out.push(scalar(&format!("gpu{idx}/{field}"), x));
+                            out.push((format!("gpu{idx}/{field}"), x));
                         }
                     }
                 }
@@ -287,7 +297,7 @@ fn system_scalars(sample: &serde_json::Value) -> Vec<proto::Value> {
             serde_json::Value::Array(items) => {
                 for (i, x) in items.iter().enumerate() {
                     if let Some(x) = x.as_f64() {
-                        out.push(scalar(&format!("system/{k}/{i}"), x));
+                        out.push((format!("system/{k}/{i}"), x));
                     }
                 }
             }

@@ -22,6 +22,9 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointSection,
     pub system_metrics: SystemMetricsSection,
     pub output: OutputSection,
+    /// Absent from the written config when off, so configs and their hashes stay as they were.
+    #[serde(skip_serializing_if = "TrackingSection::is_off")]
+    pub tracking: TrackingSection,
 }
 
 /// Which model to train: a registry preset from scratch, or pretrained weights.
@@ -352,6 +355,42 @@ impl Default for OutputSection {
     }
 }
 
+/// `[tracking]`: the trackers a run writes to live, besides `--track`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrackingSection {
+    /// `true` for `<run>/tensorboard/`, or a directory (one TensorBoard run per codex run in
+    /// it).
+    pub tensorboard: TensorboardSetting,
+    /// MLflow server URI (`http://host:port`); `""` is off. `--track mlflow` without it uses
+    /// `MLFLOW_TRACKING_URI`.
+    pub mlflow: String,
+    /// MLflow experiment; `""` means `MLFLOW_EXPERIMENT_NAME`, else `codex`.
+    pub mlflow_experiment: String,
+    /// `<run>/metrics.csv`.
+    pub csv: bool,
+}
+
+/// `tensorboard = true | false | "DIR"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TensorboardSetting {
+    On(bool),
+    Dir(String),
+}
+
+impl Default for TensorboardSetting {
+    fn default() -> Self {
+        Self::On(false)
+    }
+}
+
+impl TrackingSection {
+    pub fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 fn positive_f(issues: &mut Vec<ConfigIssue>, path: &str, v: f64) {
     if !(v.is_finite() && v > 0.0) {
         issues.push(ConfigIssue::invalid(path, v, "must be a finite number > 0"));
@@ -619,6 +658,33 @@ impl Validate for TrainConfig {
                 "output.dir",
                 "\"\"",
                 "must name the run directory",
+            ));
+        }
+        let k = &self.tracking;
+        if let TensorboardSetting::Dir(d) = &k.tensorboard
+            && d.trim().is_empty()
+        {
+            issues.push(ConfigIssue::invalid(
+                "tracking.tensorboard",
+                "\"\"",
+                "use true, false or a directory",
+            ));
+        }
+        let uri = k.mlflow.trim();
+        if !uri.is_empty()
+            && !(uri.len() > 7 && (uri.starts_with("http://") || uri.starts_with("https://")))
+        {
+            issues.push(ConfigIssue::invalid(
+                "tracking.mlflow",
+                format!("{uri:?}"),
+                "must be an http:// or https:// URI of an MLflow server",
+            ));
+        }
+        if k.mlflow_experiment.len() > 500 {
+            issues.push(ConfigIssue::invalid(
+                "tracking.mlflow_experiment",
+                k.mlflow_experiment.len(),
+                "must be at most 500 bytes",
             ));
         }
     }

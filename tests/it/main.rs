@@ -11,6 +11,8 @@ mod support;
 mod audit;
 mod checkpoint;
 mod config;
+#[cfg(feature = "mpi")]
+mod dist;
 mod global;
 mod hostile;
 mod metrics;

@@ -25,7 +25,13 @@ fn mpirun(n: usize, args: &[String]) -> Command {
     cmd.env("RAYON_NUM_THREADS", THREADS)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(["-np", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .args([
+            "-np",
+            &n.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+        ])
         .arg(codex.get_program())
         .args(args);
     cmd
@@ -65,7 +71,12 @@ fn same_final_weights(a: &Path, b: &Path, step: u64) {
     for f in ["model.safetensors", "optimizer.safetensors"] {
         let fa = std::fs::read(a.join(&ck).join(f)).unwrap();
         let fb = std::fs::read(b.join(&ck).join(f)).unwrap();
-        assert!(fa == fb, "{f} of {} differs from {}", b.display(), a.display());
+        assert!(
+            fa == fb,
+            "{f} of {} differs from {}",
+            b.display(),
+            a.display()
+        );
     }
 }
 
@@ -83,7 +94,11 @@ fn two_ranks_equal_one_process_with_grad_accum_2() {
     let dir = tempdir();
     let input = corpus(dir.path());
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    run_ok(&mut single(&tiny_args(&input, &a, &["training.grad_accum=2"])));
+    run_ok(&mut single(&tiny_args(
+        &input,
+        &a,
+        &["training.grad_accum=2"],
+    )));
     // Through `--nproc`, which starts the local mpirun itself.
     let mut args = tiny_args(&input, &b, &[]);
     args.extend(["--nproc".into(), "2".into()]);
@@ -237,8 +252,12 @@ fn a_killed_rank_ends_the_job_and_one_process_resumes_bit_identically() {
     while newest_checkpoint_step(&b) < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before the kill"
+    );
     let victim = rank_pid(child.id(), 1).expect("rank 1 runs under mpirun");
+    let survivor = rank_pid(child.id(), 0).expect("rank 0 runs under mpirun");
     let killed = Instant::now();
     let ok = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
@@ -256,11 +275,17 @@ fn a_killed_rank_ends_the_job_and_one_process_resumes_bit_identically() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success(), "the job must fail when a rank dies");
+    // mpirun returns once it has signalled the other ranks; rank 0 must be gone too (it
+    // holds the run lock), not left waiting in a collective.
+    let proc0 = Path::new("/proc").join(survivor.to_string());
+    while proc0.exists() {
+        if killed.elapsed() > Duration::from_secs(30) {
+            panic!("rank 0 still runs 30 s after rank 1 died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let step = newest_checkpoint_step(&b);
-    assert!(
-        (4..30).contains(&step),
-        "killed at checkpoint step {step}"
-    );
+    assert!((4..30).contains(&step), "killed at checkpoint step {step}");
     eprintln!(
         "job ended {:.2} s after the kill; resuming from step {step}",
         killed.elapsed().as_secs_f64()
@@ -297,11 +322,12 @@ fn a_killed_rank_ends_the_job_and_one_process_resumes_bit_identically() {
     args.push("--resume".into());
     run_ok(&mut single(&args));
     assert!(
-        lines(&c.join("metrics.ndjson")).iter().any(|e| e["event"] == "warning"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("global batch (ranks × batch_size × grad_accum) changed from 8 to 4")),
+        lines(&c.join("metrics.ndjson"))
+            .iter()
+            .any(|e| e["event"] == "warning"
+                && e["message"].as_str().unwrap().contains(
+                    "global batch (ranks × batch_size × grad_accum) changed from 8 to 4"
+                )),
         "a changed global batch warns"
     );
 }

@@ -119,8 +119,7 @@ impl OrderedAcc {
         let flat = Flat::from_grads(acc)?;
         if flat.layout() != grads.layout() {
             return Err(CollectiveError::Mismatch(
-                "this micro-step's gradients have another layout than the accumulated ones"
-                    .into(),
+                "this micro-step's gradients have another layout than the accumulated ones".into(),
             ));
         }
         let started = flat.shapes.iter().map(Option::is_some).collect();

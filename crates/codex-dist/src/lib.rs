@@ -16,9 +16,9 @@
 //! The trait works on candle tensors, not a flat host buffer, so a GPU engine can reduce
 //! device memory in place without a round trip through the host.
 
+mod flat;
 #[cfg(feature = "mpi")]
 pub mod mpi;
-mod flat;
 
 pub use flat::Flat;
 
@@ -191,8 +191,11 @@ mod tests {
         let mut s = Single;
         let dev = candle_core::Device::Cpu;
         let mut acc = Vec::new();
-        s.fold_in_rank_order(&mut acc, vec![Some(Tensor::new(&[1f32], &dev).unwrap()), None])
-            .unwrap();
+        s.fold_in_rank_order(
+            &mut acc,
+            vec![Some(Tensor::new(&[1f32], &dev).unwrap()), None],
+        )
+        .unwrap();
         s.fold_in_rank_order(
             &mut acc,
             vec![

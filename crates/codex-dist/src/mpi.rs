@@ -6,11 +6,11 @@
 
 use crate::flat::{Flat, OrderedAcc, check_layouts};
 use crate::{Collective, CollectiveError, WorldInfo};
-use candle_core::Tensor;
 use ::mpi::collective::{CommunicatorCollectives, SystemOperation};
 use ::mpi::environment::Universe;
 use ::mpi::topology::{Communicator, SimpleCommunicator};
 use ::mpi::traits::Root;
+use candle_core::Tensor;
 
 const ENGINE: &str = "mpi";
 
@@ -29,12 +29,13 @@ impl std::fmt::Debug for MpiSession {
 
 /// Initializes MPI (once per process). Only the main thread calls MPI.
 pub fn init() -> Result<MpiSession, CollectiveError> {
-    let (universe, _) = ::mpi::initialize_with_threading(::mpi::Threading::Funneled).ok_or_else(
-        || CollectiveError::Engine {
-            engine: ENGINE,
-            message: "MPI was already initialized".into(),
-        },
-    )?;
+    let (universe, _) =
+        ::mpi::initialize_with_threading(::mpi::Threading::Funneled).ok_or_else(|| {
+            CollectiveError::Engine {
+                engine: ENGINE,
+                message: "MPI was already initialized".into(),
+            }
+        })?;
     Ok(MpiSession { universe })
 }
 
@@ -126,7 +127,8 @@ impl Collective for Mpi {
         let mut recv = Vec::new();
         for range in flat.buckets(self.bucket) {
             recv.resize(range.len() * world, 0.0f32);
-            self.world.all_gather_into(&flat.data[range.clone()], &mut recv[..]);
+            self.world
+                .all_gather_into(&flat.data[range.clone()], &mut recv[..]);
             folded.fold_bucket(range, &recv, world);
         }
         *acc = folded.finish(&flat).into_grads(&device)?;

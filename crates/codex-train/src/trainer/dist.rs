@@ -112,14 +112,17 @@ pub(super) fn param_hash(model: &dyn TrainModel) -> Result<u64> {
     let mut h = codex_core::hash::HashingWriter::new(std::io::sink());
     for (name, var) in model.named_trainable() {
         let t = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?;
-        let bytes: Vec<u8> = t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         // Writing into a sink cannot fail.
         let _ = h.write_all(name.as_bytes());
         let _ = h.write_all(&bytes);
     }
     let (_, hex, _) = h.finish();
-    u64::from_str_radix(&hex[..16], 16)
-        .map_err(|e| Error::Internal(format!("parameter hash: {e}")))
+    u64::from_str_radix(&hex[..16], 16).map_err(|e| Error::Internal(format!("parameter hash: {e}")))
 }
 
 /// Compares the parameter hash of every rank with rank 0's; a difference stops the run.

@@ -20,7 +20,7 @@ use crate::eval::{EvalResult, evaluate};
 use crate::model::{TrainModel, build_model};
 use crate::optim::{self, Optimizer};
 use crate::schedule::lr_at;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use codex_checkpoint::{CheckpointManager, LoadedCheckpoint, RetentionPolicy};
 use codex_core::event::{
     Anomaly, AnomalyKind, EventKind, EventSink, NdjsonSink, Progress, RunStatus, RunSummary, Sinks,
@@ -798,9 +798,11 @@ impl<'a, 'c> Trainer<'a, 'c> {
         // last: a checkpoint is complete only when every rank's part is.
         let ranks = dist::gather_rank_states(self.collective.as_mut(), &mine)?;
         let Some(manager) = self.manager.as_mut() else {
-            self.last_checkpoint = Some(self.run.checkpoints().join(
-                codex_checkpoint::step_dir_name(self.st.step),
-            ));
+            self.last_checkpoint = Some(
+                self.run
+                    .checkpoints()
+                    .join(codex_checkpoint::step_dir_name(self.st.step)),
+            );
             self.last_checkpoint_step = Some(self.st.step);
             // Rank 0 reports a failed write; the others must not run ahead of it.
             return Ok(self.collective.barrier()?);

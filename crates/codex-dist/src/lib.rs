@@ -16,7 +16,7 @@
 //! The trait works on candle tensors, not a flat host buffer, so a GPU engine can reduce
 //! device memory in place without a round trip through the host.
 
-mod flat;
+pub mod flat;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 

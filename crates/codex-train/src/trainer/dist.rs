@@ -16,16 +16,19 @@ use crate::optim;
 use candle_core::{DType, Tensor};
 use codex_dist::Collective;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 /// Forward and backward over this rank's micro-batches of the step starting at `cursor`
 /// (advanced past the whole global batch): the gradients of the global mean loss, summed over
-/// every rank, in optimizer order, and the global batch's mean loss.
+/// every rank, in optimizer order, and the global batch's mean loss. `comm_secs` grows by the
+/// time spent exchanging gradients and losses.
 pub(super) fn accumulate(
     live: &Live,
     tr: &TrainingSection,
     cursor: &mut u64,
     coll: &mut dyn Collective,
     dropout_per_forward: u64,
+    comm_secs: &mut f64,
 ) -> Result<(Vec<Option<Tensor>>, f64)> {
     let (rank, world) = (coll.rank(), coll.world());
     let micro = tr.grad_accum * world;
@@ -62,7 +65,9 @@ pub(super) fn accumulate(
         };
         let grads = optim::grads_for(&live.opt, &scaled.backward()?);
         if ordered {
+            let t = Instant::now();
             coll.fold_in_rank_order(&mut acc, grads)?;
+            *comm_secs += t.elapsed().as_secs_f64();
         } else if acc.is_empty() {
             acc = grads;
         } else {
@@ -81,6 +86,7 @@ pub(super) fn accumulate(
     }
     live.model
         .set_rng_state((seed, base + micro as u64 * dropout_per_forward));
+    let t = Instant::now();
     if !ordered {
         coll.all_reduce_sum(&mut acc)?;
     }
@@ -91,6 +97,7 @@ pub(super) fn accumulate(
     let loss_sum = (0..micro)
         .map(|m| f64::from_bits(all[(m % world) * g + m / world]))
         .fold(0.0, |s, l| s + l);
+    *comm_secs += t.elapsed().as_secs_f64();
     Ok((acc, loss_sum / micro as f64))
 }
 

@@ -122,6 +122,8 @@ struct Counters {
     last_anomaly: Option<AnomalyKind>,
     /// Steps, seconds, loss sum and tokens since the last step event.
     window: (u64, f64, f64, u64),
+    /// Seconds spent exchanging gradients between ranks, and over how many steps.
+    comm: (f64, u64),
 }
 
 /// What [`Trainer::step`] did.
@@ -606,7 +608,9 @@ impl<'a, 'c> Trainer<'a, 'c> {
             &mut self.st.data_cursor,
             self.collective.as_mut(),
             self.dropout_per_forward,
+            &mut self.counters.comm.0,
         )?;
+        self.counters.comm.1 += 1;
         let grad_norm = optim::global_norm(&acc)?;
         self.st.step += 1;
         live.step_counter.store(self.st.step, Ordering::Relaxed);
@@ -826,6 +830,14 @@ impl<'a, 'c> Trainer<'a, 'c> {
 
     /// Stops the sampler, writes the `end` event and syncs the record, whatever happened.
     fn teardown(mut self, result: Result<()>) -> Result<RunSummary> {
+        let ((secs, n), world) = (self.counters.comm, self.collective.world());
+        if world > 1 && n > 0 && self.collective.rank() == 0 {
+            tracing::info!(
+                "{world} ranks: {:.2} ms/step exchanging gradients ({:.1}% of the step time)",
+                1e3 * secs / n as f64,
+                100.0 * secs / self.counters.train_time.max(1e-9)
+            );
+        }
         if let Some(h) = self.live.as_mut().and_then(|l| l.sampler.take()) {
             let summary = h.stop();
             for w in summary.warnings {

@@ -355,3 +355,98 @@ fn diverged_parameters_stop_the_run_with_exit_1_naming_the_rank() {
         .unwrap();
     assert_eq!(end["status"], "failed");
 }
+
+/// `ip …` as this test needs it; panics with the command's stderr.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair, removed when dropped.
+struct TwoHosts(String);
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for h in ["a", "b"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}{h}", self.0)])
+                .status();
+        }
+    }
+}
+
+/// Two "hosts" (network namespaces over a veth pair, TCP between them), one rank in each,
+/// launched by Open MPI through an `ip netns exec` launch agent: the same bits as one process.
+/// Needs root (CAP_NET_ADMIN) and iproute2, so it is not part of the default run:
+/// `cargo test --features mpi --test it dist::two_hosts -- --ignored`.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn two_hosts_over_tcp_equal_one_process() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let tag = format!("cx{}", std::process::id() % 100_000);
+    let hosts = TwoHosts(tag.clone());
+    let (na, nb) = (format!("{tag}a"), format!("{tag}b"));
+    let (va, vb) = (format!("{tag}va"), format!("{tag}vb"));
+    ip(&["netns", "add", &na]);
+    ip(&["netns", "add", &nb]);
+    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+    ip(&["link", "set", &va, "netns", &na]);
+    ip(&["link", "set", &vb, "netns", &nb]);
+    for (ns, dev, addr) in [(&na, &va, "10.99.7.1/24"), (&nb, &vb, "10.99.7.2/24")] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    // Open MPI starts its daemon on a "remote" host through this agent instead of ssh.
+    let agent = dir.path().join("netns-agent");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nhost=$1; shift\ncase \"$host\" in 10.99.7.1) ns={na} ;; 10.99.7.2) ns={nb} ;; *) exit 1 ;; esac\nexec ip netns exec \"$ns\" sh -c \"$*\"\n"
+        ),
+    )
+    .unwrap();
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&agent)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_ok(&mut single(&tiny_args(
+        &input,
+        &a,
+        &["training.grad_accum=2"],
+    )));
+    let mut cmd = Command::new("ip");
+    let codex = codex_process();
+    for (k, v) in codex.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.env("RAYON_NUM_THREADS", THREADS)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["netns", "exec", &na, "mpirun", "-np", "2"])
+        .args(["--host", "10.99.7.1:1,10.99.7.2:1"])
+        .args(["--mca", "plm_rsh_agent"])
+        .arg(&agent)
+        .args(["--mca", "btl", "tcp,self"])
+        .args(["--mca", "btl_tcp_if_include", "10.99.7.0/24"])
+        .args(["--mca", "oob_tcp_if_include", "10.99.7.0/24"])
+        .args(["-x", "RAYON_NUM_THREADS", "-x", "OMPI_ALLOW_RUN_AS_ROOT"])
+        .args(["-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"])
+        .arg(codex.get_program())
+        .args(tiny_args(&input, &b, &[]));
+    run_ok(&mut cmd);
+    assert_same_run(&a, &b, 12);
+    drop(hosts);
+}

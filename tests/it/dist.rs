@@ -164,6 +164,25 @@ fn four_ranks_and_two_ranks_of_two_equal_one_process_with_grad_accum_4() {
     assert_same_run(&a, &c, 6);
 }
 
+/// Dropout (each micro-batch draws the masks it draws in one process) and bf16 weights (every
+/// addition rounded as candle's bf16 add rounds) keep the equivalence.
+#[test]
+fn dropout_and_bf16_keep_two_ranks_equal_to_one_process() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let extra = [
+        "training.steps=6",
+        "model.overrides.dropout=0.1",
+        "training.dtype=\"bf16\"",
+    ];
+    let mut single_args = extra.to_vec();
+    single_args.push("training.grad_accum=2");
+    run_ok(&mut single(&tiny_args(&input, &a, &single_args)));
+    run_ok(&mut mpirun(2, &tiny_args(&input, &b, &extra)));
+    assert_same_run(&a, &b, 6);
+}
+
 #[test]
 fn native_reduce_trains_close_to_the_ordered_one() {
     let dir = tempdir();

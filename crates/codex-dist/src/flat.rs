@@ -6,20 +6,24 @@ use candle_core::{DType, Device, Shape, Tensor};
 use std::ops::Range;
 
 /// The gradients of one rank, flattened in parameter order (absent ones take no space).
+/// Values travel as f32, which holds bf16 and f16 exactly; sums of half-precision gradients
+/// are rounded back after every addition, as candle's half-precision add does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flat {
     /// Per parameter: its shape when it has a gradient.
     pub shapes: Vec<Option<Shape>>,
+    /// Per parameter: the gradient's dtype (f32 where absent).
+    pub dtypes: Vec<DType>,
     /// Per parameter: where its elements start in `data`.
     pub offsets: Vec<usize>,
     pub data: Vec<f32>,
 }
 
 impl Flat {
-    /// Copies `grads` into one buffer. Only f32 gradients are exchanged (the trainer's
-    /// parameters and gradients are f32).
+    /// Copies `grads` (f32, bf16 or f16) into one f32 buffer.
     pub fn from_grads(grads: &[Option<Tensor>]) -> Result<Self, CollectiveError> {
         let mut shapes = Vec::with_capacity(grads.len());
+        let mut dtypes = Vec::with_capacity(grads.len());
         let mut offsets = Vec::with_capacity(grads.len());
         let total: usize = grads.iter().flatten().map(Tensor::elem_count).sum();
         let mut data = Vec::with_capacity(total);
@@ -27,42 +31,65 @@ impl Flat {
             offsets.push(data.len());
             match g {
                 Some(t) => {
-                    if t.dtype() != DType::F32 {
+                    if !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
                         return Err(CollectiveError::Engine {
                             engine: "codex-dist",
-                            message: format!("gradients must be f32, not {:?}", t.dtype()),
+                            message: format!(
+                                "gradients must be f32, bf16 or f16, not {:?}",
+                                t.dtype()
+                            ),
                         });
                     }
-                    data.extend(t.flatten_all()?.to_vec1::<f32>()?);
+                    // Widening to f32 is exact.
+                    let wide = t.flatten_all()?.to_dtype(DType::F32)?;
+                    data.extend(wide.to_vec1::<f32>()?);
                     shapes.push(Some(t.shape().clone()));
+                    dtypes.push(t.dtype());
                 }
-                None => shapes.push(None),
+                None => {
+                    shapes.push(None);
+                    dtypes.push(DType::F32);
+                }
             }
         }
         Ok(Flat {
             shapes,
+            dtypes,
             offsets,
             data,
         })
     }
 
-    /// The layout every rank must share: per parameter, its element count + 1, or 0 when
-    /// it has no gradient.
+    /// The layout every rank must share: per parameter, its element count + 1 (0 when it
+    /// has no gradient), then per parameter its dtype.
     pub fn layout(&self) -> Vec<u64> {
-        self.shapes
+        let counts = self
+            .shapes
             .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.elem_count() as u64 + 1))
-            .collect()
+            .map(|s| s.as_ref().map_or(0, |s| s.elem_count() as u64 + 1));
+        let dtypes = self.dtypes.iter().map(|d| match d {
+            DType::BF16 => 1,
+            DType::F16 => 2,
+            _ => 0,
+        });
+        counts.chain(dtypes).collect()
     }
 
     /// Back to one tensor per parameter on `device`.
     pub fn into_grads(self, device: &Device) -> Result<Vec<Option<Tensor>>, CollectiveError> {
         let mut out = Vec::with_capacity(self.shapes.len());
-        for (shape, &off) in self.shapes.into_iter().zip(&self.offsets) {
+        for ((shape, &off), &dtype) in self.shapes.into_iter().zip(&self.offsets).zip(&self.dtypes)
+        {
             out.push(match shape {
                 Some(s) => {
                     let n = s.elem_count();
-                    Some(Tensor::from_slice(&self.data[off..off + n], s, device)?)
+                    // The values are representable in `dtype` (rounded after every add).
+                    let t = Tensor::from_slice(&self.data[off..off + n], s, device)?;
+                    Some(if dtype == DType::F32 {
+                        t
+                    } else {
+                        t.to_dtype(dtype)?
+                    })
                 }
                 None => None,
             });
@@ -110,6 +137,7 @@ impl OrderedAcc {
             return Ok(OrderedAcc {
                 flat: Flat {
                     shapes: grads.shapes.clone(),
+                    dtypes: grads.dtypes.clone(),
                     offsets: grads.offsets.clone(),
                     data: vec![0.0; grads.data.len()],
                 },
@@ -149,9 +177,10 @@ impl OrderedAcc {
                 acc.copy_from_slice(slice(0));
                 1
             };
+            let round = round_to(f.dtypes[p]);
             for r in first..world {
                 for (x, y) in acc.iter_mut().zip(slice(r)) {
-                    *x += *y;
+                    *x = round(*x + *y);
                 }
             }
         }
@@ -165,6 +194,27 @@ impl OrderedAcc {
             }
         }
         self.flat
+    }
+}
+
+/// Rounding of an f32 sum to the gradient's dtype (what a bf16/f16 add stores).
+fn round_to(dtype: DType) -> fn(f32) -> f32 {
+    match dtype {
+        DType::BF16 => |x| half::bf16::from_f32(x).to_f32(),
+        DType::F16 => |x| half::f16::from_f32(x).to_f32(),
+        _ => |x| x,
+    }
+}
+
+/// Rounds every parameter's values to its dtype (after a sum computed in f32).
+pub fn round_in_place(flat: &mut Flat) {
+    for p in 0..flat.shapes.len() {
+        let Some(len) = flat.elems(p) else { continue };
+        let round = round_to(flat.dtypes[p]);
+        let off = flat.offsets[p];
+        for x in &mut flat.data[off..off + len] {
+            *x = round(*x);
+        }
     }
 }
 
@@ -261,9 +311,45 @@ mod tests {
     }
 
     #[test]
-    fn non_f32_gradients_are_refused() {
+    fn f64_gradients_are_refused() {
         let g = Tensor::new(&[1f64], &Device::Cpu).unwrap();
         assert!(Flat::from_grads(&[Some(g)]).is_err());
+    }
+
+    #[test]
+    fn bf16_fold_rounds_after_every_add_like_candle() {
+        let bf = |v: &[f32]| {
+            Some(
+                Tensor::new(v, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap(),
+            )
+        };
+        let g = [
+            vec![bf(&[1.0, 3.0, 0.1])],
+            vec![bf(&[0.00390625, 1e-3, 0.2])],
+            vec![bf(&[0.00390625, 7.0, 0.3])],
+        ];
+        let mut acc = Vec::new();
+        let mut single = crate::Single;
+        use crate::Collective;
+        for gi in &g {
+            single.fold_in_rank_order(&mut acc, gi.clone()).unwrap();
+        }
+        let got = fold(&[], &g, 2).into_grads(&Device::Cpu).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().dtype(), DType::BF16);
+        let bits = |t: &Tensor| -> Vec<u16> {
+            t.to_vec1::<half::bf16>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        assert_eq!(
+            bits(got[0].as_ref().unwrap()),
+            bits(acc[0].as_ref().unwrap())
+        );
     }
 
     #[test]

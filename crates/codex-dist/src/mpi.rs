@@ -145,6 +145,7 @@ impl Collective for Mpi {
                 .all_reduce_into(&flat.data[range.clone()], out, SystemOperation::sum());
             flat.data[range].copy_from_slice(out);
         }
+        crate::flat::round_in_place(&mut flat);
         for (g, t) in grads.iter_mut().zip(flat.into_grads(&device)?) {
             *g = t;
         }

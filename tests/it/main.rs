@@ -11,7 +11,6 @@ mod support;
 mod audit;
 mod checkpoint;
 mod config;
-#[cfg(feature = "mpi")]
 mod dist;
 mod global;
 mod hostile;

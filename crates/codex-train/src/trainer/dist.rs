@@ -216,3 +216,53 @@ pub(super) fn gather_rank_states(
         .map(|(r, b)| (rank_file(r), b))
         .collect())
 }
+
+/// Checks the rank states of a checkpoint against its trainer state: rank 0's always, this
+/// rank's own when the world size is the same. Returns the world size that wrote it (`None`
+/// for a checkpoint of one process, which has no rank states).
+pub(super) fn check_rank_states(
+    ck: &codex_checkpoint::LoadedCheckpoint,
+    data_cursor: u64,
+    rank: usize,
+    world: usize,
+) -> Result<Option<usize>> {
+    let bad = |message: String| Error::TrainerState {
+        dir: ck.dir.clone(),
+        message,
+    };
+    let read = |r: usize| -> Result<Option<RankState>> {
+        let Some(bytes) = ck.file(&rank_file(r)) else {
+            return Ok(None);
+        };
+        let st: RankState =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("{}: {e}", rank_file(r))))?;
+        if st.rank != r || st.rank >= st.world || st.step != ck.step {
+            return Err(bad(format!(
+                "{} says rank {} of {} at step {}, in the checkpoint of step {}",
+                rank_file(r),
+                st.rank,
+                st.world,
+                st.step,
+                ck.step
+            )));
+        }
+        if st.data_cursor != data_cursor {
+            return Err(bad(format!(
+                "{} has data cursor {}, trainer_state.json {data_cursor}",
+                rank_file(r),
+                st.data_cursor
+            )));
+        }
+        Ok(Some(st))
+    };
+    let Some(first) = read(0)? else {
+        return Ok(None);
+    };
+    if first.world == world && rank > 0 && read(rank)?.is_none() {
+        return Err(bad(format!(
+            "written by {world} ranks but {} is missing",
+            rank_file(rank)
+        )));
+    }
+    Ok(Some(first.world))
+}

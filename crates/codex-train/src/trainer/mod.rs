@@ -381,6 +381,13 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.last_checkpoint = Some(ck.dir.clone());
             self.last_checkpoint_step = Some(ck.step);
             resumed = Some(r);
+            let (rank, world) = (self.collective.rank(), self.collective.world());
+            match dist::check_rank_states(ck, self.st.data_cursor, rank, world)? {
+                Some(w) if w != world => {
+                    tracing::info!("the checkpoint was written by {w} ranks; resuming on {world}")
+                }
+                _ => {}
+            }
             let prev = self.st.global_batch.unwrap_or(per_step);
             if prev != per_step {
                 self.warn(

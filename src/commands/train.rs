@@ -102,10 +102,13 @@ fn launch(ctx: &Ctx, n: u32) -> anyhow::Result<u8> {
         }
     }
     cmd.arg(&exe).args(&argv);
+    let shown: Vec<String> = cmd
+        .get_args()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect();
     ctx.info(format!(
-        "starting {n} ranks: {launcher} -np {n} {} {}",
-        exe.display(),
-        argv.join(" ")
+        "starting {n} ranks: {launcher} {}",
+        shown.join(" ")
     ));
     let status = cmd.status().map_err(|e| {
         with_hint(
@@ -113,6 +116,11 @@ fn launch(ctx: &Ctx, n: u32) -> anyhow::Result<u8> {
             "install Open MPI (`apt-get install openmpi-bin libopenmpi-dev`) or MPICH, or set CODEX_MPIRUN",
         )
     })?;
+    if !status.success() && codex_core::signal::interrupted() {
+        // Ctrl-C reached the ranks too (one process group): they checkpointed and stopped,
+        // but mpirun reports any rank's non-zero exit as its own failure.
+        return Ok(exit::INTERRUPTED);
+    }
     Ok(match status.code() {
         Some(c) => u8::try_from(c).unwrap_or(exit::INTERNAL),
         None => exit::INTERNAL,
@@ -307,22 +315,28 @@ fn run_rank(ctx: &Ctx, args: Args, ranks: &Ranks) -> anyhow::Result<u8> {
             quiet: true,
             ..*ctx
         };
-        return Ok(exit_for(&silent, &args, &cfg, &summary));
+        return Ok(exit_for(&silent, &args, &cfg, &summary, world));
     }
     if !ctx.json {
         out_line(summary_line(&summary))?;
     }
-    Ok(exit_for(ctx, &args, &cfg, &summary))
+    Ok(exit_for(ctx, &args, &cfg, &summary, world))
 }
 
 /// The exit code of a finished segment, with what the user needs to know on stderr.
-fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary) -> u8 {
+/// `world`: the ranks of this run (the continue command keeps it).
+fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary, world: usize) -> u8 {
     match summary.status {
         RunStatus::Completed | RunStatus::EarlyStopped => exit::OK,
         RunStatus::Interrupted => {
             let continue_with = format!(
-                "codex train --resume -o {}",
-                shell_quote(&summary.run_dir.display().to_string())
+                "codex train --resume -o {}{}",
+                shell_quote(&summary.run_dir.display().to_string()),
+                if world > 1 {
+                    format!(" --nproc {world}")
+                } else {
+                    String::new()
+                }
             );
             match &summary.last_checkpoint {
                 Some(ck) => ctx.warn(format!(

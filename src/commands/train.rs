@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 #[command(
     after_help = "Exit codes: 0 done (also when stopped early), 1 invalid input or the run \
 failed (non-finite losses), 2 internal error, 130 interrupted (a checkpoint was written).\n\n\
-`--resume` without `--config` continues with the run's own config.toml."
+`--resume` without `--config` continues with the run's own config.toml.\n\n\
+Data-parallel: `mpirun -np N codex train …` (or `--nproc N`) runs one rank per process; rank 0 \
+writes the run. Needs a codex built with `--features mpi`."
 )]
 pub struct Args {
     /// TOML config; without it, the embedded default run (configs/default.toml), or with
@@ -49,9 +51,174 @@ pub struct Args {
     /// writes them after the fact.
     #[arg(long, value_name = "TRACKERS", value_delimiter = ',', value_enum)]
     pub track: Vec<crate::track::Tracker>,
+    /// Run N data-parallel ranks on this machine: starts `mpirun -np N` with this command
+    /// (needs a codex built with `--features mpi` and an MPI launcher on PATH).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub nproc: Option<u32>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
+    if let Some(n) = args.nproc.filter(|&n| n > 1)
+        && codex_dist::launcher_world().is_none()
+    {
+        return launch(ctx, n);
+    }
+    let ranks = Ranks::start()?;
+    let result = run_rank(ctx, args, &ranks);
+    ranks.finish(ctx, result)
+}
+
+/// `--nproc N`: this same command line as N ranks under the local `mpirun`.
+fn launch(ctx: &Ctx, n: u32) -> anyhow::Result<u8> {
+    if !cfg!(feature = "mpi") {
+        return Err(without_mpi());
+    }
+    let exe = std::env::current_exe()?;
+    let mut argv: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--nproc" {
+            skip = true;
+        } else if !a.starts_with("--nproc=") {
+            argv.push(a);
+        }
+    }
+    let launcher = std::env::var("CODEX_MPIRUN").unwrap_or_else(|_| "mpirun".into());
+    let mut cmd = std::process::Command::new(&launcher);
+    cmd.arg("-np").arg(n.to_string());
+    let open_mpi = std::process::Command::new(&launcher)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Open MPI"));
+    if open_mpi {
+        // Open MPI binds each rank to one core by default, which leaves the ranks' compute
+        // threads one core each; and refuses more ranks than cores without --oversubscribe.
+        cmd.args(["--bind-to", "none"]);
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        if n as usize > cores {
+            cmd.arg("--oversubscribe");
+        }
+    }
+    cmd.arg(&exe).args(&argv);
+    let shown: Vec<String> = cmd
+        .get_args()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect();
+    ctx.info(format!(
+        "starting {n} ranks: {launcher} {}",
+        shown.join(" ")
+    ));
+    let status = cmd.status().map_err(|e| {
+        with_hint(
+            anyhow::anyhow!("cannot start `{launcher}`: {e}"),
+            "install Open MPI (`apt-get install openmpi-bin libopenmpi-dev`) or MPICH, or set CODEX_MPIRUN",
+        )
+    })?;
+    if !status.success() && codex_core::signal::interrupted() {
+        // Ctrl-C reached the ranks too (one process group): they checkpointed and stopped,
+        // but mpirun reports any rank's non-zero exit as its own failure.
+        return Ok(exit::INTERRUPTED);
+    }
+    Ok(match status.code() {
+        Some(c) => u8::try_from(c).unwrap_or(exit::INTERNAL),
+        None => exit::INTERNAL,
+    })
+}
+
+fn without_mpi() -> anyhow::Error {
+    with_hint(
+        anyhow::Error::new(codex_core::error::Internal(
+            "this codex was built without data-parallel support (the `mpi` feature)".into(),
+        )),
+        "rebuild with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang); see the README",
+    )
+}
+
+/// The ranks this process is one of: MPI when a launcher started it, else a single process.
+struct Ranks {
+    #[cfg(feature = "mpi")]
+    session: Option<codex_dist::mpi::MpiSession>,
+}
+
+impl Ranks {
+    fn start() -> anyhow::Result<Self> {
+        let launched = codex_dist::launcher_world();
+        #[cfg(feature = "mpi")]
+        {
+            let session = match launched {
+                Some(_) => Some(codex_dist::mpi::init()?),
+                None => None,
+            };
+            Ok(Ranks { session })
+        }
+        #[cfg(not(feature = "mpi"))]
+        {
+            if launched.is_some_and(|w| w > 1) {
+                return Err(without_mpi());
+            }
+            Ok(Ranks {})
+        }
+    }
+
+    fn rank(&self) -> usize {
+        #[cfg(feature = "mpi")]
+        if let Some(s) = &self.session {
+            return s.rank();
+        }
+        0
+    }
+
+    fn world(&self) -> usize {
+        #[cfg(feature = "mpi")]
+        if let Some(s) = &self.session {
+            return s.world();
+        }
+        1
+    }
+
+    /// The collective the config asks for.
+    fn collective(&self, cfg: &TrainConfig) -> anyhow::Result<Box<dyn codex_dist::Collective>> {
+        use codex_train::config::{DistBackend, DistReduce};
+        let d = &cfg.distributed;
+        if d.backend == DistBackend::Nccl {
+            // The NCCL engine is not written yet; say so instead of silently using MPI.
+            return Err(with_hint(
+                anyhow::anyhow!("distributed.backend = \"nccl\" is not available in this build"),
+                "use backend = \"mpi\" (or \"auto\")",
+            ));
+        }
+        #[cfg(feature = "mpi")]
+        if let Some(s) = &self.session {
+            let bytes = usize::try_from(d.bucket_mb).unwrap_or(usize::MAX / 2) << 20;
+            return Ok(Box::new(
+                s.collective(d.reduce == DistReduce::Ordered, bytes),
+            ));
+        }
+        let _ = DistReduce::Ordered;
+        Ok(Box::new(codex_dist::Single))
+    }
+
+    /// Ends this rank. A failure on one of several ranks ends the whole job (`MPI_Abort`):
+    /// the other ranks may be waiting in a collective, and `MPI_Finalize` would wait for them.
+    fn finish(self, ctx: &Ctx, result: anyhow::Result<u8>) -> anyhow::Result<u8> {
+        #[cfg(feature = "mpi")]
+        if let (Some(s), Err(e)) = (&self.session, &result)
+            && s.world() > 1
+        {
+            let code = crate::exit_code_for(e);
+            ctx.print_error(e);
+            s.abort(i32::from(code));
+        }
+        let _ = ctx;
+        result
+    }
+}
+
+fn run_rank(ctx: &Ctx, args: Args, ranks: &Ranks) -> anyhow::Result<u8> {
+    let (rank, world) = (ranks.rank(), ranks.world());
     let resume = match (&args.resume_from, args.resume) {
         (Some(p), _) => Resume::From(p.clone()),
         (None, true) => Resume::Latest,
@@ -77,7 +244,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
     if args.system_metrics_interval.is_some() && cfg.system_metrics.mode == SystemMetricsMode::Off {
         ctx.warn("--system-metrics-interval has no effect while system metrics are off (add --system-metrics cpu)");
     }
-    if resume == Resume::No && args.output.is_none() && !loaded.explicit_dir {
+    if resume == Resume::No && args.output.is_none() && !loaded.explicit_dir && world == 1 {
         // The default directory is versioned instead of refused: runs/default, runs/default-2…
         let dir = PathBuf::from(&cfg.output.dir);
         let fresh = settings::fresh_dir(&dir);
@@ -90,7 +257,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             cfg.output.dir = fresh.display().to_string();
         }
     }
-    if base == Base::Embedded && !ctx.quiet {
+    if base == Base::Embedded && !ctx.quiet && rank == 0 {
         ctx.info(format!(
             "codex train: the embedded default run ({} steps of {} on the shipped CPython corpus) into {}",
             cfg.training.steps, cfg.model.preset, cfg.output.dir
@@ -101,6 +268,16 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         stop_at_step: args.stop_at_step,
         overrides,
     };
+    let collective = ranks.collective(&cfg)?;
+    if world > 1 && rank == 0 {
+        let t = &cfg.training;
+        ctx.info(format!(
+            "{world} ranks: global batch {world} × {} × {} = {} sequences per step",
+            t.batch_size,
+            t.grad_accum,
+            world * t.batch_size * t.grad_accum
+        ));
+    }
     let mut sinks: Vec<Box<dyn EventSink + '_>> = Vec::new();
     if ctx.json {
         sinks.push(Box::new(StdoutJson));
@@ -112,7 +289,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
         &cfg.tracking,
         Path::new(&cfg.output.dir),
     )?);
-    let summary = codex_train::train(&cfg, &opts, sinks).map_err(|e| {
+    let summary = codex_train::trainer::train_on(
+        &cfg,
+        &opts,
+        sinks,
+        &codex_train::model::build_model,
+        collective,
+    )
+    .map_err(|e| {
         let hint = match &e {
             codex_train::Error::RunExists { .. } => {
                 Some("add --resume to continue it, or pass `-o DIR` for a new run")
@@ -131,20 +315,34 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             None => err,
         }
     })?;
+    if rank != 0 {
+        // Rank 0 speaks for the run.
+        let silent = Ctx {
+            quiet: true,
+            ..*ctx
+        };
+        return Ok(exit_for(&silent, &args, &cfg, &summary, world));
+    }
     if !ctx.json {
         out_line(summary_line(&summary))?;
     }
-    Ok(exit_for(ctx, &args, &cfg, &summary))
+    Ok(exit_for(ctx, &args, &cfg, &summary, world))
 }
 
 /// The exit code of a finished segment, with what the user needs to know on stderr.
-fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary) -> u8 {
+/// `world`: the ranks of this run (the continue command keeps it).
+fn exit_for(ctx: &Ctx, args: &Args, cfg: &TrainConfig, summary: &RunSummary, world: usize) -> u8 {
     match summary.status {
         RunStatus::Completed | RunStatus::EarlyStopped => exit::OK,
         RunStatus::Interrupted => {
             let continue_with = format!(
-                "codex train --resume -o {}",
-                shell_quote(&summary.run_dir.display().to_string())
+                "codex train --resume -o {}{}",
+                shell_quote(&summary.run_dir.display().to_string()),
+                if world > 1 {
+                    format!(" --nproc {world}")
+                } else {
+                    String::new()
+                }
             );
             match &summary.last_checkpoint {
                 Some(ck) => ctx.warn(format!(

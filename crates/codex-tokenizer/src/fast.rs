@@ -672,7 +672,8 @@ mod tests {
     #[test]
     fn added_tokens_fall_back_and_other_configs_are_not_taken_over() {
         let mut tok = trained("hello world, hello there\n", 300);
-        tok.add_special_tokens([tokenizers::AddedToken::from("<|x|>", true)]);
+        tok.add_special_tokens([tokenizers::AddedToken::from("<|x|>", true)])
+            .unwrap();
         let special = tok.token_to_id("<|x|>").unwrap();
         let mut json: serde_json::Value =
             serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();

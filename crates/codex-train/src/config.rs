@@ -25,6 +25,10 @@ pub struct TrainConfig {
     /// Absent from the written config when off, so configs and their hashes stay as they were.
     #[serde(skip_serializing_if = "TrackingSection::is_off")]
     pub tracking: TrackingSection,
+    /// Data-parallel ranks (used only under `mpirun`; left out of `config.toml` when default,
+    /// so single-process runs keep their config hash).
+    #[serde(skip_serializing_if = "DistributedSection::is_default")]
+    pub distributed: DistributedSection,
 }
 
 /// Which model to train: a registry preset from scratch, or pretrained weights.
@@ -391,6 +395,57 @@ impl TrackingSection {
     }
 }
 
+/// Which engine exchanges gradients between ranks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL when the device is a GPU and codex was built with `nccl`, else MPI.
+    #[default]
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+/// How gradients are summed across ranks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistReduce {
+    /// Gather, then sum in micro-batch order: N ranks are bit-identical to one process with
+    /// `grad_accum × N`, and a run can resume on another world size.
+    #[default]
+    Ordered,
+    /// The library's all-reduce: faster, the summation order is the library's.
+    Native,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DistributedSection {
+    pub backend: DistBackend,
+    pub reduce: DistReduce,
+    /// Gradient bytes exchanged per collective call (bounds the receive buffers).
+    pub bucket_mb: u64,
+    /// Compare a hash of the parameters across ranks every this many steps (0 = never).
+    pub check_every: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self {
+            backend: DistBackend::Auto,
+            reduce: DistReduce::Ordered,
+            bucket_mb: 25,
+            check_every: 100,
+        }
+    }
+}
+
+impl DistributedSection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 fn positive_f(issues: &mut Vec<ConfigIssue>, path: &str, v: f64) {
     if !(v.is_finite() && v > 0.0) {
         issues.push(ConfigIssue::invalid(path, v, "must be a finite number > 0"));
@@ -685,6 +740,14 @@ impl Validate for TrainConfig {
                 "tracking.mlflow_experiment",
                 k.mlflow_experiment.len(),
                 "must be at most 500 bytes",
+            ));
+        }
+        let d = &self.distributed;
+        if !(1..=4096).contains(&d.bucket_mb) {
+            issues.push(ConfigIssue::invalid(
+                "distributed.bucket_mb",
+                d.bucket_mb,
+                "must be in 1..=4096",
             ));
         }
     }

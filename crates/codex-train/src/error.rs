@@ -57,6 +57,10 @@ pub enum Error {
     /// Training stopped because the loss or gradients stayed non-finite.
     #[error("{count} non-finite losses or gradients in a row (last at step {step}); stopped")]
     Anomaly { count: u64, step: u64 },
+    /// Data-parallel ranks hold different parameters (a bug, faulty hardware, or a rank that
+    /// read other data).
+    #[error("the parameters of rank(s) {ranks:?} differ from rank 0's at step {step}; stopped")]
+    Diverged { step: u64, ranks: Vec<usize> },
     /// A bug in codex (a panic caught in the loop, an impossible state).
     #[error("internal error: {0}")]
     Internal(String),

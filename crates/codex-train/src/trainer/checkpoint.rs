@@ -65,13 +65,15 @@ pub(super) fn restore(
     Ok(())
 }
 
-/// Writes the model, the optimizer and `st` as the checkpoint of `st.step`.
+/// Writes the model, the optimizer, `st` and every rank's own state (`ranks`: file name and
+/// bytes; none for one process) as the checkpoint of `st.step`.
 pub(super) fn save(
     manager: &mut CheckpointManager,
     model: &dyn TrainModel,
     opt: &Optimizer,
     st: &TrainerState,
     config_hash: &str,
+    ranks: Vec<(String, Vec<u8>)>,
 ) -> Result<Saved> {
     let t0 = Instant::now();
     let weights = model
@@ -88,7 +90,7 @@ pub(super) fn save(
         CheckpointFile::safetensors(model.weights_file(), weights),
         CheckpointFile::safetensors(codex_checkpoint::OPTIMIZER_FILE, optimizer),
     ];
-    for (name, bytes) in model.extra_files() {
+    for (name, bytes) in model.extra_files().into_iter().chain(ranks) {
         files.push(CheckpointFile::bytes(name, bytes));
     }
     let trainer_state = serde_json::to_value(st)

@@ -5,9 +5,11 @@
 //! whatever happens, ending every segment with an `end` event.
 
 mod checkpoint;
+mod dist;
 mod record;
 mod state;
 
+pub use dist::RankState;
 pub use record::{Provenance, new_run_id};
 pub use state::{RngState, ScheduleState, TrainerState};
 
@@ -18,7 +20,7 @@ use crate::eval::{EvalResult, evaluate};
 use crate::model::{TrainModel, build_model};
 use crate::optim::{self, Optimizer};
 use crate::schedule::lr_at;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use codex_checkpoint::{CheckpointManager, LoadedCheckpoint, RetentionPolicy};
 use codex_core::event::{
     Anomaly, AnomalyKind, EventKind, EventSink, NdjsonSink, Progress, RunStatus, RunSummary, Sinks,
@@ -74,12 +76,25 @@ pub fn train_with<'a>(
     sinks: Vec<Box<dyn EventSink + 'a>>,
     build: &Builder<'_>,
 ) -> Result<RunSummary> {
+    train_on(cfg, opts, sinks, build, Box::new(Single))
+}
+
+/// [`train_with`] as one rank of a data-parallel run: `collective` connects the ranks. Rank
+/// 0 owns the run directory (lock, record, metrics, checkpoints); the others only compute,
+/// and their `sinks` are dropped.
+pub fn train_on<'a>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    sinks: Vec<Box<dyn EventSink + 'a>>,
+    build: &Builder<'_>,
+    collective: Box<dyn Collective>,
+) -> Result<RunSummary> {
     let started = Instant::now();
     // Every step re-allocates the same large buffers; keep them mapped (no per-step faults).
     codex_ops::keep_freed_memory();
     // Nothing is written before the lock is held and the resume point is known: a refused
     // run touches nothing.
-    let (mut trainer, resume) = Trainer::open(cfg, opts, sinks, started)?;
+    let (mut trainer, resume) = Trainer::open(cfg, opts, sinks, started, collective)?;
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.run(resume, build)))
             .unwrap_or_else(|panic| {
@@ -107,6 +122,8 @@ struct Counters {
     last_anomaly: Option<AnomalyKind>,
     /// Steps, seconds, loss sum and tokens since the last step event.
     window: (u64, f64, f64, u64),
+    /// Seconds spent exchanging gradients between ranks, and over how many steps.
+    comm: (f64, u64),
 }
 
 /// What [`Trainer::step`] did.
@@ -136,8 +153,11 @@ pub struct Trainer<'a, 'c> {
     opts: &'c RunOptions,
     run: RunDir,
     sinks: Sinks<'a>,
-    manager: CheckpointManager,
+    /// Rank 0's (it holds the run lock); `None` on the other ranks.
+    manager: Option<CheckpointManager>,
     collective: Box<dyn Collective>,
+    /// Dropout streams one training forward draws (set in setup when there are ranks).
+    dropout_per_forward: u64,
     started: Instant,
     st: TrainerState,
     live: Option<Live>,
@@ -156,18 +176,27 @@ impl<'a, 'c> Trainer<'a, 'c> {
         opts: &'c RunOptions,
         extra: Vec<Box<dyn EventSink + 'a>>,
         started: Instant,
+        mut collective: Box<dyn Collective>,
     ) -> Result<(Self, Option<LoadedCheckpoint>)> {
         let run = RunDir::new(&cfg.output.dir);
-        codex_core::fsutil::create_dir_all(run.root()).map_err(|source| Error::Write {
-            path: run.root().to_path_buf(),
-            source,
-        })?;
-        let policy = RetentionPolicy {
-            monitor: cfg.checkpoint_monitor().name().to_string(),
-            ..cfg.checkpoint.policy()
+        let root_rank = collective.rank() == 0;
+        let mut manager = if root_rank {
+            codex_core::fsutil::create_dir_all(run.root()).map_err(|source| Error::Write {
+                path: run.root().to_path_buf(),
+                source,
+            })?;
+            let policy = RetentionPolicy {
+                monitor: cfg.checkpoint_monitor().name().to_string(),
+                ..cfg.checkpoint.policy()
+            };
+            // The lock comes first: a second `codex train` on this run stops here, touching
+            // nothing.
+            Some(CheckpointManager::open(run.root(), policy)?)
+        } else {
+            None
         };
-        // The lock comes first: a second `codex train` on this run stops here, touching nothing.
-        let mut manager = CheckpointManager::open(run.root(), policy)?;
+        // The other ranks look only after rank 0 holds the lock.
+        collective.barrier()?;
         let resume = match &opts.resume {
             Resume::No => {
                 let existing = codex_checkpoint::list(run.root())
@@ -188,13 +217,40 @@ impl<'a, 'c> Trainer<'a, 'c> {
             })?),
             Resume::From(p) => Some(codex_checkpoint::load(p)?),
         };
-        let st = match &resume {
+        let mut st = match &resume {
             Some(ck) => {
-                manager.protect(ck.step);
+                if let Some(m) = manager.as_mut() {
+                    m.protect(ck.step);
+                }
                 checkpoint::read_state(ck)?
             }
             None => TrainerState::fresh(cfg, new_run_id(run.root())),
         };
+        if collective.world() > 1 {
+            // One run id: rank 0's.
+            let ids = collective.all_gather_bytes(st.run_id.as_bytes())?;
+            st.run_id = String::from_utf8_lossy(&ids[0]).into_owned();
+        }
+        if !root_rank {
+            let trainer = Trainer {
+                cfg,
+                opts,
+                run,
+                sinks: Sinks::new(st.run_id.clone(), None),
+                manager,
+                collective,
+                dropout_per_forward: 0,
+                started,
+                st,
+                live: None,
+                counters: Counters::default(),
+                status: RunStatus::Completed,
+                resumed_from: None,
+                last_checkpoint: None,
+                last_checkpoint_step: None,
+            };
+            return Ok((trainer, resume));
+        }
         let writer = if resume.is_some() {
             NdjsonWriter::append(&run.metrics())
         } else {
@@ -214,7 +270,8 @@ impl<'a, 'c> Trainer<'a, 'c> {
             run,
             sinks,
             manager,
-            collective: Box::new(Single),
+            collective,
+            dropout_per_forward: 0,
             started,
             st,
             live: None,
@@ -237,9 +294,9 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.eval_now()?;
         }
         while self.st.step < total {
-            if codex_core::signal::interrupted()
-                || self.opts.stop_at_step.is_some_and(|s| self.st.step >= s)
-            {
+            let stop = codex_core::signal::interrupted()
+                || self.opts.stop_at_step.is_some_and(|s| self.st.step >= s);
+            if dist::any_rank(self.collective.as_mut(), stop)? {
                 self.status = RunStatus::Interrupted;
                 break;
             }
@@ -282,14 +339,16 @@ impl<'a, 'c> Trainer<'a, 'c> {
     fn setup(&mut self, resume: Option<LoadedCheckpoint>, build: &Builder<'_>) -> Result<()> {
         let cfg = self.cfg;
         let device = crate::device::open_device(&cfg.training.device)?;
-        let cache = data::cache_dir_for(cfg, self.run.root());
+        let root_rank = self.collective.rank() == 0;
+        // Only rank 0 writes the run directory, the data cache included.
+        let cache = data::cache_dir_for(cfg, self.run.root()).filter(|_| root_rank);
         let prepared = data::prepare(cfg, cache.as_deref(), &mut |m| tracing::info!("{m}"))?;
         let ds = prepared.dataset;
         let model = build(cfg, ds.vocab_size, &device)?;
         let config_text = codex_core::config::to_toml_string(cfg)
             .map_err(|e| Error::Internal(format!("cannot serialize the config: {e}")))?;
         let config_hash = codex_core::hash::sha256_bytes(config_text.as_bytes());
-        if let TextTokenizer::Hf(t) = &prepared.tokenizer {
+        if let (TextTokenizer::Hf(t), true) = (&prepared.tokenizer, root_rank) {
             let text = t
                 .to_string(true)
                 .map_err(|e| Error::Internal(format!("cannot serialize the tokenizer: {e}")))?;
@@ -322,8 +381,25 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.last_checkpoint = Some(ck.dir.clone());
             self.last_checkpoint_step = Some(ck.step);
             resumed = Some(r);
+            let (rank, world) = (self.collective.rank(), self.collective.world());
+            match dist::check_rank_states(ck, self.st.data_cursor, rank, world)? {
+                Some(w) if w != world => {
+                    tracing::info!("the checkpoint was written by {w} ranks; resuming on {world}")
+                }
+                _ => {}
+            }
+            let prev = self.st.global_batch.unwrap_or(per_step);
+            if prev != per_step {
+                self.warn(
+                    WarningKind::DataChanged,
+                    format!(
+                        "the global batch (ranks × batch_size × grad_accum) changed from {prev} to {per_step} sequences since this checkpoint; the run goes on, but no longer equals an uninterrupted one"
+                    ),
+                );
+            }
         }
         drop(resume);
+        self.st.global_batch = Some(per_step);
         self.st.total_steps = total_steps;
         // The monitor in force now ranks this segment's checkpoints.
         if resume_monitor_changed(&self.st, cfg) {
@@ -339,6 +415,21 @@ impl<'a, 'c> Trainer<'a, 'c> {
             .iter()
             .map(|(_, v)| v.elem_count() as u64)
             .sum();
+        let world = self.collective.info()?;
+        let step_counter = Arc::new(AtomicU64::new(self.st.step));
+        if !root_rank {
+            self.live = Some(Live {
+                device,
+                ds,
+                model,
+                opt,
+                total_steps,
+                config_hash,
+                sampler: None,
+                step_counter,
+            });
+            return self.setup_ranks();
+        }
         let invocation = record::write_record(
             &self.run,
             cfg,
@@ -349,6 +440,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             &device,
             trainable,
             self.resumed_from.as_deref(),
+            (world.world > 1).then_some((&world, per_step)),
         )?;
         self.sinks.emit(
             self.st.step,
@@ -362,7 +454,6 @@ impl<'a, 'c> Trainer<'a, 'c> {
             }),
         );
         // The system sampler runs beside the loop; dropping the handle (any exit) joins it.
-        let step_counter = Arc::new(AtomicU64::new(self.st.step));
         let sampler = self.start_sampler(&step_counter);
         self.live = Some(Live {
             device,
@@ -374,7 +465,18 @@ impl<'a, 'c> Trainer<'a, 'c> {
             sampler,
             step_counter,
         });
-        Ok(())
+        self.setup_ranks()
+    }
+
+    /// With several ranks: the dropout streams per forward, and proof that every rank starts
+    /// from the same parameters.
+    fn setup_ranks(&mut self) -> Result<()> {
+        if self.collective.world() == 1 {
+            return Ok(());
+        }
+        let live = self.live.as_ref().expect("setup built it");
+        self.dropout_per_forward = dist::dropout_per_forward(live, &self.cfg.training)?;
+        dist::check_params(live.model.as_ref(), self.collective.as_mut(), self.st.step)
     }
 
     /// Restores `resume` into the model and optimizer. With `--resume`, a checkpoint that does
@@ -416,7 +518,9 @@ impl<'a, 'c> Trainer<'a, 'c> {
             })?;
             let mut older = older;
             older.skipped.retain(|(_, why)| why != NEWER_THAN_FAILED);
-            self.manager.protect(older.step);
+            if let Some(m) = self.manager.as_mut() {
+                m.protect(older.step);
+            }
             self.st = checkpoint::read_state(&older)?;
             resume = Some(older);
         }
@@ -504,10 +608,16 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.st.step,
             live.total_steps,
         );
-        let (mut acc, loss_sum) = accumulate(live, tr, &mut self.st.data_cursor)?;
-        // Data-parallel ranks exchange gradients here, before the norm and the clip.
-        self.collective.all_reduce_mean(&mut acc)?;
-        let loss = loss_sum / tr.grad_accum as f64;
+        // Data-parallel ranks exchange gradients in here, before the norm and the clip.
+        let (acc, loss) = dist::accumulate(
+            live,
+            tr,
+            &mut self.st.data_cursor,
+            self.collective.as_mut(),
+            self.dropout_per_forward,
+            &mut self.counters.comm.0,
+        )?;
+        self.counters.comm.1 += 1;
         let grad_norm = optim::global_norm(&acc)?;
         self.st.step += 1;
         live.step_counter.store(self.st.step, Ordering::Relaxed);
@@ -539,6 +649,12 @@ impl<'a, 'c> Trainer<'a, 'c> {
         live.opt
             .step(&acc, lr, optim::clip_coef(grad_norm, tr.clip_norm))?;
         drop(acc);
+        let rank = self.collective.rank();
+        dist::maybe_perturb(live.model.as_ref(), rank, self.st.step)?;
+        let every = self.cfg.distributed.check_every;
+        if every > 0 && self.st.step.is_multiple_of(every) {
+            dist::check_params(live.model.as_ref(), self.collective.as_mut(), self.st.step)?;
+        }
         self.record_step(t0.elapsed().as_secs_f64(), loss, lr, grad_norm);
         Ok(StepOutcome::Updated)
     }
@@ -547,7 +663,10 @@ impl<'a, 'c> Trainer<'a, 'c> {
     /// `log_every` steps (and at the last).
     fn record_step(&mut self, dt: f64, loss: f64, lr: f64, grad_norm: f64) {
         let tr = &self.cfg.training;
-        let step_tokens = (tr.batch_size * tr.grad_accum * self.cfg.data.context_length) as u64;
+        let step_tokens = (tr.batch_size
+            * tr.grad_accum
+            * self.collective.world()
+            * self.cfg.data.context_length) as u64;
         let c = &mut self.counters;
         c.tokens += step_tokens;
         c.train_time += dt;
@@ -674,13 +793,40 @@ impl<'a, 'c> Trainer<'a, 'c> {
         let (seed, counter) = live.model.rng_state();
         self.st.rng.dropout_seed = seed;
         self.st.rng.dropout_counter = counter;
+        let (rank, world) = (self.collective.rank(), self.collective.world());
+        let mine = RankState {
+            rank,
+            world,
+            step: self.st.step,
+            data_cursor: self.st.data_cursor,
+            micro_batches: (rank..self.cfg.training.grad_accum * world)
+                .step_by(world)
+                .collect(),
+            dropout_seed: seed,
+            dropout_counter: counter,
+        };
+        // Every rank's part reaches rank 0, which writes them with the rest and the manifest
+        // last: a checkpoint is complete only when every rank's part is.
+        let ranks = dist::gather_rank_states(self.collective.as_mut(), &mine)?;
+        let Some(manager) = self.manager.as_mut() else {
+            self.last_checkpoint = Some(
+                self.run
+                    .checkpoints()
+                    .join(codex_checkpoint::step_dir_name(self.st.step)),
+            );
+            self.last_checkpoint_step = Some(self.st.step);
+            // Rank 0 reports a failed write; the others must not run ahead of it.
+            return Ok(self.collective.barrier()?);
+        };
         let saved = checkpoint::save(
-            &mut self.manager,
+            manager,
             live.model.as_ref(),
             &live.opt,
             &self.st,
             &live.config_hash,
+            ranks,
         )?;
+        self.collective.barrier()?;
         self.sinks
             .emit(self.st.step, EventKind::Checkpoint(saved.event));
         self.sinks.flush(self.st.step);
@@ -691,6 +837,14 @@ impl<'a, 'c> Trainer<'a, 'c> {
 
     /// Stops the sampler, writes the `end` event and syncs the record, whatever happened.
     fn teardown(mut self, result: Result<()>) -> Result<RunSummary> {
+        let ((secs, n), world) = (self.counters.comm, self.collective.world());
+        if world > 1 && n > 0 && self.collective.rank() == 0 {
+            tracing::info!(
+                "{world} ranks: {:.2} ms/step exchanging gradients ({:.1}% of the step time)",
+                1e3 * secs / n as f64,
+                100.0 * secs / self.counters.train_time.max(1e-9)
+            );
+        }
         if let Some(h) = self.live.as_mut().and_then(|l| l.sampler.take()) {
             let summary = h.stop();
             for w in summary.warnings {
@@ -741,48 +895,6 @@ impl<'a, 'c> Trainer<'a, 'c> {
         self.sinks.finish();
         result.map(|()| summary)
     }
-}
-
-/// Forward and backward over `grad_accum` micro-batches from `cursor` (advanced past them):
-/// the summed gradients of the mean loss, in optimizer order, and the sum of the losses.
-fn accumulate(
-    live: &Live,
-    tr: &crate::config::TrainingSection,
-    cursor: &mut u64,
-) -> Result<(Vec<Option<Tensor>>, f64)> {
-    let mut acc: Vec<Option<Tensor>> = Vec::new();
-    let mut loss_sum = 0.0f64;
-    for _ in 0..tr.grad_accum {
-        let b = live.ds.train_batch(*cursor, tr.batch_size, &live.device)?;
-        *cursor += tr.batch_size as u64;
-        let logits = live.model.forward(&b.inputs, true)?;
-        let (bs, t, v) = logits.dims3()?;
-        let flat = logits.reshape((bs * t, v))?;
-        let flat = if flat.dtype() == DType::F32 {
-            flat
-        } else {
-            flat.to_dtype(DType::F32)?
-        };
-        let loss = codex_ops::cross_entropy(&flat, &b.targets.flatten_all()?)?;
-        loss_sum += f64::from(loss.to_scalar::<f32>()?);
-        let scaled = if tr.grad_accum > 1 {
-            (loss / tr.grad_accum as f64)?
-        } else {
-            loss
-        };
-        let grads = optim::grads_for(&live.opt, &scaled.backward()?);
-        if acc.is_empty() {
-            acc = grads;
-        } else {
-            for (a, g) in acc.iter_mut().zip(grads) {
-                *a = match (a.take(), g) {
-                    (Some(x), Some(y)) => Some((x + y)?),
-                    (x, y) => x.or(y),
-                };
-            }
-        }
-    }
-    Ok((acc, loss_sum))
 }
 
 /// Why [`newest_usable`] passes over checkpoints at or after one that failed to restore (they

@@ -30,6 +30,7 @@ pub(super) fn write_record(
     device: &Device,
     trainable_params: u64,
     resumed_from: Option<&Path>,
+    ranks: Option<(&codex_dist::WorldInfo, u64)>,
 ) -> Result<Invocation> {
     let previous = resumed_from.and_then(|_| read_provenance(&run.provenance()));
     let mut doc = previous.unwrap_or_else(|| {
@@ -67,6 +68,14 @@ pub(super) fn write_record(
     };
     let inv_value = serde_json::to_value(&invocation)
         .map_err(|e| Error::Internal(format!("cannot serialize the invocation: {e}")))?;
+    if let Some((world, global_batch)) = ranks {
+        // This segment's ranks (a resumed run may have had others before).
+        let mut d = serde_json::to_value(world)
+            .map_err(|e| Error::Internal(format!("cannot serialize the ranks: {e}")))?;
+        d["global_batch"] = global_batch.into();
+        d["segment"] = segment.into();
+        doc["distributed"] = d;
+    }
     match doc.get_mut("invocations").and_then(Value::as_array_mut) {
         Some(list) => list.push(inv_value),
         None => doc["invocations"] = Value::Array(vec![inv_value]),

@@ -53,6 +53,10 @@ pub struct TrainerState {
     /// in older checkpoints). Bounds `data_cursor`.
     #[serde(default)]
     pub max_samples_per_step: Option<u64>,
+    /// Sequences per step over all ranks (`world × batch_size × grad_accum`) when this
+    /// checkpoint was written (absent in older checkpoints); a resume that changes it warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<u64>,
     pub data_hash: String,
     pub config_hash: String,
 }
@@ -93,6 +97,7 @@ impl TrainerState {
             last_eval_step: None,
             first_val_loss: None,
             max_samples_per_step: None,
+            global_batch: None,
             data_hash: String::new(),
             config_hash: String::new(),
         }
@@ -205,6 +210,7 @@ mod tests {
             last_eval_step: None,
             first_val_loss: None,
             max_samples_per_step: Some(4),
+            global_batch: None,
             data_hash: "d".into(),
             config_hash: "c".into(),
         }

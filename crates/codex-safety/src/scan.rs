@@ -319,7 +319,7 @@ pub fn luhn(s: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// `AAA-GG-SSSS` that the SSA could have issued.

@@ -18,16 +18,19 @@
 //! regex's first capture group, when it has one, is the span (so `password = "x"` keeps its
 //! name and loses its value).
 
+pub mod files;
 pub mod mask;
 pub mod minhash;
 pub mod planted;
 pub mod policy;
 pub mod scan;
 pub mod tally;
+pub mod train;
 
 pub use policy::{Action, Format, Policy, PolicyError, Rule, Severity, Stage};
 pub use scan::{Disposition, Finding, ScanOptions, Verdict, mask_fragment};
 pub use tally::Tally;
+pub use train::{OnBlock, SafetyConfig, SafetyReport};
 
 /// Whether `CODEX_SAFETY_BYPASS` asks for bypass (1, true, yes, on), as in the original.
 pub fn bypass_from_env() -> bool {

@@ -3,11 +3,11 @@
 
 use crate::policy::Policy;
 use crate::scan::{Disposition, Verdict};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Counts of one rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCount {
     pub action: String,
     pub severity: String,
@@ -20,7 +20,7 @@ pub struct RuleCount {
 }
 
 /// Counts over a set of documents, keyed by rule id (sorted, so reports are stable).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub documents: u64,
     pub documents_blocked: u64,

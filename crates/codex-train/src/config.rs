@@ -22,6 +22,8 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointSection,
     pub system_metrics: SystemMetricsSection,
     pub output: OutputSection,
+    /// Data safety policy applied to training and evaluation texts before tokenization.
+    pub safety: codex_safety::SafetyConfig,
 }
 
 /// Which model to train: a registry preset from scratch, or pretrained weights.
@@ -613,6 +615,16 @@ impl Validate for TrainConfig {
                 s.interval_ms,
                 "must be >= 200",
             ));
+        }
+        // The policy is loaded now so every bad rule is reported with the config's problems.
+        if let Err(e) = self.safety.load() {
+            for i in e.issues {
+                issues.push(ConfigIssue::invalid(
+                    "safety.policy",
+                    format!("{:?}", e.source),
+                    i,
+                ));
+            }
         }
         if self.output.dir.trim().is_empty() {
             issues.push(ConfigIssue::invalid(

@@ -89,6 +89,9 @@ struct Manifest {
     vocab_size: usize,
     total_tokens: u64,
     shards: Vec<ShardEntry>,
+    /// What `[safety]` did (its policy hash is part of `key`); absent when it was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    safety: Option<codex_safety::SafetyReport>,
 }
 
 /// The tokenized corpus, split into blocks.
@@ -108,6 +111,8 @@ pub struct Dataset {
     pub cache_hit: bool,
     /// Where the tokenizer came from (`byte`, a path, or `trained`).
     pub tokenizer_desc: String,
+    /// What `[safety]` did to the corpus (`None` when it is off).
+    pub safety: Option<codex_safety::SafetyReport>,
 }
 
 /// What the caller learns while data is prepared.
@@ -148,6 +153,22 @@ pub fn prepare(
             })
             .collect(),
     };
+    // 1b. `[safety]`: the policy in force; the documents are filtered once, when first needed
+    // (tokenizer training or a cache miss), never on a cache hit.
+    let policy = cfg
+        .safety
+        .load()
+        .map_err(|e| Error::Invalid(format!("safety.policy: {e}")))?;
+    let bypass = codex_safety::bypass_from_env();
+    let mut filtered: Option<Filtered> = None;
+    let filter = |filtered: &mut Option<Filtered>, log: &mut dyn FnMut(&str)| match (
+        &policy,
+        filtered.take(),
+    ) {
+        (_, Some(f)) => Ok(f),
+        (None, None) => Err(Error::Internal("safety filter without a policy".into())),
+        (Some(p), None) => safety_filter(p, cfg, corpus.as_ref(), bypass, log),
+    };
     // 2. Tokenizer.
     let (tokenizer, tokenizer_id, tokenizer_desc) = match cfg.tokenizer.kind {
         TokenizerKind::Byte => (
@@ -183,6 +204,23 @@ pub fn prepare(
                 ..Default::default()
             };
             let trained = match &corpus {
+                // Secrets must not reach the vocabulary either: train on the filtered texts.
+                _ if policy.is_some() => {
+                    let (texts, report) = filter(&mut filtered, log)?;
+                    let docs: Vec<_> = texts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| {
+                            Ok(codex_tokenizer::corpus::Document {
+                                text: t.clone(),
+                                file: 0,
+                                line: i as u64 + 1,
+                            })
+                        })
+                        .collect();
+                    filtered = Some((texts, report));
+                    codex_tokenizer::train::train(&tc, docs.into_iter(), &|_| {})
+                }
                 Some(c) => codex_tokenizer::train::train(&tc, c.documents(), &|_| {}),
                 None => {
                     let text = String::from_utf8_lossy(EMBEDDED_CORPUS).into_owned();
@@ -213,19 +251,27 @@ pub fn prepare(
     };
     let vocab_size = tokenizer.vocab_size();
     // 3. Cache key: sources + tokenizer + reading settings (not the split: blocks are cheap).
-    let key_text = serde_json::json!({
+    let mut key_json = serde_json::json!({
         "sources": sources, "tokenizer": tokenizer_id, "format": d.format, "text_field": d.text_field,
         "schema_version": codex_core::SCHEMA_VERSION,
-    })
-    .to_string();
+    });
+    // Only when on, so caches built without `[safety]` keep their keys.
+    if let Some(p) = &policy {
+        key_json["safety"] = serde_json::json!({
+            "policy_sha256": p.hash, "on_block": cfg.safety.on_block, "bypass": bypass || p.bypass,
+        });
+    }
+    let key_text = key_json.to_string();
     let key = sha256_bytes(key_text.as_bytes());
     let cached = match cache_dir {
         Some(dir) => read_cache(dir, &key)?,
         None => None,
     };
     let cache_hit = cached.is_some();
+    let mut safety_report = None;
     let tokens = match cached {
-        Some(t) => {
+        Some((t, report)) => {
+            safety_report = report;
             log(&format!(
                 "data: reusing {} cached tokens (key {})",
                 t.len(),
@@ -236,6 +282,13 @@ pub fn prepare(
         None => {
             let mut tokens = Vec::new();
             match &corpus {
+                _ if policy.is_some() => {
+                    let (texts, report) = filter(&mut filtered, log)?;
+                    for t in &texts {
+                        tokenizer.encode_into(t, &mut tokens)?;
+                    }
+                    safety_report = Some(report);
+                }
                 None => {
                     let text = std::str::from_utf8(EMBEDDED_CORPUS).map_err(|e| {
                         Error::Internal(format!("embedded corpus is not UTF-8: {e}"))
@@ -250,7 +303,15 @@ pub fn prepare(
                 }
             }
             if let Some(dir) = cache_dir {
-                write_cache(dir, &key, &sources, &tokenizer_id, vocab_size, &tokens)?;
+                write_cache(
+                    dir,
+                    &key,
+                    &sources,
+                    &tokenizer_id,
+                    vocab_size,
+                    &tokens,
+                    safety_report.as_ref(),
+                )?;
             }
             log(&format!(
                 "data: {} tokens from {} source file(s)",
@@ -265,7 +326,7 @@ pub fn prepare(
             "token id {bad} is outside the vocabulary of {vocab_size}"
         )));
     }
-    let dataset = Dataset::new(
+    let mut dataset = Dataset::new(
         tokens,
         vocab_size,
         d.context_length,
@@ -276,7 +337,73 @@ pub fn prepare(
         cache_hit,
         tokenizer_desc,
     )?;
+    dataset.safety = safety_report;
     Ok(Prepared { dataset, tokenizer })
+}
+
+/// The filtered texts and what the policy did.
+type Filtered = (Vec<String>, codex_safety::SafetyReport);
+
+/// Reads every document (the embedded corpus is one), applies the policy, and fails or drops
+/// blocked ones per `on_block`; the error names files and rules, never the matched text.
+fn safety_filter(
+    policy: &codex_safety::Policy,
+    cfg: &TrainConfig,
+    corpus: Option<&codex_tokenizer::corpus::Corpus>,
+    bypass: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Filtered> {
+    let (texts, names): (Vec<String>, Vec<String>) = match corpus {
+        None => {
+            let text = std::str::from_utf8(EMBEDDED_CORPUS)
+                .map_err(|e| Error::Internal(format!("embedded corpus is not UTF-8: {e}")))?;
+            (vec![text.to_string()], vec![EMBEDDED_NAME.to_string()])
+        }
+        Some(c) => {
+            let mut texts = Vec::new();
+            let mut names = Vec::new();
+            for doc in c.documents() {
+                let doc = doc.map_err(|e| Error::Invalid(e.to_string()))?;
+                let file = c.files.get(doc.file).map(|f| f.path.display().to_string());
+                names.push(format!("{}:{}", file.unwrap_or_default(), doc.line));
+                texts.push(doc.text);
+            }
+            (texts, names)
+        }
+    };
+    let on_block = cfg.safety.on_block;
+    let f = codex_safety::train::filter_texts(policy, texts, on_block, bypass);
+    if !f.blocked.is_empty() && on_block == codex_safety::OnBlock::Fail {
+        let list: Vec<String> = f
+            .blocked
+            .iter()
+            .take(20)
+            .map(|b| format!("{} ({})", names[b.index], b.rules.join(", ")))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "safety policy {} blocked {} document(s) (safety.on_block = \"fail\"): {}{}",
+            policy.source,
+            f.blocked.len(),
+            list.join("; "),
+            if f.blocked.len() > 20 { "; …" } else { "" }
+        )));
+    }
+    let r = &f.report;
+    log(&format!(
+        "safety: {} document(s) in, {} dropped, {} redacted (policy {}, sha256 {})",
+        r.documents_in,
+        r.documents_dropped,
+        r.documents_redacted,
+        policy.source,
+        &policy.hash[..12]
+    ));
+    if r.tally.documents_bypassed > 0 {
+        tracing::warn!(
+            "safety: bypass let {} blocked document(s) through (recorded in the run record)",
+            r.tally.documents_bypassed
+        );
+    }
+    Ok((f.kept.into_iter().map(|(_, t)| t).collect(), f.report))
 }
 
 fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> {
@@ -300,7 +427,9 @@ fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> 
         .map_err(|e| Error::Invalid(format!("data.inputs: {e}")))
 }
 
-fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
+type Cached = (Vec<u32>, Option<codex_safety::SafetyReport>);
+
+fn read_cache(dir: &Path, key: &str) -> Result<Option<Cached>> {
     let path = dir.join(MANIFEST);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
@@ -328,7 +457,7 @@ fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
     }
-    Ok((tokens.len() as u64 == m.total_tokens).then_some(tokens))
+    Ok((tokens.len() as u64 == m.total_tokens).then_some((tokens, m.safety)))
 }
 
 fn write_cache(
@@ -338,6 +467,7 @@ fn write_cache(
     tokenizer: &str,
     vocab_size: usize,
     tokens: &[u32],
+    safety: Option<&codex_safety::SafetyReport>,
 ) -> Result<()> {
     codex_core::fsutil::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
@@ -364,6 +494,7 @@ fn write_cache(
         vocab_size,
         total_tokens: tokens.len() as u64,
         shards,
+        safety: safety.cloned(),
     };
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
@@ -426,6 +557,7 @@ impl Dataset {
             sources,
             cache_hit,
             tokenizer_desc,
+            safety: None,
         })
     }
 
@@ -513,6 +645,7 @@ impl Dataset {
             sources: Vec::new(),
             cache_hit: false,
             tokenizer_desc: String::new(),
+            safety: None,
         })
     }
 
@@ -641,5 +774,91 @@ mod tests {
         let p4 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
         assert!(!p4.dataset.cache_hit);
         assert_ne!(p4.dataset.data_hash, p1.dataset.data_hash);
+    }
+
+    #[test]
+    fn safety_drops_redacts_records_and_keys_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let planted = codex_safety::planted::credentials(11, 1);
+        let mut cfg = TrainConfig::default();
+        let mut inputs = Vec::new();
+        for (i, c) in planted.iter().enumerate() {
+            let p = dir.path().join(format!("f{i}.py"));
+            std::fs::write(
+                &p,
+                format!(
+                    "{}\n{}\n",
+                    "def f(x):\n    return x + 1\n".repeat(8),
+                    c.line
+                ),
+            )
+            .unwrap();
+            inputs.push(p.display().to_string());
+        }
+        cfg.data.inputs = inputs;
+        cfg.data.context_length = 16;
+        let cache = dir.path().join("cache");
+        let off = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(off.dataset.safety.is_none());
+        cfg.safety.enabled = true;
+        let on = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        // Turning safety on changes the key: rebuilt, not reused.
+        assert!(!on.dataset.cache_hit);
+        assert_ne!(on.dataset.data_hash, off.dataset.data_hash);
+        let r = on.dataset.safety.clone().unwrap();
+        assert_eq!(r.documents_in, planted.len() as u64);
+        let blocking = planted
+            .iter()
+            .filter(|c| {
+                let p = codex_safety::Policy::default_policy();
+                p.rules
+                    .iter()
+                    .any(|r| r.id == c.rule && r.action == codex_safety::Action::Block)
+            })
+            .count() as u64;
+        assert_eq!(r.documents_dropped, blocking, "{r:?}");
+        assert_eq!(r.documents_out + r.documents_dropped, r.documents_in);
+        for c in &planted {
+            assert!(
+                r.tally.rules.contains_key(c.rule),
+                "{} not counted: {r:?}",
+                c.rule
+            );
+        }
+        let bytes: Vec<u8> = on.dataset.tokens.iter().map(|&t| t as u8).collect();
+        let text = String::from_utf8_lossy(&bytes);
+        for c in &planted {
+            assert!(!text.contains(&c.secret), "{} survived", c.rule);
+        }
+        // Same policy: reused, with its report. Another policy: rebuilt.
+        let again = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(again.dataset.cache_hit);
+        assert_eq!(again.dataset.safety, Some(r));
+        let custom = dir.path().join("p.toml");
+        std::fs::write(
+            &custom,
+            "[[rules]]\nid='x'\nliterals=['return']\naction='redact'\n",
+        )
+        .unwrap();
+        cfg.safety.policy = custom.display().to_string();
+        let other = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(!other.dataset.cache_hit);
+        assert_eq!(
+            other.dataset.safety.unwrap().documents_redacted,
+            planted.len() as u64
+        );
+        // on_block = "fail" names the files and rules, never the secret.
+        cfg.safety.policy = String::new();
+        cfg.safety.on_block = codex_safety::OnBlock::Fail;
+        let err = prepare(&cfg, None, &mut |_| {}).err().unwrap().to_string();
+        assert!(
+            err.contains("blocked")
+                && err.contains("secret.aws_access_key_id")
+                && err.contains("f0.py"),
+            "{err}"
+        );
+        for c in &planted {
+            assert!(!err.contains(&c.secret), "{err}");
+        }
     }
 }

@@ -63,6 +63,8 @@ enum Command {
     Config(commands::config::Args),
     /// Replay runs' records into TensorBoard event files or CSV, idempotently.
     Sync(commands::sync::Args),
+    /// Scan data for secrets and personal data, prepare datasets, list prepared ones.
+    Data(commands::data::Args),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -127,6 +129,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Status(args) => commands::status::run(ctx, args),
         Command::Config(args) => commands::config::run(ctx, args),
         Command::Sync(args) => commands::sync::run(ctx, args),
+        Command::Data(args) => commands::data::run(ctx, args),
     }
 }
 

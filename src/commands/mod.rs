@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod model;

@@ -11,6 +11,7 @@ mod support;
 mod audit;
 mod checkpoint;
 mod config;
+mod data;
 mod global;
 mod hostile;
 mod metrics;

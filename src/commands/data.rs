@@ -288,7 +288,9 @@ fn prepare(ctx: &Ctx, a: PrepareArgs) -> anyhow::Result<u8> {
             ds.context_length,
             ds.n_train(),
             ds.n_val(),
-            cache.as_deref().map_or("off".into(), |c| c.display().to_string()),
+            cache
+                .as_deref()
+                .map_or("off".into(), |c| c.display().to_string()),
             if ds.cache_hit { "reused" } else { "built" }
         ))?;
         match &ds.safety {

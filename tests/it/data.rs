@@ -31,19 +31,21 @@ fn scan_reports_located_masked_findings_and_exits_1_on_block() {
     let dir = tempdir();
     let f = dir.path().join("leaky.py");
     let planted = planted_file(&f, 1, 1);
-    let out = expect_exit(
-        codex().args(["data", "scan", f.to_str().unwrap()]),
-        1,
-    );
+    let out = expect_exit(codex().args(["data", "scan", f.to_str().unwrap()]), 1);
     for (c, line) in &planted {
         assert!(
-            out.stdout.lines().any(|l| l.starts_with(&format!("{}:{line}:", f.display()))
-                && l.contains(c.rule)),
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{}:{line}:", f.display())) && l.contains(c.rule)),
             "{} at line {line} missing:\n{}",
             c.rule,
             out.stdout
         );
-        assert!(!out.stdout.contains(&c.secret), "{} printed in full", c.rule);
+        assert!(
+            !out.stdout.contains(&c.secret),
+            "{} printed in full",
+            c.rule
+        );
     }
     // The summary table lists every rule.
     assert!(out.stdout.contains("rule") && out.stdout.contains("matches"));
@@ -59,11 +61,23 @@ fn scan_reports_located_masked_findings_and_exits_1_on_block() {
     assert_eq!(j["blocked"], true);
     let text = j.to_string();
     for (c, _) in &planted {
-        assert!(j["summary"]["rules"][c.rule]["matches"].as_u64() >= Some(1), "{}", c.rule);
+        assert!(
+            j["summary"]["rules"][c.rule]["matches"].as_u64() >= Some(1),
+            "{}",
+            c.rule
+        );
         assert!(!text.contains(&c.secret), "{} in the JSON", c.rule);
     }
     let f0 = &j["findings"][0];
-    for k in ["file", "line", "column", "rule", "severity", "fragment", "disposition"] {
+    for k in [
+        "file",
+        "line",
+        "column",
+        "rule",
+        "severity",
+        "fragment",
+        "disposition",
+    ] {
         assert!(!f0[k].is_null(), "{k}: {f0}");
     }
     // A clean file: exit 0, no findings.
@@ -83,10 +97,21 @@ fn scan_redact_writes_a_copy_identical_outside_the_spans() {
     std::fs::write(&f, body).unwrap();
     let red = dir.path().join("red");
     let out = expect_exit(
-        codex().args(["data", "scan", src.to_str().unwrap(), "--redact", "-o", red.to_str().unwrap()]),
+        codex().args([
+            "data",
+            "scan",
+            src.to_str().unwrap(),
+            "--redact",
+            "-o",
+            red.to_str().unwrap(),
+        ]),
         0,
     );
-    assert!(out.stdout.contains("secret.api_key_assignment"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("secret.api_key_assignment"),
+        "{}",
+        out.stdout
+    );
     let copy = codex_safety::files::redacted_path(&red, &f);
     assert_eq!(
         std::fs::read_to_string(&copy).unwrap(),
@@ -95,7 +120,10 @@ fn scan_redact_writes_a_copy_identical_outside_the_spans() {
     // The input is untouched.
     assert_eq!(std::fs::read_to_string(&f).unwrap(), body);
     // --redact without -o is a usage error.
-    expect_exit(codex().args(["data", "scan", f.to_str().unwrap(), "--redact"]), 2);
+    expect_exit(
+        codex().args(["data", "scan", f.to_str().unwrap(), "--redact"]),
+        2,
+    );
 }
 
 #[test]
@@ -110,10 +138,21 @@ fn scan_with_a_bad_policy_reports_every_problem_and_exits_1() {
     let f = dir.path().join("x.txt");
     std::fs::write(&f, "x").unwrap();
     let out = expect_exit(
-        codex().args(["data", "scan", f.to_str().unwrap(), "--policy", p.to_str().unwrap()]),
+        codex().args([
+            "data",
+            "scan",
+            f.to_str().unwrap(),
+            "--policy",
+            p.to_str().unwrap(),
+        ]),
         1,
     );
-    for needle in ["bad regex `(x`", "unknown action `nuke`", "duplicate id", "rules[2] (`c`): empty match"] {
+    for needle in [
+        "bad regex `(x`",
+        "unknown action `nuke`",
+        "duplicate id",
+        "rules[2] (`c`): empty match",
+    ] {
         assert!(out.stderr.contains(needle), "{needle}:\n{}", out.stderr);
     }
     // The original's format with an allow rule: the block is overridden, exit 0.
@@ -123,14 +162,35 @@ fn scan_with_a_bad_policy_reports_every_problem_and_exits_1() {
     )
     .unwrap();
     std::fs::write(&f, "DROP TABLE tmp_scratch;\n").unwrap();
-    let out = stdout_of(codex().args(["data", "scan", f.to_str().unwrap(), "--policy", p.to_str().unwrap()]));
+    let out = stdout_of(codex().args([
+        "data",
+        "scan",
+        f.to_str().unwrap(),
+        "--policy",
+        p.to_str().unwrap(),
+    ]));
     assert!(out.contains("allowed by override"), "{out}");
     std::fs::write(&f, "DROP TABLE users;\n").unwrap();
-    expect_exit(codex().args(["data", "scan", f.to_str().unwrap(), "--policy", p.to_str().unwrap()]), 1);
+    expect_exit(
+        codex().args([
+            "data",
+            "scan",
+            f.to_str().unwrap(),
+            "--policy",
+            p.to_str().unwrap(),
+        ]),
+        1,
+    );
     // Bypass lets it through, said on stderr and in the findings.
     let out = codex()
         .env("CODEX_SAFETY_BYPASS", "1")
-        .args(["data", "scan", f.to_str().unwrap(), "--policy", p.to_str().unwrap()])
+        .args([
+            "data",
+            "scan",
+            f.to_str().unwrap(),
+            "--policy",
+            p.to_str().unwrap(),
+        ])
         .assert()
         .code(0)
         .get_output()
@@ -171,14 +231,25 @@ fn training_with_safety_leaves_no_planted_secret_under_the_run_dir() {
     let mut args = tiny_args(data.to_str().unwrap(), &run, &["safety.enabled=true"]);
     // A token on the command line must not reach provenance either.
     args.push("--no-progress".into());
-    let out = codex().args(&args).env("MY_API_TOKEN", "x").assert().success().get_output().clone();
+    let out = codex()
+        .args(&args)
+        .env("MY_API_TOKEN", "x")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     let stderr = String::from_utf8_lossy(&out.stderr);
     for c in &planted {
         assert!(!stderr.contains(&c.secret), "{} in the log", c.rule);
     }
     let mut files = Vec::new();
     all_files(&run, &mut files);
-    assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == "u32")), "no token cache: {files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "u32")),
+        "no token cache: {files:?}"
+    );
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         // Token shards hold u32 ids (byte tokenizer): decode before searching.
@@ -198,13 +269,18 @@ fn training_with_safety_leaves_no_planted_secret_under_the_run_dir() {
         }
     }
     // The run record holds the counts per rule and the policy hash.
-    let prov: Value = serde_json::from_slice(&std::fs::read(run.join("provenance.json")).unwrap()).unwrap();
+    let prov: Value =
+        serde_json::from_slice(&std::fs::read(run.join("provenance.json")).unwrap()).unwrap();
     let s = &prov["data"]["safety"];
     assert_eq!(s["documents_in"], planted.len() as u64 + 1, "{s}");
     assert!(s["documents_dropped"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["policy_sha256"].as_str().unwrap().len(), 64);
     for c in &planted {
-        assert!(s["tally"]["rules"][c.rule]["matches"].as_u64() >= Some(1), "{} not counted: {s}", c.rule);
+        assert!(
+            s["tally"]["rules"][c.rule]["matches"].as_u64() >= Some(1),
+            "{} not counted: {s}",
+            c.rule
+        );
     }
     // `codex data list` finds the run's cache with its policy.
     let j = stdout_json(codex().args(["--json", "data", "list", run.to_str().unwrap()]));
@@ -214,7 +290,13 @@ fn training_with_safety_leaves_no_planted_secret_under_the_run_dir() {
 
 fn corpus_text(seed: usize) -> String {
     (0..40)
-        .map(|i| format!("def f{seed}_{i}(x):\n    return x * {} + {}\n\n", i % 7, (i + seed) % 13))
+        .map(|i| {
+            format!(
+                "def f{seed}_{i}(x):\n    return x * {} + {}\n\n",
+                i % 7,
+                (i + seed) % 13
+            )
+        })
         .collect()
 }
 
@@ -276,7 +358,11 @@ fn detect_secrets_lines(file: &Path) -> std::collections::BTreeMap<u64, Vec<Stri
         .current_dir(file.parent().unwrap())
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut lines = std::collections::BTreeMap::<u64, Vec<String>>::new();
     for v in j["results"].as_object().unwrap().values() {
@@ -314,9 +400,18 @@ fn finds_at_least_every_credential_detect_secrets_finds() {
     let reference = detect_secrets_lines(&f);
     let (ours, _) = codex_lines(&f);
     // The comparison means something only if detect-secrets found most of the planted lines.
-    assert!(reference.len() * 2 > planted.len(), "detect-secrets found only {reference:?}");
-    let missed: Vec<_> = reference.iter().filter(|(l, _)| !ours.contains(l)).collect();
-    assert!(missed.is_empty(), "lines detect-secrets flags and codex does not: {missed:?}");
+    assert!(
+        reference.len() * 2 > planted.len(),
+        "detect-secrets found only {reference:?}"
+    );
+    let missed: Vec<_> = reference
+        .iter()
+        .filter(|(l, _)| !ours.contains(l))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "lines detect-secrets flags and codex does not: {missed:?}"
+    );
     // And codex finds every planted credential.
     for (c, line) in &planted {
         assert!(ours.contains(&(*line as u64)), "{} at line {line}", c.rule);
@@ -351,6 +446,9 @@ fn finds_at_least_every_credential_detect_secrets_finds() {
         "cpython slice: detect-secrets {} finding line(s) {reference:?}, codex {} line(s) ({:?})",
         reference.len(),
         ours.len(),
-        rules.iter().map(|(k, v)| (k.clone(), v["matches"].clone())).collect::<Vec<_>>()
+        rules
+            .iter()
+            .map(|(k, v)| (k.clone(), v["matches"].clone()))
+            .collect::<Vec<_>>()
     );
 }

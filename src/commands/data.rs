@@ -81,6 +81,23 @@ struct PrepareArgs {
     /// `a.b=c` overrides.
     #[arg(value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Drop documents identical to an earlier one (sha256 of the text).
+    #[arg(long)]
+    dedup: bool,
+    /// Drop near-duplicates (MinHash-LSH) whose estimated Jaccard similarity to an earlier
+    /// document is at least THRESHOLD.
+    #[arg(long, value_name = "THRESHOLD", value_parser = parse_threshold)]
+    near_dup: Option<f64>,
+    /// Words per shingle for --near-dup.
+    #[arg(long, default_value_t = 5, value_name = "K", value_parser = clap::value_parser!(u16).range(1..=64))]
+    shingle: u16,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a similarity in (0, 1]")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,7 +271,18 @@ fn prepare(ctx: &Ctx, a: PrepareArgs) -> anyhow::Result<u8> {
     let cfg = crate::settings::load_config(a.config.as_deref(), &a.overrides)?;
     let cache = codex_train::data::cache_dir_for(&cfg, Path::new(&cfg.output.dir));
     let t0 = std::time::Instant::now();
-    let prepared = codex_train::data::prepare(&cfg, cache.as_deref(), &mut |m| ctx.info(m))?;
+    let opts = codex_train::data::DocOptions {
+        exact_dedup: a.dedup,
+        near_dup: a
+            .near_dup
+            .map(|threshold| codex_safety::minhash::MinHashConfig {
+                shingle: usize::from(a.shingle),
+                threshold,
+                ..Default::default()
+            }),
+    };
+    let prepared =
+        codex_train::data::prepare_with(&cfg, cache.as_deref(), &opts, &mut |m| ctx.info(m))?;
     let ds = &prepared.dataset;
     let card = serde_json::json!({
         "sources": ds.sources,
@@ -268,6 +296,7 @@ fn prepare(ctx: &Ctx, a: PrepareArgs) -> anyhow::Result<u8> {
         "cache_dir": cache,
         "cache_hit": ds.cache_hit,
         "safety": ds.safety,
+        "documents": ds.documents,
         "seconds": t0.elapsed().as_secs_f64(),
         "codex_version": codex_core::VERSION,
     });
@@ -293,6 +322,25 @@ fn prepare(ctx: &Ctx, a: PrepareArgs) -> anyhow::Result<u8> {
                 .map_or("off".into(), |c| c.display().to_string()),
             if ds.cache_hit { "reused" } else { "built" }
         ))?;
+        if let Some(d) = &ds.documents {
+            let mut prev: Option<&codex_train::data::StageCount> = None;
+            for st in &d.stages {
+                let removed = prev.map_or(String::new(), |p| {
+                    format!(" (-{} removed)", p.documents.saturating_sub(st.documents))
+                });
+                out_line(format!(
+                    "  {:<12} {:>8} documents {:>12} bytes{removed}",
+                    st.stage, st.documents, st.bytes
+                ))?;
+                prev = Some(st);
+            }
+            let hist: Vec<String> = d
+                .token_histogram
+                .iter()
+                .map(|(n, c)| format!("<={n}: {c}"))
+                .collect();
+            out_line(format!("  tokens per document: {}", hist.join(", ")))?;
+        }
         match &ds.safety {
             None => out_line("  safety: off")?,
             Some(r) => {

@@ -452,3 +452,68 @@ fn finds_at_least_every_credential_detect_secrets_finds() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn prepare_deduplicates_exact_and_near_duplicates() {
+    let dir = tempdir();
+    let data = dir.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    let base = corpus_text(1);
+    std::fs::write(data.join("a.py"), &base).unwrap();
+    std::fs::write(data.join("b.py"), &base).unwrap(); // exact copy
+    std::fs::write(data.join("c.py"), base.replacen("f1_3", "g1_3", 1)).unwrap(); // near copy
+    std::fs::write(
+        data.join("d.py"),
+        corpus_text(2).repeat(2).replace("return", "yield"),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--json".to_string(),
+            "data".into(),
+            "prepare".into(),
+            "--config".into(),
+            fixture("train/tiny.toml").display().to_string(),
+            format!("data.inputs=[{:?}]", data.display().to_string()),
+            format!(
+                "output.dir={:?}",
+                dir.path().join("run").display().to_string()
+            ),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        stdout_json(codex().args(&args))
+    };
+    let card = run(&["--dedup", "--near-dup", "0.7", "--shingle", "3"]);
+    let stages: Vec<(String, u64)> = card["documents"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["documents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("read".into(), 4),
+            ("exact_dedup".into(), 3),
+            ("near_dedup".into(), 2)
+        ],
+        "{card}"
+    );
+    let hist: u64 = card["documents"]["token_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(hist, 2);
+    // Different dedup settings are a different dataset (cache key).
+    let plain = run(&[]);
+    assert_ne!(plain["cache_key_sha256"], card["cache_key_sha256"]);
+    assert!(plain["tokens"].as_u64() > card["tokens"].as_u64());
+    expect_exit(codex().args(["data", "prepare", "--near-dup", "1.5"]), 2);
+}

@@ -92,6 +92,50 @@ struct Manifest {
     /// What `[safety]` did (its policy hash is part of `key`); absent when it was off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     safety: Option<codex_safety::SafetyReport>,
+    /// Documents per step and the token-length histogram, when documents were filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    documents: Option<DocReport>,
+}
+
+/// Document-level steps before tokenization besides `[safety]` (flags of `codex data prepare`).
+#[derive(Debug, Clone, Default)]
+pub struct DocOptions {
+    /// Drop documents whose text is identical to an earlier one (sha256).
+    pub exact_dedup: bool,
+    /// Drop near-duplicates of earlier documents (MinHash-LSH).
+    pub near_dup: Option<codex_safety::minhash::MinHashConfig>,
+}
+
+impl DocOptions {
+    fn any(&self) -> bool {
+        self.exact_dedup || self.near_dup.is_some()
+    }
+}
+
+/// Documents and bytes left after one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageCount {
+    pub stage: String,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+/// What the document steps did (the dataset card of `codex data prepare`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocReport {
+    pub stages: Vec<StageCount>,
+    /// `(at most N tokens, documents)`, N a power of two.
+    pub token_histogram: Vec<(u64, u64)>,
+}
+
+impl DocReport {
+    fn push(&mut self, stage: &str, texts: &[String]) {
+        self.stages.push(StageCount {
+            stage: stage.into(),
+            documents: texts.len() as u64,
+            bytes: texts.iter().map(|t| t.len() as u64).sum(),
+        });
+    }
 }
 
 /// The tokenized corpus, split into blocks.
@@ -113,6 +157,8 @@ pub struct Dataset {
     pub tokenizer_desc: String,
     /// What `[safety]` did to the corpus (`None` when it is off).
     pub safety: Option<codex_safety::SafetyReport>,
+    /// Documents per step (`None` unless documents were filtered or deduplicated).
+    pub documents: Option<DocReport>,
 }
 
 /// What the caller learns while data is prepared.
@@ -127,6 +173,16 @@ pub struct Prepared {
 pub fn prepare(
     cfg: &TrainConfig,
     cache_dir: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Prepared> {
+    prepare_with(cfg, cache_dir, &DocOptions::default(), log)
+}
+
+/// [`prepare`] with document-level deduplication.
+pub fn prepare_with(
+    cfg: &TrainConfig,
+    cache_dir: Option<&Path>,
+    doc_opts: &DocOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<Prepared> {
     let d = &cfg.data;
@@ -166,9 +222,9 @@ pub fn prepare(
         filtered.take(),
     ) {
         (_, Some(f)) => Ok(f),
-        (None, None) => Err(Error::Internal("safety filter without a policy".into())),
-        (Some(p), None) => safety_filter(p, cfg, corpus.as_ref(), bypass, log),
+        (p, None) => read_filtered(p.as_ref(), doc_opts, cfg, corpus.as_ref(), bypass, log),
     };
+    let filtering = policy.is_some() || doc_opts.any();
     // 2. Tokenizer.
     let (tokenizer, tokenizer_id, tokenizer_desc) = match cfg.tokenizer.kind {
         TokenizerKind::Byte => (
@@ -205,9 +261,10 @@ pub fn prepare(
             };
             let trained = match &corpus {
                 // Secrets must not reach the vocabulary either: train on the filtered texts.
-                _ if policy.is_some() => {
-                    let (texts, report) = filter(&mut filtered, log)?;
-                    let docs: Vec<_> = texts
+                _ if filtering => {
+                    let f = filter(&mut filtered, log)?;
+                    let docs: Vec<_> = f
+                        .texts
                         .iter()
                         .enumerate()
                         .map(|(i, t)| {
@@ -218,7 +275,7 @@ pub fn prepare(
                             })
                         })
                         .collect();
-                    filtered = Some((texts, report));
+                    filtered = Some(f);
                     codex_tokenizer::train::train(&tc, docs.into_iter(), &|_| {})
                 }
                 Some(c) => codex_tokenizer::train::train(&tc, c.documents(), &|_| {}),
@@ -256,6 +313,12 @@ pub fn prepare(
         "schema_version": codex_core::SCHEMA_VERSION,
     });
     // Only when on, so caches built without `[safety]` keep their keys.
+    if doc_opts.any() {
+        key_json["documents"] = serde_json::json!({
+            "exact_dedup": doc_opts.exact_dedup,
+            "near_dup": doc_opts.near_dup.map(|m| (m.shingle, m.bands, m.rows, m.threshold)),
+        });
+    }
     if let Some(p) = &policy {
         key_json["safety"] = serde_json::json!({
             "policy_sha256": p.hash, "on_block": cfg.safety.on_block, "bypass": bypass || p.bypass,
@@ -269,9 +332,11 @@ pub fn prepare(
     };
     let cache_hit = cached.is_some();
     let mut safety_report = None;
+    let mut doc_report = None;
     let tokens = match cached {
-        Some((t, report)) => {
+        Some((t, report, docs)) => {
             safety_report = report;
+            doc_report = docs;
             log(&format!(
                 "data: reusing {} cached tokens (key {})",
                 t.len(),
@@ -282,12 +347,18 @@ pub fn prepare(
         None => {
             let mut tokens = Vec::new();
             match &corpus {
-                _ if policy.is_some() => {
-                    let (texts, report) = filter(&mut filtered, log)?;
-                    for t in &texts {
+                _ if filtering => {
+                    let mut f = filter(&mut filtered, log)?;
+                    let mut hist = std::collections::BTreeMap::<u64, u64>::new();
+                    for t in &f.texts {
+                        let before = tokens.len();
                         tokenizer.encode_into(t, &mut tokens)?;
+                        let n = (tokens.len() - before) as u64;
+                        *hist.entry(n.max(1).next_power_of_two()).or_default() += 1;
                     }
-                    safety_report = Some(report);
+                    f.docs.token_histogram = hist.into_iter().collect();
+                    safety_report = f.safety;
+                    doc_report = Some(f.docs);
                 }
                 None => {
                     let text = std::str::from_utf8(EMBEDDED_CORPUS).map_err(|e| {
@@ -311,6 +382,7 @@ pub fn prepare(
                     vocab_size,
                     &tokens,
                     safety_report.as_ref(),
+                    doc_report.as_ref(),
                 )?;
             }
             log(&format!(
@@ -338,16 +410,22 @@ pub fn prepare(
         tokenizer_desc,
     )?;
     dataset.safety = safety_report;
+    dataset.documents = doc_report;
     Ok(Prepared { dataset, tokenizer })
 }
 
-/// The filtered texts and what the policy did.
-type Filtered = (Vec<String>, codex_safety::SafetyReport);
+/// The texts that go on to tokenization and what the steps before did.
+struct Filtered {
+    texts: Vec<String>,
+    safety: Option<codex_safety::SafetyReport>,
+    docs: DocReport,
+}
 
-/// Reads every document (the embedded corpus is one), applies the policy, and fails or drops
-/// blocked ones per `on_block`; the error names files and rules, never the matched text.
-fn safety_filter(
-    policy: &codex_safety::Policy,
+/// Reads every document (the embedded corpus is one), applies the policy, then the
+/// deduplication steps.
+fn read_filtered(
+    policy: Option<&codex_safety::Policy>,
+    doc_opts: &DocOptions,
     cfg: &TrainConfig,
     corpus: Option<&codex_tokenizer::corpus::Corpus>,
     bypass: bool,
@@ -371,6 +449,45 @@ fn safety_filter(
             (texts, names)
         }
     };
+    let mut docs = DocReport::default();
+    docs.push("read", &texts);
+    let (mut texts, safety) = match policy {
+        None => (texts, None),
+        Some(p) => {
+            let (t, r) = safety_filter(p, cfg, texts, &names, bypass, log)?;
+            docs.push("safety", &t);
+            (t, Some(r))
+        }
+    };
+    if doc_opts.exact_dedup {
+        let mut seen = std::collections::HashSet::new();
+        texts.retain(|t| seen.insert(sha256_bytes(t.as_bytes())));
+        docs.push("exact_dedup", &texts);
+    }
+    if let Some(m) = &doc_opts.near_dup {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let dup = codex_safety::minhash::near_duplicates(&refs, m);
+        let mut keep = dup.iter().map(Option::is_none);
+        texts.retain(|_| keep.next().unwrap_or(true));
+        docs.push("near_dedup", &texts);
+    }
+    Ok(Filtered {
+        texts,
+        safety,
+        docs,
+    })
+}
+
+/// Applies the policy to `texts` (named by `names` in errors), failing or dropping blocked ones
+/// per `on_block`; the error names files and rules, never the matched text.
+fn safety_filter(
+    policy: &codex_safety::Policy,
+    cfg: &TrainConfig,
+    texts: Vec<String>,
+    names: &[String],
+    bypass: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Vec<String>, codex_safety::SafetyReport)> {
     let on_block = cfg.safety.on_block;
     let f = codex_safety::train::filter_texts(policy, texts, on_block, bypass);
     if !f.blocked.is_empty() && on_block == codex_safety::OnBlock::Fail {
@@ -427,7 +544,11 @@ fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> 
         .map_err(|e| Error::Invalid(format!("data.inputs: {e}")))
 }
 
-type Cached = (Vec<u32>, Option<codex_safety::SafetyReport>);
+type Cached = (
+    Vec<u32>,
+    Option<codex_safety::SafetyReport>,
+    Option<DocReport>,
+);
 
 fn read_cache(dir: &Path, key: &str) -> Result<Option<Cached>> {
     let path = dir.join(MANIFEST);
@@ -457,7 +578,7 @@ fn read_cache(dir: &Path, key: &str) -> Result<Option<Cached>> {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
     }
-    Ok((tokens.len() as u64 == m.total_tokens).then_some((tokens, m.safety)))
+    Ok((tokens.len() as u64 == m.total_tokens).then_some((tokens, m.safety, m.documents)))
 }
 
 fn write_cache(
@@ -468,6 +589,7 @@ fn write_cache(
     vocab_size: usize,
     tokens: &[u32],
     safety: Option<&codex_safety::SafetyReport>,
+    documents: Option<&DocReport>,
 ) -> Result<()> {
     codex_core::fsutil::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
@@ -495,6 +617,7 @@ fn write_cache(
         total_tokens: tokens.len() as u64,
         shards,
         safety: safety.cloned(),
+        documents: documents.cloned(),
     };
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
@@ -558,6 +681,7 @@ impl Dataset {
             cache_hit,
             tokenizer_desc,
             safety: None,
+            documents: None,
         })
     }
 
@@ -646,6 +770,7 @@ impl Dataset {
             cache_hit: false,
             tokenizer_desc: String::new(),
             safety: None,
+            documents: None,
         })
     }
 

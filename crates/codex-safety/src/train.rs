@@ -20,7 +20,8 @@ pub enum OnBlock {
     Fail,
 }
 
-/// `[safety]` in a training config.
+/// `[safety]` in a training config. Off by default, so runs and token caches made without it
+/// keep their data and cache keys; `enabled = true` without `policy` uses the embedded default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SafetyConfig {

@@ -581,6 +581,7 @@ fn read_cache(dir: &Path, key: &str) -> Result<Option<Cached>> {
     Ok((tokens.len() as u64 == m.total_tokens).then_some((tokens, m.safety, m.documents)))
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; each value is a manifest field
 fn write_cache(
     dir: &Path,
     key: &str,

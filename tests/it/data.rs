@@ -517,3 +517,49 @@ fn prepare_deduplicates_exact_and_near_duplicates() {
     assert!(plain["tokens"].as_u64() > card["tokens"].as_u64());
     expect_exit(codex().args(["data", "prepare", "--near-dup", "1.5"]), 2);
 }
+
+#[test]
+fn config_validate_reports_every_bad_rule_of_the_safety_policy() {
+    let dir = tempdir();
+    let p = dir.path().join("policy.toml");
+    std::fs::write(
+        &p,
+        "[[rules]]\nid = 'a'\nregex = '['\n[[rules]]\nid = 'b'\naction = 'explode'\nliterals = ['x']\n",
+    )
+    .unwrap();
+    let out = expect_exit(
+        codex().args([
+            "config",
+            "validate",
+            fixture("train/tiny.toml").to_str().unwrap(),
+            "safety.enabled=true",
+            &format!("safety.policy={:?}", p.display().to_string()),
+            "safety.on_block=\"fail\"",
+        ]),
+        1,
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("safety.policy") && all.contains("rules[0] (`a`): bad regex"),
+        "{all}"
+    );
+    assert!(
+        all.contains("rules[1] (`b`): unknown action `explode`"),
+        "{all}"
+    );
+    // A typo in on_block is a config error too.
+    let out = expect_exit(
+        codex().args([
+            "config",
+            "validate",
+            fixture("train/tiny.toml").to_str().unwrap(),
+            "safety.on_block=\"skip\"",
+        ]),
+        1,
+    );
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("on_block"),
+        "{}",
+        out.stderr
+    );
+}

@@ -24,23 +24,42 @@ fn secrets_policy() -> &'static Policy {
     })
 }
 
-/// Whether a key names a credential (`MLFLOW_TRACKING_TOKEN`, `api_key`, `password`, …).
+/// Whether a key names a credential (`MLFLOW_TRACKING_TOKEN`, `api_key`, `--password`, …), by
+/// its words, so `tokens`, `tokenizer` or `max_tokens` are not mistaken for one.
 pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for c in key.chars() {
+        if !c.is_ascii_alphanumeric() {
+            words.extend((!cur.is_empty()).then(|| std::mem::take(&mut cur)));
+            prev_lower = false;
+            continue;
+        }
+        // camelCase boundary: apiKey, authToken.
+        if c.is_ascii_uppercase() && prev_lower {
+            words.push(std::mem::take(&mut cur));
+        }
+        prev_lower = c.is_ascii_lowercase();
+        cur.push(c.to_ascii_lowercase());
+    }
+    words.extend((!cur.is_empty()).then_some(cur));
+    let single = [
         "token",
         "secret",
         "password",
         "passwd",
-        "api_key",
+        "pwd",
         "apikey",
-        "api-key",
         "credential",
-        "private_key",
-        "auth",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
+        "credentials",
+        "passphrase",
+    ];
+    words.iter().any(|w| single.contains(&w.as_str()))
+        || words.windows(2).any(|p| {
+            p[1] == "key"
+                && ["api", "private", "access", "secret", "signing"].contains(&p[0].as_str())
+        })
 }
 
 /// `text` with every credential-looking span replaced by [`MASK`].
@@ -101,7 +120,7 @@ pub fn mask_json(v: &mut Value) {
         }
         Value::Object(o) => {
             for (k, x) in o.iter_mut() {
-                if is_secret_key(k) && (x.is_string() || x.is_number()) {
+                if is_secret_key(k) && (x.is_string() || x.is_number()) && !x.is_null() {
                     *x = Value::String(MASK.into());
                 } else {
                     mask_json(x);

@@ -146,3 +146,40 @@ fn minhash_finds_near_duplicates_and_keeps_distinct_texts() {
     // Deterministic.
     assert_eq!(d, near_duplicates(&[&base, &other, &near, &base], &cfg));
 }
+
+#[test]
+fn secret_keys_are_recognized_by_their_words() {
+    use codex_safety::mask::is_secret_key;
+    for k in [
+        "MLFLOW_TRACKING_TOKEN",
+        "api_key",
+        "apiKey",
+        "--password",
+        "aws_secret_access_key",
+        "private-key",
+        "HF_TOKEN",
+        "db.credentials",
+    ] {
+        assert!(is_secret_key(k), "{k}");
+    }
+    for k in [
+        "tokens",
+        "tokenizer",
+        "max_tokens",
+        "keyboard",
+        "key",
+        "monkey",
+        "author",
+        "vocab_size",
+    ] {
+        assert!(!is_secret_key(k), "{k}");
+    }
+    // Numbers under ordinary keys survive masking.
+    let mut doc =
+        serde_json::json!({"data": {"tokens": 12, "tokenizer": "byte"}, "hf_token": "abc"});
+    codex_safety::mask::mask_json(&mut doc);
+    assert_eq!(
+        doc,
+        serde_json::json!({"data": {"tokens": 12, "tokenizer": "byte"}, "hf_token": "***"})
+    );
+}

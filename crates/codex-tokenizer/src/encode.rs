@@ -188,17 +188,21 @@ struct JsonEncoding<'a> {
     special_tokens_mask: &'a [u32],
 }
 
+/// Space-separated ids and a newline.
+fn format_ids(ids: &[u32], out: &mut Vec<u8>) {
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        push_u32(out, *id);
+    }
+    out.push(b'\n');
+}
+
 /// One encoding, formatted as a line of output.
 pub fn format_encoding(enc: &Encoding, format: OutputFormat, out: &mut Vec<u8>) {
     match format {
-        OutputFormat::Ids => {
-            for (i, id) in enc.get_ids().iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                push_u32(out, *id);
-            }
-        }
+        OutputFormat::Ids => return format_ids(enc.get_ids(), out),
         OutputFormat::Json => {
             let value = JsonEncoding {
                 ids: enc.get_ids(),
@@ -382,10 +386,55 @@ fn encode_batches(
 ) -> Result<StreamStats> {
     let mut stats = StreamStats::default();
     let json = opts.format == OutputFormat::Json;
+    // Ids only: the byte-level BPE fast path where the tokenizer allows it (same ids).
+    let fast = if json {
+        None
+    } else {
+        crate::fast::FastBpe::new(tokenizer)
+    };
     for batch in rx {
         let batch = batch?;
         if codex_core::signal::interrupted() {
             return Err(TokenizerError::Interrupted);
+        }
+        if let Some(fast) = &fast {
+            let at = || format!(" in {} (lines {}..)", opts.source_name, batch.first_line);
+            let chunks = batch
+                .texts
+                .par_chunks(64)
+                .map(|texts| {
+                    let mut out = Vec::with_capacity(texts.len() * 64);
+                    let mut ids = Vec::new();
+                    let mut tokens = 0u64;
+                    for t in texts {
+                        ids.clear();
+                        if !fast.encode_into(t, &mut ids) {
+                            let enc = tokenizer
+                                .encode_fast(t.as_str(), opts.add_special_tokens)
+                                .map_err(|e| TokenizerError::Encode {
+                                    at: at(),
+                                    message: e.to_string(),
+                                })?;
+                            ids.extend_from_slice(enc.get_ids());
+                        }
+                        tokens += ids.len() as u64;
+                        format_ids(&ids, &mut out);
+                    }
+                    Ok((out, tokens))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stats.documents += batch.texts.len() as u64;
+            stats.bytes += batch.texts.iter().map(|t| t.len() as u64).sum::<u64>();
+            stats.tokens += chunks.iter().map(|c| c.1).sum::<u64>();
+            let bytes = chunks.iter().map(|c| c.0.len()).sum();
+            let mut joined = Vec::with_capacity(bytes);
+            for (c, _) in chunks {
+                joined.extend_from_slice(&c);
+            }
+            if tx.send(joined).is_err() {
+                break;
+            }
+            continue;
         }
         let encodings = encode_batch(tokenizer, &batch.texts, opts.add_special_tokens, json)
             .map_err(|e| TokenizerError::Encode {

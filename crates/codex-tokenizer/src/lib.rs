@@ -15,6 +15,7 @@
 pub mod corpus;
 pub mod encode;
 pub mod error;
+pub mod fast;
 pub mod source;
 pub mod train;
 pub mod validate;

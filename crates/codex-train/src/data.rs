@@ -63,6 +63,48 @@ impl TextTokenizer {
     }
 }
 
+/// Text read before a parallel encoding batch (bounds the memory held by one batch).
+const ENCODE_BATCH_BYTES: usize = 8 << 20;
+
+/// The data pipeline's encoder: the byte-level BPE fast path of `codex_tokenizer::fast` where
+/// the tokenizer allows it (ids identical to `tokenizers`), in parallel across documents.
+struct DocumentEncoder<'a> {
+    tokenizer: &'a TextTokenizer,
+    fast: Option<codex_tokenizer::fast::FastBpe>,
+}
+
+impl<'a> DocumentEncoder<'a> {
+    fn new(tokenizer: &'a TextTokenizer) -> Self {
+        let fast = match tokenizer {
+            TextTokenizer::Hf(t) => codex_tokenizer::fast::FastBpe::new(t),
+            TextTokenizer::Byte => None,
+        };
+        DocumentEncoder { tokenizer, fast }
+    }
+
+    /// Appends the ids of `docs`, in order, to `out`.
+    fn encode_batch<S: AsRef<str> + Sync>(&self, docs: &[S], out: &mut Vec<u32>) -> Result<()> {
+        use rayon::prelude::*;
+        let encoded = docs
+            .par_iter()
+            .map(|d| {
+                let mut ids = Vec::new();
+                let text = d.as_ref();
+                match &self.fast {
+                    Some(fast) if fast.encode_into(text, &mut ids) => {}
+                    _ => self.tokenizer.encode_into(text, &mut ids)?,
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reserve(encoded.iter().map(Vec::len).sum());
+        for ids in encoded {
+            out.extend_from_slice(&ids);
+        }
+        Ok(())
+    }
+}
+
 /// One source file of the corpus, as recorded in the manifest and provenance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceDigest {
@@ -346,13 +388,16 @@ pub fn prepare_with(
         }
         None => {
             let mut tokens = Vec::new();
+            let encoder = DocumentEncoder::new(&tokenizer);
             match &corpus {
                 _ if filtering => {
                     let mut f = filter(&mut filtered, log)?;
                     let mut hist = std::collections::BTreeMap::<u64, u64>::new();
                     for t in &f.texts {
                         let before = tokens.len();
-                        tokenizer.encode_into(t, &mut tokens)?;
+                        // One at a time for the per-document histogram (the fast path
+                        // still applies; documents are not encoded in parallel here).
+                        encoder.encode_batch(std::slice::from_ref(t), &mut tokens)?;
                         let n = (tokens.len() - before) as u64;
                         *hist.entry(n.max(1).next_power_of_two()).or_default() += 1;
                     }
@@ -364,13 +409,25 @@ pub fn prepare_with(
                     let text = std::str::from_utf8(EMBEDDED_CORPUS).map_err(|e| {
                         Error::Internal(format!("embedded corpus is not UTF-8: {e}"))
                     })?;
-                    tokenizer.encode_into(text, &mut tokens)?;
+                    encoder.encode_batch(&[text], &mut tokens)?;
                 }
                 Some(c) => {
+                    // Documents are read in order and encoded in parallel a batch at a time;
+                    // ids are appended in document order, so the result does not depend on
+                    // the thread count.
+                    let mut batch: Vec<String> = Vec::new();
+                    let mut batch_bytes = 0usize;
                     for doc in c.documents() {
                         let doc = doc.map_err(|e| Error::Invalid(e.to_string()))?;
-                        tokenizer.encode_into(&doc.text, &mut tokens)?;
+                        batch_bytes += doc.text.len();
+                        batch.push(doc.text);
+                        if batch_bytes >= ENCODE_BATCH_BYTES {
+                            encoder.encode_batch(&batch, &mut tokens)?;
+                            batch.clear();
+                            batch_bytes = 0;
+                        }
                     }
+                    encoder.encode_batch(&batch, &mut tokens)?;
                 }
             }
             if let Some(dir) = cache_dir {

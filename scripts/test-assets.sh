@@ -15,6 +15,8 @@ if [ ! -x "$assets/venv/bin/python" ]; then
 fi
 "$assets/venv/bin/pip" install -q --disable-pip-version-check \
   "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" "mlflow==3.17.2" >&2
+# detect-secrets: the reference secret scanner `codex data scan` is compared against (tests/it/data.rs).
+"$assets/venv/bin/pip" install -q --disable-pip-version-check "detect-secrets==1.5.0" >&2
 fetch() { # name==version -> unpacked dir
   local spec="$1" dir="$assets/${1%%==*}"
   if [ ! -f "$dir/.done" ]; then

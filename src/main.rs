@@ -67,6 +67,8 @@ enum Command {
     Plot(commands::plot::Args),
     /// Compare runs side by side: config differences, final and best metrics, speed.
     Compare(commands::compare::Args),
+    /// Scan data for secrets and personal data, prepare datasets, list prepared ones.
+    Data(commands::data::Args),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -133,6 +135,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Sync(args) => commands::sync::run(ctx, args),
         Command::Plot(args) => commands::plot::run(ctx, args),
         Command::Compare(args) => commands::compare::run(ctx, args),
+        Command::Data(args) => commands::data::run(ctx, args),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
+pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod model;

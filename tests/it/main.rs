@@ -12,6 +12,7 @@ mod audit;
 mod checkpoint;
 mod config;
 mod dist;
+mod data;
 mod global;
 mod hostile;
 mod metrics;

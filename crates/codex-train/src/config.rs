@@ -29,6 +29,8 @@ pub struct TrainConfig {
     /// so single-process runs keep their config hash).
     #[serde(skip_serializing_if = "DistributedSection::is_default")]
     pub distributed: DistributedSection,
+    /// Data safety policy applied to training and evaluation texts before tokenization.
+    pub safety: codex_safety::SafetyConfig,
 }
 
 /// Which model to train: a registry preset from scratch, or pretrained weights.
@@ -706,6 +708,15 @@ impl Validate for TrainConfig {
                 "system_metrics.interval_ms",
                 s.interval_ms,
                 "must be >= 200",
+            ));
+        }
+        // The policy is loaded now so every bad rule is reported with the config's problems.
+        // One issue per key is kept, so the policy's problems go in one message.
+        if let Err(e) = self.safety.load() {
+            issues.push(ConfigIssue::invalid(
+                "safety.policy",
+                format!("{:?}", e.source),
+                format!("{} problem(s): {}", e.issues.len(), e.issues.join("; ")),
             ));
         }
         if self.output.dir.trim().is_empty() {

@@ -131,6 +131,53 @@ struct Manifest {
     vocab_size: usize,
     total_tokens: u64,
     shards: Vec<ShardEntry>,
+    /// What `[safety]` did (its policy hash is part of `key`); absent when it was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    safety: Option<codex_safety::SafetyReport>,
+    /// Documents per step and the token-length histogram, when documents were filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    documents: Option<DocReport>,
+}
+
+/// Document-level steps before tokenization besides `[safety]` (flags of `codex data prepare`).
+#[derive(Debug, Clone, Default)]
+pub struct DocOptions {
+    /// Drop documents whose text is identical to an earlier one (sha256).
+    pub exact_dedup: bool,
+    /// Drop near-duplicates of earlier documents (MinHash-LSH).
+    pub near_dup: Option<codex_safety::minhash::MinHashConfig>,
+}
+
+impl DocOptions {
+    fn any(&self) -> bool {
+        self.exact_dedup || self.near_dup.is_some()
+    }
+}
+
+/// Documents and bytes left after one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageCount {
+    pub stage: String,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+/// What the document steps did (the dataset card of `codex data prepare`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocReport {
+    pub stages: Vec<StageCount>,
+    /// `(at most N tokens, documents)`, N a power of two.
+    pub token_histogram: Vec<(u64, u64)>,
+}
+
+impl DocReport {
+    fn push(&mut self, stage: &str, texts: &[String]) {
+        self.stages.push(StageCount {
+            stage: stage.into(),
+            documents: texts.len() as u64,
+            bytes: texts.iter().map(|t| t.len() as u64).sum(),
+        });
+    }
 }
 
 /// The tokenized corpus, split into blocks.
@@ -150,6 +197,10 @@ pub struct Dataset {
     pub cache_hit: bool,
     /// Where the tokenizer came from (`byte`, a path, or `trained`).
     pub tokenizer_desc: String,
+    /// What `[safety]` did to the corpus (`None` when it is off).
+    pub safety: Option<codex_safety::SafetyReport>,
+    /// Documents per step (`None` unless documents were filtered or deduplicated).
+    pub documents: Option<DocReport>,
 }
 
 /// What the caller learns while data is prepared.
@@ -164,6 +215,16 @@ pub struct Prepared {
 pub fn prepare(
     cfg: &TrainConfig,
     cache_dir: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Prepared> {
+    prepare_with(cfg, cache_dir, &DocOptions::default(), log)
+}
+
+/// [`prepare`] with document-level deduplication.
+pub fn prepare_with(
+    cfg: &TrainConfig,
+    cache_dir: Option<&Path>,
+    doc_opts: &DocOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<Prepared> {
     let d = &cfg.data;
@@ -190,6 +251,22 @@ pub fn prepare(
             })
             .collect(),
     };
+    // 1b. `[safety]`: the policy in force; the documents are filtered once, when first needed
+    // (tokenizer training or a cache miss), never on a cache hit.
+    let policy = cfg
+        .safety
+        .load()
+        .map_err(|e| Error::Invalid(format!("safety.policy: {e}")))?;
+    let bypass = codex_safety::bypass_from_env();
+    let mut filtered: Option<Filtered> = None;
+    let filter = |filtered: &mut Option<Filtered>, log: &mut dyn FnMut(&str)| match (
+        &policy,
+        filtered.take(),
+    ) {
+        (_, Some(f)) => Ok(f),
+        (p, None) => read_filtered(p.as_ref(), doc_opts, cfg, corpus.as_ref(), bypass, log),
+    };
+    let filtering = policy.is_some() || doc_opts.any();
     // 2. Tokenizer.
     let (tokenizer, tokenizer_id, tokenizer_desc) = match cfg.tokenizer.kind {
         TokenizerKind::Byte => (
@@ -225,6 +302,24 @@ pub fn prepare(
                 ..Default::default()
             };
             let trained = match &corpus {
+                // Secrets must not reach the vocabulary either: train on the filtered texts.
+                _ if filtering => {
+                    let f = filter(&mut filtered, log)?;
+                    let docs: Vec<_> = f
+                        .texts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| {
+                            Ok(codex_tokenizer::corpus::Document {
+                                text: t.clone(),
+                                file: 0,
+                                line: i as u64 + 1,
+                            })
+                        })
+                        .collect();
+                    filtered = Some(f);
+                    codex_tokenizer::train::train(&tc, docs.into_iter(), &|_| {})
+                }
                 Some(c) => codex_tokenizer::train::train(&tc, c.documents(), &|_| {}),
                 None => {
                     let text = String::from_utf8_lossy(EMBEDDED_CORPUS).into_owned();
@@ -255,19 +350,35 @@ pub fn prepare(
     };
     let vocab_size = tokenizer.vocab_size();
     // 3. Cache key: sources + tokenizer + reading settings (not the split: blocks are cheap).
-    let key_text = serde_json::json!({
+    let mut key_json = serde_json::json!({
         "sources": sources, "tokenizer": tokenizer_id, "format": d.format, "text_field": d.text_field,
         "schema_version": codex_core::SCHEMA_VERSION,
-    })
-    .to_string();
+    });
+    // Only when on, so caches built without `[safety]` keep their keys.
+    if doc_opts.any() {
+        key_json["documents"] = serde_json::json!({
+            "exact_dedup": doc_opts.exact_dedup,
+            "near_dup": doc_opts.near_dup.map(|m| (m.shingle, m.bands, m.rows, m.threshold)),
+        });
+    }
+    if let Some(p) = &policy {
+        key_json["safety"] = serde_json::json!({
+            "policy_sha256": p.hash, "on_block": cfg.safety.on_block, "bypass": bypass || p.bypass,
+        });
+    }
+    let key_text = key_json.to_string();
     let key = sha256_bytes(key_text.as_bytes());
     let cached = match cache_dir {
         Some(dir) => read_cache(dir, &key)?,
         None => None,
     };
     let cache_hit = cached.is_some();
+    let mut safety_report = None;
+    let mut doc_report = None;
     let tokens = match cached {
-        Some(t) => {
+        Some((t, report, docs)) => {
+            safety_report = report;
+            doc_report = docs;
             log(&format!(
                 "data: reusing {} cached tokens (key {})",
                 t.len(),
@@ -279,6 +390,21 @@ pub fn prepare(
             let mut tokens = Vec::new();
             let encoder = DocumentEncoder::new(&tokenizer);
             match &corpus {
+                _ if filtering => {
+                    let mut f = filter(&mut filtered, log)?;
+                    let mut hist = std::collections::BTreeMap::<u64, u64>::new();
+                    for t in &f.texts {
+                        let before = tokens.len();
+                        // One at a time for the per-document histogram (the fast path
+                        // still applies; documents are not encoded in parallel here).
+                        encoder.encode_batch(std::slice::from_ref(t), &mut tokens)?;
+                        let n = (tokens.len() - before) as u64;
+                        *hist.entry(n.max(1).next_power_of_two()).or_default() += 1;
+                    }
+                    f.docs.token_histogram = hist.into_iter().collect();
+                    safety_report = f.safety;
+                    doc_report = Some(f.docs);
+                }
                 None => {
                     let text = std::str::from_utf8(EMBEDDED_CORPUS).map_err(|e| {
                         Error::Internal(format!("embedded corpus is not UTF-8: {e}"))
@@ -305,7 +431,16 @@ pub fn prepare(
                 }
             }
             if let Some(dir) = cache_dir {
-                write_cache(dir, &key, &sources, &tokenizer_id, vocab_size, &tokens)?;
+                write_cache(
+                    dir,
+                    &key,
+                    &sources,
+                    &tokenizer_id,
+                    vocab_size,
+                    &tokens,
+                    safety_report.as_ref(),
+                    doc_report.as_ref(),
+                )?;
             }
             log(&format!(
                 "data: {} tokens from {} source file(s)",
@@ -320,7 +455,7 @@ pub fn prepare(
             "token id {bad} is outside the vocabulary of {vocab_size}"
         )));
     }
-    let dataset = Dataset::new(
+    let mut dataset = Dataset::new(
         tokens,
         vocab_size,
         d.context_length,
@@ -331,7 +466,118 @@ pub fn prepare(
         cache_hit,
         tokenizer_desc,
     )?;
+    dataset.safety = safety_report;
+    dataset.documents = doc_report;
     Ok(Prepared { dataset, tokenizer })
+}
+
+/// The texts that go on to tokenization and what the steps before did.
+struct Filtered {
+    texts: Vec<String>,
+    safety: Option<codex_safety::SafetyReport>,
+    docs: DocReport,
+}
+
+/// Reads every document (the embedded corpus is one), applies the policy, then the
+/// deduplication steps.
+fn read_filtered(
+    policy: Option<&codex_safety::Policy>,
+    doc_opts: &DocOptions,
+    cfg: &TrainConfig,
+    corpus: Option<&codex_tokenizer::corpus::Corpus>,
+    bypass: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Filtered> {
+    let (texts, names): (Vec<String>, Vec<String>) = match corpus {
+        None => {
+            let text = std::str::from_utf8(EMBEDDED_CORPUS)
+                .map_err(|e| Error::Internal(format!("embedded corpus is not UTF-8: {e}")))?;
+            (vec![text.to_string()], vec![EMBEDDED_NAME.to_string()])
+        }
+        Some(c) => {
+            let mut texts = Vec::new();
+            let mut names = Vec::new();
+            for doc in c.documents() {
+                let doc = doc.map_err(|e| Error::Invalid(e.to_string()))?;
+                let file = c.files.get(doc.file).map(|f| f.path.display().to_string());
+                names.push(format!("{}:{}", file.unwrap_or_default(), doc.line));
+                texts.push(doc.text);
+            }
+            (texts, names)
+        }
+    };
+    let mut docs = DocReport::default();
+    docs.push("read", &texts);
+    let (mut texts, safety) = match policy {
+        None => (texts, None),
+        Some(p) => {
+            let (t, r) = safety_filter(p, cfg, texts, &names, bypass, log)?;
+            docs.push("safety", &t);
+            (t, Some(r))
+        }
+    };
+    if doc_opts.exact_dedup {
+        let mut seen = std::collections::HashSet::new();
+        texts.retain(|t| seen.insert(sha256_bytes(t.as_bytes())));
+        docs.push("exact_dedup", &texts);
+    }
+    if let Some(m) = &doc_opts.near_dup {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let dup = codex_safety::minhash::near_duplicates(&refs, m);
+        let mut keep = dup.iter().map(Option::is_none);
+        texts.retain(|_| keep.next().unwrap_or(true));
+        docs.push("near_dedup", &texts);
+    }
+    Ok(Filtered {
+        texts,
+        safety,
+        docs,
+    })
+}
+
+/// Applies the policy to `texts` (named by `names` in errors), failing or dropping blocked ones
+/// per `on_block`; the error names files and rules, never the matched text.
+fn safety_filter(
+    policy: &codex_safety::Policy,
+    cfg: &TrainConfig,
+    texts: Vec<String>,
+    names: &[String],
+    bypass: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Vec<String>, codex_safety::SafetyReport)> {
+    let on_block = cfg.safety.on_block;
+    let f = codex_safety::train::filter_texts(policy, texts, on_block, bypass);
+    if !f.blocked.is_empty() && on_block == codex_safety::OnBlock::Fail {
+        let list: Vec<String> = f
+            .blocked
+            .iter()
+            .take(20)
+            .map(|b| format!("{} ({})", names[b.index], b.rules.join(", ")))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "safety policy {} blocked {} document(s) (safety.on_block = \"fail\"): {}{}",
+            policy.source,
+            f.blocked.len(),
+            list.join("; "),
+            if f.blocked.len() > 20 { "; …" } else { "" }
+        )));
+    }
+    let r = &f.report;
+    log(&format!(
+        "safety: {} document(s) in, {} dropped, {} redacted (policy {}, sha256 {})",
+        r.documents_in,
+        r.documents_dropped,
+        r.documents_redacted,
+        policy.source,
+        &policy.hash[..12]
+    ));
+    if r.tally.documents_bypassed > 0 {
+        tracing::warn!(
+            "safety: bypass let {} blocked document(s) through (recorded in the run record)",
+            r.tally.documents_bypassed
+        );
+    }
+    Ok((f.kept.into_iter().map(|(_, t)| t).collect(), f.report))
 }
 
 fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> {
@@ -355,7 +601,13 @@ fn resolve_corpus(cfg: &TrainConfig) -> Result<codex_tokenizer::corpus::Corpus> 
         .map_err(|e| Error::Invalid(format!("data.inputs: {e}")))
 }
 
-fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
+type Cached = (
+    Vec<u32>,
+    Option<codex_safety::SafetyReport>,
+    Option<DocReport>,
+);
+
+fn read_cache(dir: &Path, key: &str) -> Result<Option<Cached>> {
     let path = dir.join(MANIFEST);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
@@ -383,9 +635,10 @@ fn read_cache(dir: &Path, key: &str) -> Result<Option<Vec<u32>>> {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
     }
-    Ok((tokens.len() as u64 == m.total_tokens).then_some(tokens))
+    Ok((tokens.len() as u64 == m.total_tokens).then_some((tokens, m.safety, m.documents)))
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; each value is a manifest field
 fn write_cache(
     dir: &Path,
     key: &str,
@@ -393,6 +646,8 @@ fn write_cache(
     tokenizer: &str,
     vocab_size: usize,
     tokens: &[u32],
+    safety: Option<&codex_safety::SafetyReport>,
+    documents: Option<&DocReport>,
 ) -> Result<()> {
     codex_core::fsutil::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
@@ -419,6 +674,8 @@ fn write_cache(
         vocab_size,
         total_tokens: tokens.len() as u64,
         shards,
+        safety: safety.cloned(),
+        documents: documents.cloned(),
     };
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
@@ -481,6 +738,8 @@ impl Dataset {
             sources,
             cache_hit,
             tokenizer_desc,
+            safety: None,
+            documents: None,
         })
     }
 
@@ -568,6 +827,8 @@ impl Dataset {
             sources: Vec::new(),
             cache_hit: false,
             tokenizer_desc: String::new(),
+            safety: None,
+            documents: None,
         })
     }
 
@@ -696,5 +957,91 @@ mod tests {
         let p4 = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
         assert!(!p4.dataset.cache_hit);
         assert_ne!(p4.dataset.data_hash, p1.dataset.data_hash);
+    }
+
+    #[test]
+    fn safety_drops_redacts_records_and_keys_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let planted = codex_safety::planted::credentials(11, 1);
+        let mut cfg = TrainConfig::default();
+        let mut inputs = Vec::new();
+        for (i, c) in planted.iter().enumerate() {
+            let p = dir.path().join(format!("f{i}.py"));
+            std::fs::write(
+                &p,
+                format!(
+                    "{}\n{}\n",
+                    "def f(x):\n    return x + 1\n".repeat(8),
+                    c.line
+                ),
+            )
+            .unwrap();
+            inputs.push(p.display().to_string());
+        }
+        cfg.data.inputs = inputs;
+        cfg.data.context_length = 16;
+        let cache = dir.path().join("cache");
+        let off = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(off.dataset.safety.is_none());
+        cfg.safety.enabled = true;
+        let on = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        // Turning safety on changes the key: rebuilt, not reused.
+        assert!(!on.dataset.cache_hit);
+        assert_ne!(on.dataset.data_hash, off.dataset.data_hash);
+        let r = on.dataset.safety.clone().unwrap();
+        assert_eq!(r.documents_in, planted.len() as u64);
+        let blocking = planted
+            .iter()
+            .filter(|c| {
+                let p = codex_safety::Policy::default_policy();
+                p.rules
+                    .iter()
+                    .any(|r| r.id == c.rule && r.action == codex_safety::Action::Block)
+            })
+            .count() as u64;
+        assert_eq!(r.documents_dropped, blocking, "{r:?}");
+        assert_eq!(r.documents_out + r.documents_dropped, r.documents_in);
+        for c in &planted {
+            assert!(
+                r.tally.rules.contains_key(c.rule),
+                "{} not counted: {r:?}",
+                c.rule
+            );
+        }
+        let bytes: Vec<u8> = on.dataset.tokens.iter().map(|&t| t as u8).collect();
+        let text = String::from_utf8_lossy(&bytes);
+        for c in &planted {
+            assert!(!text.contains(&c.secret), "{} survived", c.rule);
+        }
+        // Same policy: reused, with its report. Another policy: rebuilt.
+        let again = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(again.dataset.cache_hit);
+        assert_eq!(again.dataset.safety, Some(r));
+        let custom = dir.path().join("p.toml");
+        std::fs::write(
+            &custom,
+            "[[rules]]\nid='x'\nliterals=['return']\naction='redact'\n",
+        )
+        .unwrap();
+        cfg.safety.policy = custom.display().to_string();
+        let other = prepare(&cfg, Some(&cache), &mut |_| {}).unwrap();
+        assert!(!other.dataset.cache_hit);
+        assert_eq!(
+            other.dataset.safety.unwrap().documents_redacted,
+            planted.len() as u64
+        );
+        // on_block = "fail" names the files and rules, never the secret.
+        cfg.safety.policy = String::new();
+        cfg.safety.on_block = codex_safety::OnBlock::Fail;
+        let err = prepare(&cfg, None, &mut |_| {}).err().unwrap().to_string();
+        assert!(
+            err.contains("blocked")
+                && err.contains("secret.aws_access_key_id")
+                && err.contains("f0.py"),
+            "{err}"
+        );
+        for c in &planted {
+            assert!(!err.contains(&c.secret), "{err}");
+        }
     }
 }

@@ -42,7 +42,7 @@ pub fn collect(
     device: &Device,
     n_params: usize,
 ) -> Value {
-    json!({
+    let mut doc = json!({
         "schema_version": codex_core::SCHEMA_VERSION,
         "created": codex_core::time::now_rfc3339(),
         "codex_version": codex_core::VERSION,
@@ -69,7 +69,11 @@ pub fn collect(
             "train_blocks": ds.n_train(),
             "val_blocks": ds.n_val(),
             "cache_hit": ds.cache_hit,
+            "safety": ds.safety,
         },
         "command": std::env::args().collect::<Vec<_>>(),
-    })
+    });
+    // A token typed on the command line or a credential in a source path stays out of the record.
+    codex_safety::mask::mask_json(&mut doc);
+    doc
 }

@@ -3,6 +3,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+pub mod export;
+pub mod generate;
 pub mod metrics;
 pub mod model;
 pub mod repo_map;

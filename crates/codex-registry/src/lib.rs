@@ -12,6 +12,7 @@ mod arch;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 mod init;

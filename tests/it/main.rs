@@ -11,6 +11,8 @@ mod support;
 mod audit;
 mod checkpoint;
 mod config;
+mod export;
+mod generate;
 mod global;
 mod hostile;
 mod metrics;

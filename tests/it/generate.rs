@@ -155,10 +155,11 @@ fn refuses_presets_bad_settings_and_overlong_prompts() {
     let long = "x".repeat(64);
     let p = expect_exit(codex().args(["generate", &src, "-p", &long]), 1);
     assert!(p.stderr.contains("context"), "{}", p.stderr);
-    // Generation stops when the context is full.
+    // Generation stops when the context is full: the last token is chosen from the logits
+    // of position 64 and is not fed back.
     let j = gen_json(&src, &["-n", "200"]);
     assert_eq!(j["samples"][0]["finish_reason"], "context");
-    assert_eq!(j["samples"][0]["ids"].as_array().unwrap().len(), 64 - 5);
+    assert_eq!(j["samples"][0]["ids"].as_array().unwrap().len(), 64 - 5 + 1);
 }
 
 #[test]

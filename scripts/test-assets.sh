@@ -13,7 +13,8 @@ if [ ! -x "$assets/venv/bin/python" ]; then
   "$py" -m venv "$assets/venv" >&2
 fi
 "$assets/venv/bin/pip" install -q --disable-pip-version-check \
-  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" >&2
+  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" \
+  "gguf==0.19.0" >&2
 fetch() { # name==version -> unpacked dir
   local spec="$1" dir="$assets/${1%%==*}"
   if [ ! -f "$dir/.done" ]; then

@@ -51,6 +51,55 @@ pub enum Format {
     Gguf,
 }
 
+fn export_gguf(
+    ctx: &Ctx,
+    a: &Args,
+    model: &codex_registry::Model,
+    src: &ModelSource,
+) -> anyhow::Result<u8> {
+    use codex_registry::gguf_write::{GgufType, write_gguf};
+    let ty = GgufType::parse(&a.dtype).map_err(registry_err)?;
+    if model.lora_config().is_some() && !a.merge_lora {
+        return Err(with_hint(
+            anyhow::anyhow!(
+                "{} has a LoRA adapter; GGUF holds one set of weights",
+                a.source
+            ),
+            "pass --merge-lora",
+        ));
+    }
+    codex_core::fsutil::create_dir_all(&a.out)
+        .with_context(|| format!("creating {}", a.out.display()))?;
+    let path = a.out.join("model.gguf");
+    let name = a
+        .out
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    write_gguf(model, &path, ty, &name).map_err(registry_err)?;
+    let (sha, _) = codex_core::hash::sha256_file(&path)?;
+    let card = model_card(
+        a,
+        model,
+        src,
+        &format!("(none in the GGUF; model.gguf sha256 {sha})"),
+        &a.dtype,
+    );
+    let readme = a.out.join("README.md");
+    codex_core::fsutil::atomic_write(&readme, card.as_bytes())
+        .with_context(|| format!("writing {}", readme.display()))?;
+    if ctx.json {
+        out_json(
+            &json!({"source": a.source, "out": a.out, "format": "gguf", "dtype": a.dtype,
+            "files": [path, readme]}),
+        )?;
+    } else {
+        out_line(path.display())?;
+        out_line(readme.display())?;
+    }
+    ctx.info(format!("exported {} to {}", a.source, path.display()));
+    Ok(exit::OK)
+}
+
 /// GPT-2's reversible byte → printable-character map (`bytes_to_unicode`): printable Latin-1
 /// bytes map to themselves, the others to U+0100 onwards.
 fn byte_to_char(b: u8) -> char {
@@ -166,7 +215,7 @@ fn model_card(
     let _ = writeln!(s, "| vocabulary | {} |", m.vocab_size());
     let _ = writeln!(s, "| context | {} |", m.max_positions());
     let _ = writeln!(s, "| dtype | {dtype} |");
-    let _ = writeln!(s, "| tokenizer.json sha256 | `{tok_sha}` |");
+    let _ = writeln!(s, "| tokenizer | {tok_sha} |");
     if let Some(l) = m.lora_config() {
         let _ = writeln!(
             s,
@@ -289,10 +338,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         model.merge_lora()?;
     }
     if a.format == Format::Gguf {
-        return Err(with_hint(
-            anyhow::anyhow!("--format gguf is not implemented in this build"),
-            "export an HF directory (the default) and convert it with llama.cpp's convert_hf_to_gguf.py",
-        ));
+        return export_gguf(ctx, &a, &model, &loaded.source);
     }
     let dtype = codex_registry::parse_dtype(&a.dtype).map_err(registry_err)?;
     codex_core::fsutil::create_dir_all(out)
@@ -318,7 +364,13 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 .map_err(registry_err)?,
         );
     }
-    let card = model_card(&a, &model, &loaded.source, &tok_sha, &a.dtype);
+    let card = model_card(
+        &a,
+        &model,
+        &loaded.source,
+        &format!("tokenizer.json sha256 `{tok_sha}`"),
+        &a.dtype,
+    );
     let readme = out.join("README.md");
     codex_core::fsutil::atomic_write(&readme, card.as_bytes())
         .with_context(|| format!("writing {}", readme.display()))?;

@@ -8,17 +8,25 @@ use serde_json::Value;
 use std::path::Path;
 
 fn greedy(source: &Path) -> Value {
-    let j = stdout_json(codex().args([
-        "--json",
-        "generate",
-        &source.display().to_string(),
-        "--prompt",
-        "def f",
-        "-t",
-        "0",
-        "-n",
-        "20",
-    ]));
+    greedy_with(source, &[])
+}
+
+fn greedy_with(source: &Path, extra: &[&str]) -> Value {
+    let j = stdout_json(
+        codex()
+            .args([
+                "--json",
+                "generate",
+                &source.display().to_string(),
+                "--prompt",
+                "def f",
+                "-t",
+                "0",
+                "-n",
+                "20",
+            ])
+            .args(extra),
+    );
     j["samples"][0].clone()
 }
 
@@ -195,4 +203,82 @@ fn lora_run_exports_merged_or_as_adapter() {
         1,
     );
     assert!(p.stderr.contains("no LoRA adapter"), "{}", p.stderr);
+}
+
+/// Trains a tiny Llama (byte tokenizer) into `dir/run`.
+pub fn train_tiny_llama(dir: &Path) -> std::path::PathBuf {
+    train_tiny(dir, &["model.preset=\"llama-tiny\""])
+}
+
+#[test]
+#[ignore = "needs the gguf package from scripts/test-assets.sh (CODEX_TEST_PYTHON)"]
+fn gguf_export_reads_in_the_python_gguf_package() {
+    let py = crate::support::asset_var("CODEX_TEST_PYTHON");
+    let dir = tempdir();
+    let run = train_tiny_llama(dir.path());
+    let hf = dir.path().join("hf");
+    codex()
+        .args(["export", &run.display().to_string(), "-o"])
+        .arg(&hf)
+        .assert()
+        .success();
+    for (ty, tol) in [("f32", 0.0), ("f16", 1.0 / 1024.0), ("q8_0", 1.0 / 127.0)] {
+        let out = dir.path().join(ty);
+        codex()
+            .args([
+                "export",
+                &run.display().to_string(),
+                "--format",
+                "gguf",
+                "--dtype",
+                ty,
+                "-o",
+            ])
+            .arg(&out)
+            .assert()
+            .success();
+        let o = std::process::Command::new(&py)
+            .arg(crate::support::fixture("export/gguf_check.py"))
+            .arg(out.join("model.gguf"))
+            .arg(&hf)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["arch"], "llama");
+        let t = j["tensors"].as_object().unwrap();
+        assert!(t.len() > 10, "{j}");
+        for (name, rel) in t {
+            let rel = rel.as_f64().unwrap();
+            assert!(
+                rel <= tol,
+                "{ty} {name}: max |gguf - hf| / max |w| = {rel} > {tol}"
+            );
+        }
+        // codex reads it back and generates what the run does (f32: the same tokens).
+        if ty == "f32" {
+            // GGUF files carry no tokenizer here: name it.
+            let g = greedy_with(&out.join("model.gguf"), &["--tokenizer", "byte"]);
+            assert_eq!(greedy(&run)["ids"], g["ids"]);
+        }
+    }
+}
+
+#[test]
+fn gguf_export_refuses_gpt2_and_unmerged_lora() {
+    let dir = tempdir();
+    let run = train_tiny(dir.path(), &[]);
+    let p = expect_exit(
+        codex()
+            .args([
+                "export",
+                &run.display().to_string(),
+                "--format",
+                "gguf",
+                "-o",
+            ])
+            .arg(dir.path().join("g")),
+        1,
+    );
+    assert!(p.stderr.contains("llama family"), "{}", p.stderr);
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 mod init;
 pub mod kv;
 pub mod lora;

@@ -2,6 +2,7 @@
 
 mod behaviour;
 mod generate;
+mod gguf_export;
 mod hostile;
 mod numerics;
 mod support;

@@ -282,3 +282,138 @@ fn gguf_export_refuses_gpt2_and_unmerged_lora() {
     );
     assert!(p.stderr.contains("llama family"), "{}", p.stderr);
 }
+
+/// The Python with torch + transformers + peft (`scripts/interop.sh` sets it).
+fn torch_python() -> std::path::PathBuf {
+    crate::support::asset_var("CODEX_TORCH_PYTHON")
+}
+
+/// codex's f32 logits `[T, V]` for `ids` from `source`, through the library the CLI uses.
+fn codex_logits(source: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    use codex_registry::candle_core::{DType, Device, Tensor};
+    let m =
+        codex_registry::load_pretrained(&source.display().to_string(), &Device::Cpu, DType::F32)
+            .unwrap();
+    let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).unwrap();
+    m.forward(&x, false)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+/// Exports `run` (with `extra` export flags) and checks it in `transformers`: the tokenizer's
+/// ids equal codex's, logits within 1e-4 of `logits_of`'s, greedy generation token for token.
+fn check_in_transformers(run: &Path, out: &Path, extra: &[&str], adapter: bool) {
+    codex()
+        .args(["export", &run.display().to_string(), "-o"])
+        .arg(out)
+        .args(extra)
+        .assert()
+        .success();
+    let prompt = "def f12(x):\n    return";
+    let n = 16;
+    let g = stdout_json(codex().args([
+        "--json",
+        "generate",
+        &run.display().to_string(),
+        "-p",
+        prompt,
+        "-t",
+        "0",
+        "-n",
+        &n.to_string(),
+    ]));
+    let ids: Vec<u32> = g["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let mut cmd = std::process::Command::new(torch_python());
+    cmd.arg(crate::support::fixture("export/hf_check.py"))
+        .arg(out)
+        .arg(prompt)
+        .arg(serde_json::to_string(&ids).unwrap())
+        .arg(n.to_string());
+    if adapter {
+        cmd.arg(out.join("adapter"));
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let py: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(py["prompt_ids"], g["prompt_ids"], "tokenizer ids differ");
+    assert_eq!(py["decoded"], prompt);
+    let ours = codex_logits(run, &ids);
+    let theirs = py["logits"].as_array().unwrap();
+    let mut worst = 0f64;
+    for (r, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let b = b.as_array().unwrap();
+        assert_eq!(a.len(), b.len(), "row {r}: vocab");
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((*x as f64 - y.as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!(
+        "{}: max |codex - transformers| logits = {worst:e} ({})",
+        out.display(),
+        py["class"]
+    );
+    assert!(worst < 1e-4, "logits differ by {worst}");
+    assert_eq!(
+        py["generated"], g["samples"][0]["ids"],
+        "greedy tokens differ"
+    );
+}
+
+#[test]
+#[ignore = "needs torch + transformers (CODEX_TORCH_PYTHON; scripts/interop.sh)"]
+fn gpt2_and_llama_exports_match_transformers() {
+    let dir = tempdir();
+    let gpt = train_tiny(&dir.path().join("g").tap_mkdir(), &[]);
+    check_in_transformers(&gpt, &dir.path().join("gpt-hf"), &[], false);
+    let llama = train_tiny_llama(&dir.path().join("l").tap_mkdir());
+    check_in_transformers(&llama, &dir.path().join("llama-hf"), &[], false);
+    // A trained BPE tokenizer travels with its ids.
+    let bpe = train_tiny(
+        &dir.path().join("b").tap_mkdir(),
+        &["tokenizer.kind=\"train\"", "tokenizer.vocab_size=300"],
+    );
+    check_in_transformers(&bpe, &dir.path().join("bpe-hf"), &[], false);
+}
+
+#[test]
+#[ignore = "needs torch + transformers + peft (CODEX_TORCH_PYTHON; scripts/interop.sh)"]
+fn lora_exports_match_transformers_and_peft() {
+    let dir = tempdir();
+    for (name, preset) in [("g", "gpt-tiny"), ("l", "llama-tiny")] {
+        let run = train_tiny(
+            &dir.path().join(name).tap_mkdir(),
+            &[
+                &format!("model.preset=\"{preset}\""),
+                "model.lora.enabled=true",
+                "model.lora.r=4",
+                "optimizer.lr=3e-2",
+            ],
+        );
+        check_in_transformers(
+            &run,
+            &dir.path().join(format!("{name}-merged")),
+            &["--merge-lora"],
+            false,
+        );
+        check_in_transformers(&run, &dir.path().join(format!("{name}-adapter")), &[], true);
+    }
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}

@@ -189,3 +189,38 @@ fn model_show_accepts_runs() {
     // The preset's parameter count at vocab 256, from the checkpoint's header.
     assert!(j["params"]["total"].as_u64().unwrap() > 100_000);
 }
+
+#[test]
+fn architecture_knobs_train_and_generate() {
+    let dir = tempdir();
+    let run = train_tiny(
+        dir.path(),
+        &[
+            "model.overrides.n_layer=3",
+            "model.overrides.n_head=4",
+            "model.overrides.n_embd=64",
+        ],
+    );
+    let j = stdout_json(codex().args(["--json", "model", "show", &run.display().to_string()]));
+    assert_eq!(j["config"]["n_layer"], 3);
+    assert_eq!(j["config"]["n_head"], 4);
+    assert_eq!(j["config"]["n_embd"], 64);
+    let g = gen_json(&run.display().to_string(), &["-n", "4"]);
+    assert_eq!(g["samples"][0]["ids"].as_array().unwrap().len(), 4);
+    // Bad knobs: every problem in one report, before any work.
+    let input = corpus(dir.path());
+    let p = expect_exit(
+        codex().args(tiny_args(
+            &input,
+            &dir.path().join("bad"),
+            &[
+                "model.overrides.n_head=3",
+                "model.overrides.n_embd=100",
+                "model.overrides.num_key_value_heads=2",
+            ],
+        )),
+        1,
+    );
+    assert!(p.stderr.contains("multiple of `n_head`"), "{}", p.stderr);
+    assert!(p.stderr.contains("not a gpt2 key"), "{}", p.stderr);
+}

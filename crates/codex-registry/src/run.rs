@@ -285,7 +285,9 @@ pub fn run_preset_config(
 ) -> Result<ArchConfig> {
     let mut o = overrides.clone();
     o.vocab_size = Some(o.vocab_size.unwrap_or(vocab_size));
-    if o.max_positions.is_none() {
+    let positions_set =
+        o.max_positions.is_some() || o.n_positions.is_some() || o.max_position_embeddings.is_some();
+    if !positions_set {
         let base = preset_config(preset, &PresetOverrides::default())?;
         o.max_positions = Some(base.max_positions().max(context_length));
     }

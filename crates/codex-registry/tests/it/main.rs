@@ -5,4 +5,5 @@ mod generate;
 mod gguf_export;
 mod hostile;
 mod numerics;
+mod overrides;
 mod support;

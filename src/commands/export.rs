@@ -309,10 +309,10 @@ fn train_loss_at(run: &Path, step: u64) -> Option<String> {
         codex_core::fsutil::read_regular_capped(&run.join("metrics.ndjson"), 1 << 30).ok()?;
     String::from_utf8_lossy(&text)
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["event"] == "step" && e["step"].as_u64() == Some(step))
-        .filter_map(|e| e["train_loss"].as_f64())
-        .last()
+        .find_map(|e| e["train_loss"].as_f64())
         .map(|l| l.to_string())
 }
 

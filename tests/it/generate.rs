@@ -77,7 +77,7 @@ fn selectors_pick_checkpoints_and_greedy_is_deterministic() {
     );
     assert_eq!(at12["samples"], last["samples"]);
     assert_eq!(at12["samples"], dir12["samples"]);
-    assert_eq!(at12["model"].as_str().unwrap().ends_with("(step 12)"), true);
+    assert!(at12["model"].as_str().unwrap().ends_with("(step 12)"));
     assert!(at10["model"].as_str().unwrap().ends_with("(step 10)"));
     // Different weights give different log-probs.
     assert_ne!(

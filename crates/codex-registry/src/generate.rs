@@ -287,7 +287,7 @@ mod tests {
             ..Sampling::default()
         };
         for u in [0.0, 0.5, 0.999] {
-            assert_eq!(sample(&mut vec![0.1, 2.0, 1.9], &s, u), 1);
+            assert_eq!(sample(&mut [0.1, 2.0, 1.9], &s, u), 1);
         }
     }
 

@@ -224,3 +224,23 @@ fn architecture_knobs_train_and_generate() {
     assert!(p.stderr.contains("multiple of `n_head`"), "{}", p.stderr);
     assert!(p.stderr.contains("not a gpt2 key"), "{}", p.stderr);
 }
+
+#[test]
+fn eval_takes_checkpoint_selectors() {
+    let dir = tempdir();
+    let run = train_tiny(dir.path(), &[]);
+    let src = run.display().to_string();
+    let e10 =
+        stdout_json(codex().args(["--json", "eval", &format!("{src}@10"), "--max-batches", "1"]));
+    assert_eq!(e10["step"], 10);
+    let e12 = stdout_json(codex().args([
+        "--json",
+        "eval",
+        &format!("{src}@last"),
+        "--max-batches",
+        "1",
+    ]));
+    assert_eq!(e12["step"], 12);
+    let p = expect_exit(codex().args(["eval", &format!("{src}@3")]), 1);
+    assert!(p.stderr.contains("step 3"), "{}", p.stderr);
+}

@@ -7,7 +7,7 @@
 
 // Modules in layers; each uses only earlier layers (no cycles):
 //   error, init, ops | config, device, weights (safetensors I/O), params, gguf | nn | arch
-//   | model | lora, registry | source.
+//   | kv | model | lora, registry | run, generate, export, gguf_write | source.
 mod arch;
 pub mod config;
 pub mod device;

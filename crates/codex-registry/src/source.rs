@@ -45,8 +45,10 @@ pub fn hub_cache_dir() -> Option<PathBuf> {
 /// checkpoint directory, an HF directory or a `.gguf` file; or `org/name[@revision]` from the
 /// local hf-hub cache. Nothing is downloaded.
 pub fn resolve_source(spec: &str) -> Result<ModelSource> {
+    // A path that exists as given wins over `DIR@SELECTOR` (a directory may contain '@').
     if let Some((dir, sel)) = spec.rsplit_once('@')
         && !dir.is_empty()
+        && !Path::new(spec).exists()
         && Path::new(dir).is_dir()
     {
         let dir = Path::new(dir);

@@ -6,8 +6,8 @@
 //! optimizer. Every elementwise/normalisation op of the forward pass lives in [`ops`].
 
 // Modules in layers; each uses only earlier layers (no cycles):
-//   error, init, ops | config, device, weights (safetensors I/O), params, gguf | nn | arch
-//   | kv | model | lora, registry | run, generate, export, gguf_write | source.
+//   error, init, ops, kv | config, device, weights (safetensors I/O), params, gguf | nn | arch
+//   | model | lora, registry, generate, export, gguf_write | run | source.
 mod arch;
 pub mod config;
 pub mod device;

@@ -14,7 +14,8 @@ if [ ! -x "$assets/venv/bin/python" ]; then
   "$py" -m venv "$assets/venv" >&2
 fi
 "$assets/venv/bin/pip" install -q --disable-pip-version-check \
-  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" "mlflow==3.17.2" >&2
+  "tokenizers==0.22.1" "safetensors==0.6.2" "numpy<3" "psutil==7.1.0" "tensorboard==2.21.0" \
+  "mlflow==3.17.2" "gguf==0.19.0" >&2
 # detect-secrets: the reference secret scanner `codex data scan` is compared against (tests/it/data.rs).
 "$assets/venv/bin/pip" install -q --disable-pip-version-check "detect-secrets==1.5.0" >&2
 fetch() { # name==version -> unpacked dir

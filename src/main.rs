@@ -50,6 +50,10 @@ enum Command {
     Train(commands::train::Args),
     /// Evaluate a model or checkpoint: loss, perplexity, token accuracy.
     Eval(commands::eval::Args),
+    /// Sample text from a trained model (a run, checkpoint, HF directory or GGUF file).
+    Generate(commands::generate::Args),
+    /// Write a model as an HF directory (transformers-loadable) or a GGUF file.
+    Export(commands::export::Args),
     /// List, verify and prune checksummed checkpoints.
     Checkpoint(commands::checkpoint::Args),
     /// Sample CPU and GPU telemetry.
@@ -127,6 +131,8 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Model(args) => commands::model::run(ctx, args),
         Command::Train(args) => commands::train::run(ctx, args),
         Command::Eval(args) => commands::eval::run(ctx, args),
+        Command::Generate(args) => commands::generate::run(ctx, args),
+        Command::Export(args) => commands::export::run(ctx, args),
         Command::Checkpoint(args) => commands::checkpoint::run(ctx, args),
         Command::Metrics(args) => commands::metrics::run(ctx, args),
         Command::RepoMap(args) => commands::repo_map::run(ctx, args),

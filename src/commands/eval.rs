@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A run directory (its newest valid checkpoint) or a checkpoint directory. Without it,
+    /// A run directory (its newest valid checkpoint; `RUN@best`, `RUN@last`, `RUN@STEP` pick
+    /// another) or a checkpoint directory. Without it,
     /// the model of --config is evaluated as built (a preset's fresh weights, or pretrained).
     #[arg(value_name = "RUN_OR_CHECKPOINT")]
     pub target: Option<PathBuf>,
@@ -36,6 +37,21 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
+/// `RUN@best|@last|@STEP` → that checkpoint's directory; anything else as given.
+fn select_checkpoint(t: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let s = t.to_string_lossy();
+    if let Some((dir, _)) = s.rsplit_once('@')
+        && std::path::Path::new(dir).is_dir()
+        && !t.exists()
+    {
+        match codex_registry::resolve_source(&s).map_err(super::model::registry_err)? {
+            codex_registry::ModelSource::Checkpoint(ck) => return Ok(ck.dir),
+            other => anyhow::bail!("{s}: not a checkpoint of a run ({other:?})"),
+        }
+    }
+    Ok(t.to_path_buf())
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     Val,
@@ -45,7 +61,8 @@ pub enum Split {
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
     let (cfg, run_dir, checkpoint) = match &args.target {
         Some(t) => {
-            let (run, ck) = eval::locate(t)?;
+            let t = select_checkpoint(t)?;
+            let (run, ck) = eval::locate(&t)?;
             let cfg = load_config(Some(&run.join("config.toml")), &args.overrides)?;
             (cfg, Some(run), Some(ck))
         }

@@ -5,6 +5,8 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
+pub mod generate;
 pub mod metrics;
 pub mod model;
 pub mod plot;

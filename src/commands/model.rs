@@ -30,8 +30,9 @@ pub enum ModelCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    /// A preset name, an HF model directory, a .gguf file, or `org/name[@revision]` from the
-    /// local hf-hub cache.
+    /// A preset name; a run directory (`RUN`, `RUN@best`, `RUN@last`, `RUN@STEP`) or a
+    /// checkpoint directory; an HF model directory, a .gguf file, or `org/name[@revision]` from
+    /// the local hf-hub cache.
     #[arg(value_name = "NAME|PATH")]
     pub model: String,
     /// A PEFT adapter directory to count as trainable.
@@ -58,7 +59,8 @@ pub struct ShowArgs {
 pub enum LoraCommand {
     /// Merge a PEFT adapter into its base and write an HF model directory
     Merge {
-        /// Base model: HF directory, .gguf, or `org/name[@revision]` in the hf-hub cache.
+        /// Base model: a run or checkpoint directory, an HF directory, .gguf, or
+        /// `org/name[@revision]` in the hf-hub cache.
         #[arg(long, value_name = "MODEL")]
         base: String,
         /// Adapter directory (adapter_config.json + adapter_model.safetensors).
@@ -192,7 +194,7 @@ fn header_params(files: &[PathBuf]) -> anyhow::Result<(usize, Vec<String>)> {
     Ok((total, dtypes.into_iter().collect()))
 }
 
-fn registry_err(e: RegistryError) -> anyhow::Error {
+pub(crate) fn registry_err(e: RegistryError) -> anyhow::Error {
     match e {
         RegistryError::Device { .. } => {
             with_hint(e, "use --device cpu, or a build with `--features cuda`")
@@ -255,6 +257,32 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<u8> {
                     files.push(dir.join(extra));
                 }
             }
+        }
+        ModelSource::Checkpoint(ck) => {
+            let cfg = codex_registry::source_config(&a.model).map_err(registry_err)?;
+            arch = cfg.arch_name();
+            config_json = cfg.to_hf_json();
+            total = cfg.param_count();
+            let names = codex_registry::run::weight_names(ck);
+            let weights: Vec<PathBuf> = names.iter().map(|n| ck.dir.join(n)).collect();
+            if ck.lora {
+                let (n, _) = header_params(&weights[..1])?;
+                lora_params = n;
+            } else {
+                lora_params = 0;
+            }
+            dtype_name = a.dtype.clone().unwrap_or_else(|| "f32".into());
+            source_desc = format!(
+                "run {} checkpoint step {} ({}{})",
+                ck.run.display(),
+                ck.step,
+                ck.chosen,
+                ck.metric
+                    .map(|m| format!(", metric {m}"))
+                    .unwrap_or_default()
+            );
+            files.push(ck.run.join("config.toml"));
+            files.extend(weights);
         }
         ModelSource::Gguf(path) => {
             let m = codex_registry::load_pretrained(

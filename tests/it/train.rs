@@ -404,6 +404,7 @@ fn fine_tunes_a_pretrained_hf_dir_fully_and_with_lora() {
         vocab_size: Some(256),
         max_positions: Some(32),
         dropout: None,
+        ..Default::default()
     };
     codex_registry::build_preset("gpt-tiny", &o, &Device::Cpu, DType::F32, 3)
         .unwrap()

@@ -10,6 +10,7 @@ fn bench(c: &mut Criterion) {
         vocab_size: Some(4096),
         max_positions: Some(64),
         dropout: None,
+        ..Default::default()
     };
     let ids: Vec<u32> = (0..8 * 64u32).map(|i| (i * 2654435761u32) % 4096).collect();
     let x = Tensor::from_vec(ids, (8, 64), &Device::Cpu).unwrap();

@@ -5,6 +5,7 @@
 use crate::arch::{self, Architecture};
 use crate::config::{ArchConfig, LoraConfig};
 use crate::error::{RegistryError, Result};
+use crate::kv::KvCache;
 use crate::nn::{DropoutGen, Fwd, Linear};
 use crate::params::Builder;
 use candle_core::{DType, Device, Tensor, Var};
@@ -127,6 +128,22 @@ impl Model {
     pub fn forward(&self, input_ids: &Tensor, train: bool) -> Result<Tensor> {
         self.check_ids(input_ids)?;
         self.arch.forward(input_ids, &self.fwd(train))
+    }
+
+    /// Causal LM logits `[B, T, V]` for `input_ids` at positions `cache.len()..`, reusing the
+    /// cached keys and values of the earlier positions and appending the new ones
+    /// (inference: no dropout). An empty cache gives the same logits as [`Model::forward`].
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.check_ids(input_ids)?;
+        let t = input_ids.dim(1)?;
+        if cache.len() + t > self.max_positions() {
+            return Err(RegistryError::Invalid(format!(
+                "{} cached + {t} new positions exceed the model's context length {}",
+                cache.len(),
+                self.max_positions()
+            )));
+        }
+        self.arch.forward_cached(input_ids, cache, &self.fwd(false))
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<()> {

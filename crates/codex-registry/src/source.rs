@@ -1,12 +1,13 @@
-//! Where weights come from, offline: an HF model directory, an `org/name[@revision]` in the
-//! local hf-hub cache, or a GGUF file. Each is read into a config plus HF-named tensors, which
-//! [`Model::from_tensors`] turns into a model.
+//! Where weights come from, offline: a codex run or checkpoint (see [`crate::run`]), an HF
+//! model directory, an `org/name[@revision]` in the local hf-hub cache, or a GGUF file. Each is
+//! read into a config plus HF-named tensors, which [`Model::from_tensors`] turns into a model.
 
 use crate::config::ArchConfig;
 use crate::error::{RegistryError, Result};
 use crate::gguf;
 use crate::model::Model;
-use crate::registry::{find_preset, preset_names};
+use crate::registry::{build_from_config, find_preset, preset_config, preset_names};
+use crate::run::{self, RunCheckpoint, Selector, TokenizerRef};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub enum ModelSource {
     /// A directory with `config.json` and safetensors weights (also a resolved hf-hub snapshot).
     HfDir(PathBuf),
     Gguf(PathBuf),
+    /// A checkpoint of a codex training run.
+    Checkpoint(RunCheckpoint),
 }
 
 /// The hf-hub cache root: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
@@ -38,15 +41,48 @@ pub fn hub_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
 }
 
-/// Resolves a preset name, a path (directory or `.gguf`), or `org/name[@revision]` from the
+/// Resolves a preset name; a run directory (`RUN`, `RUN@best`, `RUN@last`, `RUN@STEP`), a
+/// checkpoint directory, an HF directory or a `.gguf` file; or `org/name[@revision]` from the
 /// local hf-hub cache. Nothing is downloaded.
 pub fn resolve_source(spec: &str) -> Result<ModelSource> {
+    // A path that exists as given wins over `DIR@SELECTOR` (a directory may contain '@').
+    if let Some((dir, sel)) = spec.rsplit_once('@')
+        && !dir.is_empty()
+        && !Path::new(spec).exists()
+        && Path::new(dir).is_dir()
+    {
+        let dir = Path::new(dir);
+        if !run::is_run_dir(dir) {
+            return Err(RegistryError::UnknownModel {
+                name: spec.to_string(),
+                msg: format!(
+                    "`@{sel}` selects a checkpoint of a run, but {} is not a run directory \
+                     (config.toml and checkpoints/)",
+                    dir.display()
+                ),
+            });
+        }
+        let sel = Selector::parse(sel).ok_or_else(|| RegistryError::UnknownModel {
+            name: spec.to_string(),
+            msg: format!("`@{sel}`: expected @best, @last or @STEP (a step number)"),
+        })?;
+        return run::select(dir, sel).map(ModelSource::Checkpoint);
+    }
     let path = Path::new(spec);
     if path.is_dir() {
+        if run::is_checkpoint_dir(path) {
+            return run::checkpoint_in_dir(path).map(ModelSource::Checkpoint);
+        }
+        if run::is_run_dir(path) {
+            return run::select(path, Selector::Default).map(ModelSource::Checkpoint);
+        }
         if !path.join("config.json").is_file() {
             return Err(RegistryError::UnknownModel {
                 name: spec.to_string(),
-                msg: "the directory has no config.json (an HF model directory needs config.json and model.safetensors)".into(),
+                msg: "the directory is neither a codex run (config.toml + checkpoints/), a \
+                      checkpoint (MANIFEST.json), nor an HF model directory (config.json + \
+                      model.safetensors)"
+                    .into(),
             });
         }
         return Ok(ModelSource::HfDir(path.to_path_buf()));
@@ -137,25 +173,184 @@ fn hub_snapshot(root: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
     )))
 }
 
-/// Loads pretrained weights from a directory, a `.gguf` file or a cached hf-hub id.
+/// A loaded model with where it came from and the tokenizer that goes with it.
+pub struct Loaded {
+    pub model: Model,
+    pub source: ModelSource,
+    pub tokenizer: TokenizerRef,
+}
+
+/// How deep `model.pretrained` chains (a run fine-tuned from a run …) are followed.
+const MAX_CHAIN: usize = 8;
+
+/// Loads trained weights from any source but a preset: a run or checkpoint (a LoRA run as its
+/// base plus adapter), an HF directory, a `.gguf` file or a cached hf-hub id.
+pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<Loaded> {
+    load_depth(spec, device, dtype, 0)
+}
+
+/// [`load_model`]'s model alone.
 pub fn load_pretrained(source: &str, device: &Device, dtype: DType) -> Result<Model> {
-    let (config, tensors, path) = match resolve_source(source)? {
+    Ok(load_model(source, device, dtype)?.model)
+}
+
+fn chain_err(spec: &str) -> RegistryError {
+    RegistryError::UnknownModel {
+        name: spec.to_string(),
+        msg: format!("more than {MAX_CHAIN} runs chained through `model.pretrained`"),
+    }
+}
+
+fn load_depth(spec: &str, device: &Device, dtype: DType, depth: usize) -> Result<Loaded> {
+    if depth > MAX_CHAIN {
+        return Err(chain_err(spec));
+    }
+    let source = resolve_source(spec)?;
+    let (model, tokenizer) = match &source {
         ModelSource::Preset(name) => {
             return Err(RegistryError::UnknownModel {
-                name,
-                msg: "is a preset without pretrained weights; build it with build_preset".into(),
+                name: name.clone(),
+                msg: "is a preset: an architecture with no trained weights. Train it with \
+                      `codex train` and pass the run directory, or pass an HF directory, a \
+                      .gguf file or a cached hub id"
+                    .into(),
             });
         }
         ModelSource::HfDir(dir) => {
-            let (config, tensors) = read_hf_dir(&dir)?;
-            (config, tensors, dir)
+            let (config, tensors) = read_hf_dir(dir)?;
+            let m =
+                Model::from_tensors(config, tensors, &dir.display().to_string(), device, dtype)?;
+            let tok = if dir.join("tokenizer.json").is_file() {
+                TokenizerRef::File(dir.join("tokenizer.json"))
+            } else {
+                TokenizerRef::None
+            };
+            (m, tok)
         }
         ModelSource::Gguf(path) => {
-            let (config, tensors) = gguf::read_gguf(&path)?;
-            (config, tensors, path)
+            let (config, tensors) = gguf::read_gguf(path)?;
+            let m =
+                Model::from_tensors(config, tensors, &path.display().to_string(), device, dtype)?;
+            (m, TokenizerRef::None)
         }
+        ModelSource::Checkpoint(ck) => load_checkpoint(ck, device, dtype, depth)?,
     };
-    Model::from_tensors(config, tensors, &path.display().to_string(), device, dtype)
+    Ok(Loaded {
+        model,
+        source,
+        tokenizer,
+    })
+}
+
+fn load_checkpoint(
+    ck: &RunCheckpoint,
+    device: &Device,
+    dtype: DType,
+    depth: usize,
+) -> Result<(Model, TokenizerRef)> {
+    let cfg = run::read_run_config(&ck.run)?;
+    let tokenizer = run::run_tokenizer(&ck.run, &cfg);
+    let origin = format!("{} (step {})", ck.run.display(), ck.step);
+    run::verify_files(&ck.dir, run::weight_names(ck))?;
+    let pretrained = cfg.model.pretrained.trim();
+    if ck.lora {
+        // The base is what the run started from: pretrained weights, or the preset's init
+        // drawn from the run's seed (deterministic, so the same base is rebuilt).
+        let mut base = if pretrained.is_empty() {
+            let vocab = run::recorded_vocab(&ck.run).ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "{}: a LoRA run on a fresh preset needs the tokenizer's vocabulary from \
+                     provenance.json (data.vocab_size), which is missing",
+                    ck.run.display()
+                ))
+            })?;
+            let c = run::run_preset_config(
+                &cfg.model.preset,
+                &cfg.model.overrides,
+                vocab,
+                cfg.data.context_length,
+            )?;
+            build_from_config(c, &cfg.model.preset, device, dtype, cfg.training.seed)?
+        } else {
+            load_depth(pretrained, device, dtype, depth + 1)?.model
+        };
+        crate::lora::load_adapter(&mut base, &ck.dir)?;
+        base.origin = origin;
+        return Ok((base, tokenizer));
+    }
+    let path = ck.dir.join(codex_checkpoint::MODEL_FILE);
+    let tensors = read_safetensors(&path, &Device::Cpu)?;
+    let config = if pretrained.is_empty() {
+        let vocab = embedding_rows(tensors.iter().map(|(n, t)| (n.as_str(), t.dims())))
+            .ok_or_else(|| RegistryError::MissingTensor {
+                name: "transformer.wte.weight | model.embed_tokens.weight".into(),
+                expected: vec![],
+                origin: path.display().to_string(),
+            })?;
+        run::run_preset_config(
+            &cfg.model.preset,
+            &cfg.model.overrides,
+            vocab,
+            cfg.data.context_length,
+        )?
+    } else {
+        source_config_depth(pretrained, depth + 1)?
+    };
+    let model = Model::from_tensors(config, tensors, &origin, device, dtype)?;
+    Ok((model, tokenizer))
+}
+
+/// The vocabulary (rows of the token embedding) of a set of HF-named tensors.
+fn embedding_rows<'a>(mut shapes: impl Iterator<Item = (&'a str, &'a [usize])>) -> Option<usize> {
+    shapes.find_map(|(n, s)| {
+        matches!(
+            n,
+            "transformer.wte.weight" | "model.embed_tokens.weight" | "wte.weight"
+        )
+        .then(|| s.first().copied())
+        .flatten()
+    })
+}
+
+/// The architecture config of a source without loading its weights (headers only).
+pub fn source_config(spec: &str) -> Result<ArchConfig> {
+    source_config_depth(spec, 0)
+}
+
+fn source_config_depth(spec: &str, depth: usize) -> Result<ArchConfig> {
+    if depth > MAX_CHAIN {
+        return Err(chain_err(spec));
+    }
+    match resolve_source(spec)? {
+        ModelSource::Preset(name) => preset_config(&name, &Default::default()),
+        ModelSource::HfDir(dir) => read_config(&dir),
+        ModelSource::Gguf(path) => Ok(gguf::read_gguf(&path)?.0),
+        ModelSource::Checkpoint(ck) => {
+            let cfg = run::read_run_config(&ck.run)?;
+            let pretrained = cfg.model.pretrained.trim();
+            if !pretrained.is_empty() {
+                return source_config_depth(pretrained, depth + 1);
+            }
+            let vocab = if ck.lora {
+                run::recorded_vocab(&ck.run)
+            } else {
+                let header = safetensors_header(&ck.dir.join(codex_checkpoint::MODEL_FILE))?;
+                embedding_rows(header.iter().map(|h| (h.name.as_str(), h.shape.as_slice())))
+            }
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "{}: cannot tell the model's vocabulary size",
+                    ck.dir.display()
+                ))
+            })?;
+            run::run_preset_config(
+                &cfg.model.preset,
+                &cfg.model.overrides,
+                vocab,
+                cfg.data.context_length,
+            )
+        }
+    }
 }
 
 /// The architecture config of an HF directory's `config.json`.

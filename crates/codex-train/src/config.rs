@@ -42,8 +42,10 @@ pub struct ModelSection {
     /// Pretrained source instead of a preset: HF directory, `org/name[@rev]` in the hf-hub
     /// cache, or a GGUF file. Empty = use `preset`.
     pub pretrained: String,
-    /// Preset overrides passed to the registry (`max_positions`, `dropout`; `vocab_size`
-    /// defaults to the tokenizer's).
+    /// Preset overrides passed to the registry: `vocab_size` (default: the tokenizer's),
+    /// `max_positions`, `dropout`, `tie_word_embeddings`, and the architecture's sizes under
+    /// HF's names (GPT-2: `n_layer`, `n_head`, `n_embd`, …; Llama: `num_hidden_layers`,
+    /// `hidden_size`, `num_key_value_heads`, `rope_theta`, …).
     pub overrides: codex_registry::PresetOverrides,
     pub lora: LoraSection,
 }
@@ -502,6 +504,24 @@ impl Validate for TrainConfig {
                 "\"\"",
                 "set a registry preset or `model.pretrained`",
             ));
+        }
+        // The preset's sizes with the overrides, checked together: every problem at once.
+        if m.pretrained.trim().is_empty()
+            && let Some(p) = codex_registry::registry::find_preset(m.preset.trim())
+        {
+            let mut arch = (p.config)();
+            if let Err(bad) = m.overrides.apply(&mut arch) {
+                for b in bad {
+                    // Each message names its key first (`n_head` …): one issue per key.
+                    let key = b
+                        .strip_prefix('`')
+                        .and_then(|r| r.split(['`', ' ']).next())
+                        .map_or("model.overrides".to_string(), |k| {
+                            format!("model.overrides.{k}")
+                        });
+                    issues.push(ConfigIssue::new(key, None, b));
+                }
+            }
         }
         if m.lora.enabled {
             if m.lora.r == 0 {

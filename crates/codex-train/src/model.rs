@@ -72,17 +72,23 @@ pub fn build_model(
     };
     let m = &cfg.model;
     let mut model = if m.pretrained.trim().is_empty() {
-        let mut o = m.overrides.clone();
-        o.vocab_size = Some(o.vocab_size.unwrap_or(vocab_size));
-        if o.max_positions.is_none() {
-            let preset = codex_registry::registry::preset_config(
-                &m.preset,
-                &codex_registry::PresetOverrides::default(),
-            )?;
-            o.max_positions = Some(preset.max_positions().max(cfg.data.context_length));
-        }
-        codex_registry::build_preset(&m.preset, &o, device, dtype, cfg.training.seed)?
+        // The same rule `codex generate`/`export` use to rebuild a run's model.
+        let arch = codex_registry::run::run_preset_config(
+            &m.preset,
+            &m.overrides,
+            vocab_size,
+            cfg.data.context_length,
+        )?;
+        codex_registry::registry::build_from_config(
+            arch,
+            &m.preset,
+            device,
+            dtype,
+            cfg.training.seed,
+        )?
     } else {
+        // Any model source: an HF directory, a GGUF file, a cached hub id, or a codex run or
+        // checkpoint (`RUN@best`, …) to continue from.
         codex_registry::load_pretrained(&m.pretrained, device, dtype)?
     };
     if !model.is_causal_lm() {

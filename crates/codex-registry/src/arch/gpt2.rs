@@ -3,6 +3,7 @@
 use super::Architecture;
 use crate::config::GptConfig;
 use crate::error::Result;
+use crate::kv::KvCache;
 use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads};
 use crate::ops;
 use crate::params::{Builder, Init};
@@ -124,6 +125,36 @@ impl Architecture for Gpt2 {
             let m = blk.mlp_proj.forward(&m, f)?;
             h = (h + f.dropout(&m, self.cfg.resid_pdrop)?)?;
         }
+        let h = self.ln_f.forward(&h, f)?;
+        let head = match &self.lm_head {
+            Some(w) => f.w(w),
+            None => wte,
+        };
+        lm_head(&h, &head, f)
+    }
+
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let offset = cache.len();
+        let wte = f.w(&self.wte);
+        let pos = f.w(&self.wpe).narrow(0, offset, t)?;
+        let mut h = embed(&wte, ids)?.broadcast_add(&pos)?;
+        let heads = self.cfg.n_head;
+        let d = self.cfg.n_embd;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let a = blk.ln_1.forward(&h, f)?;
+            let qkv = blk.c_attn.forward(&a, f)?;
+            let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, heads)?;
+            let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, heads)?;
+            let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, heads)?;
+            let (k, v) = cache.append(i, k, v)?;
+            let y = merge_heads(&attention(&q, &k, &v, Mask::Causal, 0.0, f)?)?;
+            h = (h + blk.attn_proj.forward(&y, f)?)?;
+            let m = blk.ln_2.forward(&h, f)?;
+            let m = self.act(&blk.c_fc.forward(&m, f)?)?;
+            h = (h + blk.mlp_proj.forward(&m, f)?)?;
+        }
+        cache.advance(t);
         let h = self.ln_f.forward(&h, f)?;
         let head = match &self.lm_head {
             Some(w) => f.w(w),

@@ -4,6 +4,7 @@
 use super::Architecture;
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::kv::KvCache;
 use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads};
 use crate::ops;
 use crate::params::{Builder, Init};
@@ -77,14 +78,21 @@ impl Llama {
         })
     }
 
-    /// cos/sin tables `[T, hd]` in f32 (as HF computes them), cast to `dtype`.
-    fn rope_tables(&self, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables `[T, hd]` for positions `start..start + t`, in f32 (as HF computes
+    /// them), cast to `dtype`.
+    fn rope_tables(
+        &self,
+        start: usize,
+        t: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim();
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / (self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
             .collect();
         let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
-        let pos = Tensor::arange(0u32, t as u32, device)?
+        let pos = Tensor::arange(start as u32, (start + t) as u32, device)?
             .to_dtype(DType::F32)?
             .reshape((t, 1))?;
         let freqs = pos.broadcast_mul(&inv)?;
@@ -98,7 +106,7 @@ impl Architecture for Llama {
         let (b, t) = ids.dims2()?;
         let emb = f.w(&self.embed);
         let mut h = embed(&emb, ids)?;
-        let (cos, sin) = self.rope_tables(t, h.device(), h.dtype())?;
+        let (cos, sin) = self.rope_tables(0, t, h.device(), h.dtype())?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
@@ -131,6 +139,49 @@ impl Architecture for Llama {
             let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
             h = (h + l.down.forward(&m, f)?)?;
         }
+        let h = self.norm.forward(&h, f)?;
+        let head = match &self.lm_head {
+            Some(w) => f.w(w),
+            None => emb,
+        };
+        lm_head(&h, &head, f)
+    }
+
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.len();
+        let emb = f.w(&self.embed);
+        let mut h = embed(&emb, ids)?;
+        let (cos, sin) = self.rope_tables(offset, t, h.device(), h.dtype())?;
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let rep = nh / nkv;
+        // The cache holds the kv heads once; they are repeated for the query heads per step.
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(x);
+            }
+            let s = x.dim(2)?;
+            Ok(x.unsqueeze(2)?
+                .expand((b, nkv, rep, s, hd))?
+                .reshape((b, nh, s, hd))?)
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = l.input_ln.forward(&h, f)?;
+            let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
+            let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
+            let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
+            let (k, v) = cache.append(i, k, v)?;
+            let y = attention(&q, &repeat(k)?, &repeat(v)?, Mask::Causal, 0.0, f)?;
+            h = (h + l.o.forward(&merge_heads(&y)?, f)?)?;
+            let m = l.post_ln.forward(&h, f)?;
+            let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
+            h = (h + l.down.forward(&m, f)?)?;
+        }
+        cache.advance(t);
         let h = self.norm.forward(&h, f)?;
         let head = match &self.lm_head {
             Some(w) => f.w(w),

@@ -7,7 +7,8 @@ mod gpt2;
 mod llama;
 
 use crate::config::ArchConfig;
-use crate::error::Result;
+use crate::error::{RegistryError, Result};
+use crate::kv::KvCache;
 use crate::nn::{Fwd, Linear};
 use crate::params::Builder;
 use candle_core::Tensor;
@@ -18,6 +19,14 @@ pub(crate) trait Architecture: Send + Sync {
     /// Causal LM logits `[B, T, V]` for `[B, T]` u32 ids; an encoder's last hidden state
     /// `[B, T, H]` with every token attended.
     fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor>;
+
+    /// Causal LM logits `[B, T, V]` for `ids` at positions `cache.len()..`, attending to the
+    /// cached keys and values and appending the new ones (inference only: no dropout).
+    fn forward_cached(&self, _ids: &Tensor, _cache: &mut KvCache, _f: &Fwd) -> Result<Tensor> {
+        Err(RegistryError::Invalid(
+            "this architecture is not a causal language model; it cannot generate".into(),
+        ))
+    }
 
     /// The encoder path (token types, padding mask); `None` for decoder-only models.
     fn encoder(&self) -> Option<&dyn Encoder> {

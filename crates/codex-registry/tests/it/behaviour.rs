@@ -16,6 +16,7 @@ fn small(name: &str, seed: u64) -> codex_registry::Model {
         vocab_size: Some(64),
         max_positions: Some(16),
         dropout: None,
+        ..Default::default()
     };
     build_preset(name, &o, &Device::Cpu, DType::F32, seed).unwrap()
 }
@@ -53,6 +54,7 @@ fn every_preset_builds_and_counts_match_config() {
                 vocab_size: Some(64),
                 max_positions: Some(16),
                 dropout: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -260,6 +262,7 @@ fn dropout_is_seeded_and_off_in_eval() {
         vocab_size: Some(64),
         max_positions: Some(16),
         dropout: Some(0.3),
+        ..Default::default()
     };
     let m = build_preset("gpt-tiny", &o, &Device::Cpu, DType::F32, 1).unwrap();
     let eval1 = m.forward(&batch(), false).unwrap();

@@ -324,7 +324,10 @@ pub fn build_report(input: StatusInput) -> StatusReport {
     let lock = root.join("Cargo.lock").is_file()
         || root.join("uv.lock").is_file()
         || root.join("poetry.lock").is_file();
-    let no_scan = "no secrets scanning or prompt-safety filter is part of codex";
+    // Degraded, not ok: the policy filters training data (when `[safety]` is on) and `codex data
+    // scan` checks files, but `codex generate` does not yet apply the prompt/output stages.
+    let no_scan = "secrets/PII policy: `codex data scan` and `[safety]` in training configs (off \
+                   unless enabled); `codex generate` applies no prompt/output policy yet";
     caps.push(Capability::new(
         "safety",
         Level::Degraded,

@@ -44,6 +44,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
                 out_json(&cfg)?;
             } else {
                 out_line(codex_core::config::to_toml_string(&cfg)?.trim_end())?;
+                if let Some(doc) = overrides_doc(&cfg) {
+                    out_line(doc)?;
+                }
             }
             Ok(exit::OK)
         }
@@ -70,4 +73,38 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// TOML comments naming the `model.overrides` keys of the config's preset, each with the value
+/// the run would use (the preset's, or the override's), so the sizes are discoverable.
+fn overrides_doc(cfg: &codex_train::config::TrainConfig) -> Option<String> {
+    let m = &cfg.model;
+    if m.preset.is_empty() || !m.pretrained.is_empty() {
+        return None;
+    }
+    let info = codex_registry::registry::find_preset(&m.preset)?;
+    let (keys, hf) = match codex_registry::registry::preset_config(&m.preset, &m.overrides) {
+        Ok(arch) => {
+            let keys = match arch {
+                codex_registry::config::ArchConfig::Gpt2(_) => codex_registry::registry::GPT2_KEYS,
+                codex_registry::config::ArchConfig::Llama(_) => {
+                    codex_registry::registry::LLAMA_KEYS
+                }
+                codex_registry::config::ArchConfig::Bert(_) => return None,
+            };
+            (keys, arch.to_hf_json())
+        }
+        Err(_) => return None,
+    };
+    let mut out = format!(
+        "\n# [model.overrides] keys of preset \"{}\" ({}), with the values this run uses:",
+        info.name, info.arch
+    );
+    for k in keys {
+        match hf.get(*k) {
+            Some(v) if !v.is_null() => out.push_str(&format!("\n#   {k} = {v}")),
+            _ => out.push_str(&format!("\n#   {k}")),
+        }
+    }
+    Some(out)
 }

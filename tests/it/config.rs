@@ -94,6 +94,21 @@ fn show_prints_the_effective_config() {
 }
 
 #[test]
+fn show_documents_the_override_keys_of_the_preset_with_their_values() {
+    let text = stdout_of(codex().args(["config", "show", "model.overrides.n_layer=3"]));
+    assert!(
+        text.contains("# [model.overrides] keys of preset \"gpt-tiny\" (gpt2)"),
+        "{text}"
+    );
+    assert!(text.contains("\n#   n_layer = 3"), "{text}");
+    assert!(text.contains("\n#   n_head = "), "{text}");
+    // A Llama preset lists the Llama keys.
+    let text = stdout_of(codex().args(["config", "show", "model.preset=llama-tiny"]));
+    assert!(text.contains("#   num_key_value_heads = "), "{text}");
+    assert!(!text.contains("#   n_layer"), "{text}");
+}
+
+#[test]
 fn every_stage_reports_at_once() {
     // A malformed override, an unknown key and three bad values: one report, all five.
     let out = expect_exit(

@@ -231,39 +231,25 @@ impl<'a, 'c> Trainer<'a, 'c> {
             let ids = collective.all_gather_bytes(st.run_id.as_bytes())?;
             st.run_id = String::from_utf8_lossy(&ids[0]).into_owned();
         }
-        if !root_rank {
-            let trainer = Trainer {
-                cfg,
-                opts,
-                run,
-                sinks: Sinks::new(st.run_id.clone(), None),
-                manager,
-                collective,
-                dropout_per_forward: 0,
-                started,
-                st,
-                live: None,
-                counters: Counters::default(),
-                status: RunStatus::Completed,
-                resumed_from: None,
-                last_checkpoint: None,
-                last_checkpoint_step: None,
-            };
-            return Ok((trainer, resume));
-        }
-        let writer = if resume.is_some() {
-            NdjsonWriter::append(&run.metrics())
+        // Only rank 0 keeps the record; the other ranks' events go nowhere.
+        let sinks = if root_rank {
+            let writer = if resume.is_some() {
+                NdjsonWriter::append(&run.metrics())
+            } else {
+                NdjsonWriter::create(&run.metrics())
+            }
+            .map_err(|source| Error::Write {
+                path: run.metrics(),
+                source,
+            })?;
+            let mut sinks = Sinks::new(st.run_id.clone(), Some(Box::new(NdjsonSink::new(writer))));
+            for s in extra {
+                sinks.add(s);
+            }
+            sinks
         } else {
-            NdjsonWriter::create(&run.metrics())
-        }
-        .map_err(|source| Error::Write {
-            path: run.metrics(),
-            source,
-        })?;
-        let mut sinks = Sinks::new(st.run_id.clone(), Some(Box::new(NdjsonSink::new(writer))));
-        for s in extra {
-            sinks.add(s);
-        }
+            Sinks::new(st.run_id.clone(), None)
+        };
         let trainer = Trainer {
             cfg,
             opts,

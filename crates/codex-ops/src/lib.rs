@@ -11,7 +11,7 @@
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
 //!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly), [`linear`] (matmul with
 //!   the bias fused in), [`frozen_linear`] (constant weight: backward yields `dx` only, no
-//!   weight-gradient GEMM) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
+//!   weight-gradient GEMM), [`lora_linear`] (that plus a LoRA adapter in the same op) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
 //!   recomputation in backward), the last three calling the `gemm` kernels on strided views;
 //! - the Llama block's [`rms_norm`], [`swiglu`] and [`rope_attention`] (grouped-query causal
 //!   attention with RoPE applied inside, reading `q`/`k`/`v` as their linears wrote them);
@@ -41,7 +41,10 @@ pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scal
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
 pub use gelu::{gelu, gelu_reference};
-pub use linear::{WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_reference};
+pub use linear::{
+    WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_reference, lora_linear,
+    lora_linear_reference,
+};
 pub use llama::{
     rms_norm, rms_norm_reference, rope_attention, rope_attention_reference, rope_tables, swiglu,
     swiglu_reference,

@@ -332,6 +332,242 @@ pub fn frozen_linear_reference(
     y.reshape(out_shape(x.shape(), d.o))
 }
 
+/// A frozen linear layer with an unmerged LoRA adapter, `y = x·W (+ b) + scale·(x·Aᵀ)·Bᵀ`, as one
+/// op over `(x, A, B)`; `W` and `b` ride inside as constants.
+///
+/// Composed, the adapter adds about seven nodes per layer (reshapes, two matmuls, the scale, the
+/// add), each with its zero-filled gradient accumulator in backward, and candle's matmul backward
+/// computes a gradient for the detached base weight too. Here backward runs five GEMMs (with
+/// `g = dy·B` and `h = x·Aᵀ` recomputed, both `n × r`): `dx = dy·W + scale·g·A`,
+/// `dA = scale·gᵀ·x`, `dB = scale·dyᵀ·h`.
+struct LoraFrozen {
+    w: Tensor,
+    b: Option<Tensor>,
+    layout: WeightLayout,
+    scale: f32,
+}
+
+/// `A` `[r, in]` and `B` `[out, r]` as PEFT stores them, checked against `d`.
+fn lora_rank(a: &Shape, bm: &Shape, d: &Dims) -> Result<usize> {
+    match (a.dims(), bm.dims()) {
+        (&[r, ai], &[bo, br]) if ai == d.i && bo == d.o && br == r => Ok(r),
+        _ => bail!(
+            "lora_linear: adapter A {:?} and B {:?} do not fit a {} -> {} layer (want [r, {}] and [{}, r])",
+            a.dims(),
+            bm.dims(),
+            d.i,
+            d.o,
+            d.i,
+            d.o
+        ),
+    }
+}
+
+impl CustomOp3 for LoraFrozen {
+    fn name(&self) -> &'static str {
+        "codex-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "lora linear";
+        let d = dims(
+            l1.shape(),
+            self.w.shape(),
+            self.b.as_ref().map(Tensor::shape),
+            self.layout,
+        )?;
+        let r = lora_rank(l2.shape(), l3.shape(), &d)?;
+        let x = f32_slice(s1, l1, op)?;
+        let a = f32_slice(s2, l2, op)?;
+        let bm = f32_slice(s3, l3, op)?;
+        let mut y = with_f32(&self.w, op, |w| match &self.b {
+            Some(b) => with_f32(b, op, |b| Ok(forward(&d, self.layout, x, w, Some(b)))),
+            None => Ok(forward(&d, self.layout, x, w, None)),
+        })?;
+        let threads = rayon::current_num_threads();
+        let h = x_at(&d, r, x, a, threads);
+        let len = y.len();
+        gemm_into(
+            y.as_mut_ptr(),
+            len,
+            View::rows(0, d.n, d.o, d.o),
+            &h,
+            View::rows(0, d.n, r, r),
+            bm,
+            View::rows(0, d.o, r, r).t(),
+            self.scale,
+            true,
+            threads,
+        );
+        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        bm: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = dims(x.shape(), self.w.shape(), None, self.layout)?;
+        let r = lora_rank(a.shape(), bm.shape(), &d)?;
+        let threads = rayon::current_num_threads();
+        let op = "lora linear backward";
+        let s = self.scale;
+        let (dx, da, db) = with_f32(x, op, |xs| {
+            with_f32(a, op, |a| {
+                with_f32(bm, op, |bm| {
+                    with_f32(dy, op, |g| {
+                        let mut dx =
+                            with_f32(&self.w, op, |w| Ok(grad_x(&d, self.layout, g, w, threads)))?;
+                        let (xv, gv) = (View::rows(0, d.n, d.i, d.i), View::rows(0, d.n, d.o, d.o));
+                        let rv = View::rows(0, d.n, r, r);
+                        // gb = dy·B, n × r.
+                        let mut gb = vec![0f32; d.n * r];
+                        let len = gb.len();
+                        gemm_into(
+                            gb.as_mut_ptr(),
+                            len,
+                            rv,
+                            g,
+                            gv,
+                            bm,
+                            View::rows(0, d.o, r, r),
+                            1.0,
+                            false,
+                            threads,
+                        );
+                        let len = dx.len();
+                        gemm_into(
+                            dx.as_mut_ptr(),
+                            len,
+                            xv,
+                            &gb,
+                            rv,
+                            a,
+                            View::rows(0, r, d.i, d.i),
+                            s,
+                            true,
+                            threads,
+                        );
+                        let mut da = vec![0f32; r * d.i];
+                        let len = da.len();
+                        gemm_into(
+                            da.as_mut_ptr(),
+                            len,
+                            View::rows(0, r, d.i, d.i),
+                            &gb,
+                            rv.t(),
+                            xs,
+                            xv,
+                            s,
+                            false,
+                            threads,
+                        );
+                        let h = x_at(&d, r, xs, a, threads);
+                        let mut db = vec![0f32; d.o * r];
+                        let len = db.len();
+                        gemm_into(
+                            db.as_mut_ptr(),
+                            len,
+                            View::rows(0, d.o, r, r),
+                            g,
+                            gv.t(),
+                            &h,
+                            rv,
+                            s,
+                            false,
+                            threads,
+                        );
+                        Ok((dx, da, db))
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(da, a.shape())?),
+            Some(cpu_tensor(db, bm.shape())?),
+        ))
+    }
+}
+
+/// `h = x·Aᵀ`, `n × r`.
+fn x_at(d: &Dims, r: usize, x: &[f32], a: &[f32], threads: usize) -> Vec<f32> {
+    let mut h = vec![0f32; d.n * r];
+    let len = h.len();
+    gemm_into(
+        h.as_mut_ptr(),
+        len,
+        View::rows(0, d.n, r, r),
+        x,
+        View::rows(0, d.n, d.i, d.i),
+        a,
+        View::rows(0, r, d.i, d.i).t(),
+        1.0,
+        false,
+        threads,
+    );
+    h
+}
+
+/// A frozen base linear (`W`, `b` constants, as [`frozen_linear`]) plus a trainable LoRA adapter
+/// `A` `[r, in]`, `B` `[out, r]`: `x·W (+ b) + scale·x·Aᵀ·Bᵀ` over the last dimension of `x`.
+/// Backward gives `dx`, `dA` and `dB`. One op on CPU f32 (no adapter dropout: callers with
+/// dropout compose it themselves); [`lora_linear_reference`] elsewhere.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    lora_rank(a.shape(), bm.shape(), &d)?;
+    if is_cpu_f32(x) && is_cpu_f32(w) && b.is_none_or(is_cpu_f32) && is_cpu_f32(a) && is_cpu_f32(bm)
+    {
+        let op = LoraFrozen {
+            w: w.detach().contiguous()?,
+            b: b.map(|b| b.detach().contiguous()).transpose()?,
+            layout,
+            scale: scale as f32,
+        };
+        x.contiguous()?
+            .apply_op3(&a.contiguous()?, &bm.contiguous()?, op)
+    } else {
+        lora_linear_reference(x, w, b, a, bm, scale, layout)
+    }
+}
+
+/// The candle composition of [`lora_linear`]: [`frozen_linear_reference`] plus
+/// `scale · (x Aᵀ) Bᵀ`.
+pub fn lora_linear_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    let y = frozen_linear_reference(x, w, b, layout)?;
+    let h = x.reshape((d.n, d.i))?.matmul(&a.t()?)?.matmul(&bm.t()?)?;
+    let h = (h * scale)?.reshape(y.shape())?;
+    y + h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +706,60 @@ mod tests {
         assert_eq!(bits(&a.0), bits(&b.0));
         assert_eq!(bits(&a.1), bits(&b.1));
         Ok(())
+    }
+
+    fn check_lora(layout: WeightLayout, bias: bool) -> Result<()> {
+        let (n, i, o, r) = (37, 24, 20, 4);
+        let wshape = match layout {
+            WeightLayout::OutIn => [o, i],
+            WeightLayout::InOut => [i, o],
+        };
+        let x = Var::from_tensor(&rand(21, &[n / 37, n, i], 1.0)?)?;
+        let w = rand(22, &wshape, 0.5)?;
+        let b = if bias {
+            Some(rand(23, &[o], 0.5)?)
+        } else {
+            None
+        };
+        let a = Var::from_tensor(&rand(24, &[r, i], 0.5)?)?;
+        let bm = Var::from_tensor(&rand(25, &[o, r], 0.5)?)?;
+        let probe = rand(26, &[1, n, o], 1.0)?;
+        let y1 = lora_linear(&x, &w, b.as_ref(), &a, &bm, 2.0, layout)?;
+        let y2 = lora_linear_reference(&x, &w, b.as_ref(), &a, &bm, 2.0, layout)?;
+        assert_close(&y1, &y2, 1e-5, "lora forward")?;
+        let g1 = (y1 * &probe)?.sum_all()?.backward()?;
+        let g2 = (y2 * &probe)?.sum_all()?.backward()?;
+        for (v, what) in [(&x, "dx"), (&a, "dA"), (&bm, "dB")] {
+            let (Some(p), Some(q)) = (g1.get(v), g2.get(v)) else {
+                panic!("missing {what}")
+            };
+            assert_close(p, q, 1e-5, what)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lora_linear_matches_candle_composition() -> Result<()> {
+        check_lora(WeightLayout::OutIn, false)?;
+        check_lora(WeightLayout::InOut, true)
+    }
+
+    #[test]
+    fn lora_linear_rejects_mismatched_adapter() {
+        let z = |s: &[usize]| {
+            Tensor::zeros(s, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()
+        };
+        let err = lora_linear(
+            &z(&[2, 8]),
+            &z(&[6, 8]),
+            None,
+            &z(&[4, 8]),
+            &z(&[6, 3]),
+            1.0,
+            WeightLayout::OutIn,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail,
+};
 use rayon::prelude::*;
 
 use crate::matmul::{SharedMut, View, gemm_into};
@@ -51,7 +53,10 @@ impl CustomOp2 for RmsNorm {
         let x = f32_slice(s1, l1, "rms_norm (x)")?;
         let w = f32_slice(s2, l2, "rms_norm (weight)")?;
         if w.len() != d {
-            bail!("rms_norm: weight has {} elements, the last dim of x is {d}", w.len());
+            bail!(
+                "rms_norm: weight has {} elements, the last dim of x is {d}",
+                w.len()
+            );
         }
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d * ROWS_PER_TASK)
@@ -172,7 +177,11 @@ impl CustomOp2 for SwiGlu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+            bail!(
+                "swiglu: gate {:?} and up {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let g = f32_slice(s1, l1, "swiglu (gate)")?;
         let u = f32_slice(s2, l2, "swiglu (up)")?;
@@ -274,7 +283,15 @@ pub fn rope_tables(t: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
 /// Rotates each `hd`-wide head of each row of `x` (`[rows, heads·hd]`, row `r` at position
 /// `r mod t`) in place, HF's "rotate_half" layout; `inverse` applies the transpose (the
 /// backward of the rotation).
-fn rotate(x: &mut [f32], width: usize, t: usize, hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+fn rotate(
+    x: &mut [f32],
+    width: usize,
+    t: usize,
+    hd: usize,
+    cos: &[f32],
+    sin: &[f32],
+    inverse: bool,
+) {
     let half = hd / 2;
     x.par_chunks_mut(width * ROWS_PER_TASK)
         .enumerate()
@@ -326,13 +343,20 @@ struct Gqa {
 impl Gqa {
     fn of(q: &Shape, k: &Shape, v: &Shape, heads: usize, kv_heads: usize) -> Result<Self> {
         let (&[b, t, dq], &[bk, tk, dk], &[bv, tv, dv]) = (q.dims(), k.dims(), v.dims()) else {
-            bail!("rope_attention: expected q, k, v of shape (batch, time, heads·hd), got {q:?}, {k:?}, {v:?}")
+            bail!(
+                "rope_attention: expected q, k, v of shape (batch, time, heads·hd), got {q:?}, {k:?}, {v:?}"
+            )
         };
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || dq % heads != 0 {
-            bail!("rope_attention: {heads} heads and {kv_heads} kv heads do not divide q's {dq} columns");
+            bail!(
+                "rope_attention: {heads} heads and {kv_heads} kv heads do not divide q's {dq} columns"
+            );
         }
         let hd = dq / heads;
-        if hd % 2 != 0 || (bk, tk, dk) != (b, t, kv_heads * hd) || (bv, tv, dv) != (b, t, kv_heads * hd) {
+        if hd % 2 != 0
+            || (bk, tk, dk) != (b, t, kv_heads * hd)
+            || (bv, tv, dv) != (b, t, kv_heads * hd)
+        {
             bail!(
                 "rope_attention: k {k:?} and v {v:?} must be ({b}, {t}, {}) with an even head dim {hd}",
                 kv_heads * hd
@@ -424,7 +448,13 @@ impl CustomOp3 for RopeAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dm = Gqa::of(l1.shape(), l2.shape(), l3.shape(), self.heads, self.kv_heads)?;
+        let dm = Gqa::of(
+            l1.shape(),
+            l2.shape(),
+            l3.shape(),
+            self.heads,
+            self.kv_heads,
+        )?;
         let q = f32_slice(s1, l1, "rope_attention (q)")?;
         let k = f32_slice(s2, l2, "rope_attention (k)")?;
         let v = f32_slice(s3, l3, "rope_attention (v)")?;
@@ -793,7 +823,9 @@ mod tests {
         let run = || -> Result<Vec<f32>> {
             let y = rope_attention(&q, &k, &v, 4, 1, 500_000.0)?;
             let g = y.sqr()?.sum_all()?.backward()?;
-            let Some(dk) = g.get(&k) else { panic!("missing dk") };
+            let Some(dk) = g.get(&k) else {
+                panic!("missing dk")
+            };
             dk.flatten_all()?.to_vec1::<f32>()
         };
         assert_eq!(run()?, run()?);

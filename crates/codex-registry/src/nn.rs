@@ -117,6 +117,21 @@ impl Linear {
             // Frozen base (LoRA): backward needs dx only. On CPU f32 one op that skips the
             // weight-gradient GEMM candle's matmul would run and discard; candle elsewhere.
             let b = self.bias.as_ref().map(|b| f.w(b));
+            if let Some(l) = &self.lora
+                && l.merged_from.is_none()
+                && (l.dropout <= 0.0 || !f.train)
+            {
+                // Base and adapter in one op (no adapter dropout to draw).
+                return Ok(codex_ops::lora_linear(
+                    x,
+                    &w,
+                    b.as_ref(),
+                    l.a.as_tensor(),
+                    l.b.as_tensor(),
+                    l.scale,
+                    layout,
+                )?);
+            }
             let y = codex_ops::frozen_linear(x, &w, b.as_ref(), layout)?;
             return self.add_lora(x, y, f);
         }

@@ -5,7 +5,9 @@
 //! an allocating add, and in backward a transpose-matmul pair plus a sum for the bias, each grad
 //! landing in a fresh zero-filled accumulator.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
+};
 use rayon::prelude::*;
 
 use crate::matmul::{View, gemm_into};
@@ -124,6 +126,92 @@ fn grad_x(d: &Dims, layout: WeightLayout, g: &[f32], w: &[f32], threads: usize) 
     dx
 }
 
+/// dW in the weight's own layout: `xᵀ · dy` (in × out) or `dyᵀ · x` (out × in).
+fn grad_w(d: &Dims, layout: WeightLayout, xs: &[f32], g: &[f32], threads: usize) -> Vec<f32> {
+    let gv = View::rows(0, d.n, d.o, d.o);
+    let xv = View::rows(0, d.n, d.i, d.i);
+    let mut dw = vec![0f32; d.i * d.o];
+    let len = dw.len();
+    match layout {
+        WeightLayout::InOut => gemm_into(
+            dw.as_mut_ptr(),
+            len,
+            View::rows(0, d.i, d.o, d.o),
+            xs,
+            xv.t(),
+            g,
+            gv,
+            1.0,
+            false,
+            threads,
+        ),
+        WeightLayout::OutIn => gemm_into(
+            dw.as_mut_ptr(),
+            len,
+            View::rows(0, d.o, d.i, d.i),
+            g,
+            gv.t(),
+            xs,
+            xv,
+            1.0,
+            false,
+            threads,
+        ),
+    }
+    dw
+}
+
+/// [`Affine`] without a bias.
+struct AffineNoBias {
+    layout: WeightLayout,
+}
+
+impl CustomOp2 for AffineNoBias {
+    fn name(&self) -> &'static str {
+        "codex-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l1.shape(), l2.shape(), None, self.layout)?;
+        let x = f32_slice(s1, l1, "linear (x)")?;
+        let w = f32_slice(s2, l2, "linear (weight)")?;
+        let y = forward(&d, self.layout, x, w, None);
+        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = dims(x.shape(), w.shape(), None, self.layout)?;
+        let threads = rayon::current_num_threads();
+        let op = "linear backward";
+        let (dx, dw) = with_f32(x, op, |xs| {
+            with_f32(w, op, |ws| {
+                with_f32(dy, op, |g| {
+                    Ok((
+                        grad_x(&d, self.layout, g, ws, threads),
+                        grad_w(&d, self.layout, xs, g, threads),
+                    ))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dw, w.shape())?),
+        ))
+    }
+}
+
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
         "codex-linear"
@@ -161,37 +249,7 @@ impl CustomOp3 for Affine {
             with_f32(w, op, |ws| {
                 with_f32(dy, op, |g| {
                     let dx = grad_x(&d, self.layout, g, ws, threads);
-                    // dW in the weight's own layout: xᵀ · dy (in × out) or dyᵀ · x (out × in).
-                    let gv = View::rows(0, d.n, d.o, d.o);
-                    let mut dw = vec![0f32; d.i * d.o];
-                    let len = dw.len();
-                    let xv = View::rows(0, d.n, d.i, d.i);
-                    match self.layout {
-                        WeightLayout::InOut => gemm_into(
-                            dw.as_mut_ptr(),
-                            len,
-                            View::rows(0, d.i, d.o, d.o),
-                            xs,
-                            xv.t(),
-                            g,
-                            gv,
-                            1.0,
-                            false,
-                            threads,
-                        ),
-                        WeightLayout::OutIn => gemm_into(
-                            dw.as_mut_ptr(),
-                            len,
-                            View::rows(0, d.o, d.i, d.i),
-                            g,
-                            gv.t(),
-                            xs,
-                            xv,
-                            1.0,
-                            false,
-                            threads,
-                        ),
-                    }
+                    let dw = grad_w(&d, self.layout, xs, g, threads);
                     // db = column sums of dy: partials over fixed row chunks in parallel, added
                     // in chunk order (bitwise reproducible, unlike a rayon fold/reduce).
                     let partials: Vec<Vec<f32>> = if d.o == 0 {
@@ -271,6 +329,25 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Resul
             .apply_op3(&w.contiguous()?, &b.contiguous()?, Affine { layout })
     } else {
         linear_reference(&x.reshape((d.n, d.i))?, w, b, layout)?.reshape(out_shape(x.shape(), d.o))
+    }
+}
+
+/// `x · W` over the last dimension of `x` (any leading shape): [`linear`] without a bias. Backward
+/// writes `dx` and `dW` (in the weight's own layout) straight from two GEMMs; through candle, a
+/// `[out, in]` weight's gradient would come back transposed and be added, strided, into a
+/// zero-filled buffer. Candle's matmul on 2-D rows elsewhere.
+pub fn linear_no_bias(x: &Tensor, w: &Tensor, layout: WeightLayout) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), None, layout)?;
+    if is_cpu_f32(x) && is_cpu_f32(w) {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, AffineNoBias { layout })
+    } else {
+        let x2 = x.reshape((d.n, d.i))?;
+        let y = match layout {
+            WeightLayout::InOut => x2.matmul(w)?,
+            WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+        };
+        y.reshape(out_shape(x.shape(), d.o))
     }
 }
 
@@ -734,6 +811,35 @@ mod tests {
                 panic!("missing {what}")
             };
             assert_close(p, q, 1e-5, what)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_no_bias_matches_candle() -> Result<()> {
+        for (layout, wshape) in [
+            (WeightLayout::OutIn, [20, 24]),
+            (WeightLayout::InOut, [24, 20]),
+        ] {
+            let x = Var::from_tensor(&rand(31, &[2, 19, 24], 1.0)?)?;
+            let w = Var::from_tensor(&rand(32, &wshape, 0.5)?)?;
+            let probe = rand(33, &[2, 19, 20], 1.0)?;
+            let y1 = linear_no_bias(&x, &w, layout)?;
+            let x2 = x.reshape((38, 24))?;
+            let y2 = match layout {
+                WeightLayout::InOut => x2.matmul(&w)?,
+                WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+            }
+            .reshape((2, 19, 20))?;
+            assert_close(&y1, &y2, 1e-5, "linear_no_bias forward")?;
+            let g1 = (y1 * &probe)?.sum_all()?.backward()?;
+            let g2 = (y2 * &probe)?.sum_all()?.backward()?;
+            for (v, what) in [(&x, "dx"), (&w, "dw")] {
+                let (Some(p), Some(q)) = (g1.get(v), g2.get(v)) else {
+                    panic!("missing {what}")
+                };
+                assert_close(p, q, 1e-5, what)?;
+            }
         }
         Ok(())
     }

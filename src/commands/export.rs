@@ -68,7 +68,8 @@ fn gguf_tokenizer(
         )
         .map_err(|e| format!("serialising the tokenizer: {e}"))?,
     };
-    let mut g = codex_registry::gguf::GgufTokenizer::from_tokenizer_json(&json, model.vocab_size())?;
+    let mut g =
+        codex_registry::gguf::GgufTokenizer::from_tokenizer_json(&json, model.vocab_size())?;
     if g.tokens.len() != model.vocab_size() {
         return Err(format!(
             "the tokenizer has {} tokens, more than the model's vocabulary of {}",
@@ -77,7 +78,10 @@ fn gguf_tokenizer(
         ));
     }
     let eos = codex_registry::generate::eos_ids(src).map_err(|e| e.to_string())?;
-    g.eos = eos.first().copied().filter(|&e| (e as usize) < g.tokens.len());
+    g.eos = eos
+        .first()
+        .copied()
+        .filter(|&e| (e as usize) < g.tokens.len());
     Ok(g)
 }
 

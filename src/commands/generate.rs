@@ -327,7 +327,11 @@ impl Safety {
 }
 
 /// Stage `prompt`: the text the model sees, or a refusal naming the rules (never the text).
-fn guard_prompt(ctx: &Ctx, s: &Safety, prompt: String) -> anyhow::Result<(String, codex_safety::Tally)> {
+fn guard_prompt(
+    ctx: &Ctx,
+    s: &Safety,
+    prompt: String,
+) -> anyhow::Result<(String, codex_safety::Tally)> {
     use codex_safety::guard::{PromptCheck, check_prompt};
     let mut tally = codex_safety::Tally::default();
     match check_prompt(&s.policy, &prompt, s.bypass) {
@@ -640,11 +644,14 @@ fn merge_tally(a: &mut codex_safety::Tally, b: &codex_safety::Tally) {
     a.documents_bypassed += b.documents_bypassed;
     a.documents_redacted += b.documents_redacted;
     for (id, c) in &b.rules {
-        let e = a.rules.entry(id.clone()).or_insert_with(|| codex_safety::tally::RuleCount {
-            action: c.action.clone(),
-            severity: c.severity.clone(),
-            ..Default::default()
-        });
+        let e = a
+            .rules
+            .entry(id.clone())
+            .or_insert_with(|| codex_safety::tally::RuleCount {
+                action: c.action.clone(),
+                severity: c.severity.clone(),
+                ..Default::default()
+            });
         e.matches += c.matches;
         e.documents += c.documents;
         for (k, n) in &c.by_disposition {

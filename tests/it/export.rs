@@ -430,7 +430,13 @@ fn bpe_llama_gguf(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     );
     let out = dir.join("gguf");
     codex()
-        .args(["export", &run.display().to_string(), "--format", "gguf", "-o"])
+        .args([
+            "export",
+            &run.display().to_string(),
+            "--format",
+            "gguf",
+            "-o",
+        ])
         .arg(&out)
         .assert()
         .success();
@@ -466,13 +472,23 @@ fn gguf_export_carries_the_tokenizer() {
     ]));
     assert_eq!(j["prompt_ids"], r["prompt_ids"]);
     // Fewer ids than bytes: the merges are in use.
-    assert!(j["prompt_ids"].as_array().unwrap().len() < 21, "{}", j["prompt_ids"]);
+    assert!(
+        j["prompt_ids"].as_array().unwrap().len() < 21,
+        "{}",
+        j["prompt_ids"]
+    );
     // The byte tokenizer travels too (a merge-less vocabulary, `default` pre-tokenizer).
     std::fs::create_dir_all(dir.path().join("byte")).unwrap();
     let byte_run = train_tiny_llama(&dir.path().join("byte"));
     let out = dir.path().join("byte-gguf");
     codex()
-        .args(["export", &byte_run.display().to_string(), "--format", "gguf", "-o"])
+        .args([
+            "export",
+            &byte_run.display().to_string(),
+            "--format",
+            "gguf",
+            "-o",
+        ])
         .arg(&out)
         .assert()
         .success();

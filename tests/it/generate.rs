@@ -271,11 +271,12 @@ fn generation_stops_at_the_eos_token_unless_told_not_to() {
     let eos = ids[k];
     let first = ids.iter().position(|&i| i == eos).unwrap();
     let gc = hf.join("generation_config.json");
-    for value in [
-        serde_json::json!(eos),
-        serde_json::json!([eos + 1000, eos]),
-    ] {
-        std::fs::write(&gc, serde_json::json!({ "eos_token_id": value }).to_string()).unwrap();
+    for value in [serde_json::json!(eos), serde_json::json!([eos + 1000, eos])] {
+        std::fs::write(
+            &gc,
+            serde_json::json!({ "eos_token_id": value }).to_string(),
+        )
+        .unwrap();
         let j = gen_json(&src, &["-t", "0", "-n", "24"]);
         let s = &j["samples"][0];
         assert_eq!(s["finish_reason"], "eos");

@@ -77,18 +77,23 @@ fn a_prompt_with_a_planted_credential_is_refused_and_never_echoed() {
     // The same prompt from a file and from stdin.
     let f = dir.path().join("prompt.txt");
     std::fs::write(&f, format!("k={key}")).unwrap();
-    let p = expect_exit(
-        codex().args(["generate", &src, "--prompt-file"]).arg(&f),
-        1,
+    let p = expect_exit(codex().args(["generate", &src, "--prompt-file"]).arg(&f), 1);
+    assert!(
+        p.stderr.contains("secret.aws_access_key_id"),
+        "{}",
+        p.stderr
     );
-    assert!(p.stderr.contains("secret.aws_access_key_id"), "{}", p.stderr);
     let p = expect_exit(
         codex()
             .args(["generate", &src])
             .write_stdin(format!("k={key}")),
         1,
     );
-    assert!(p.stderr.contains("secret.aws_access_key_id"), "{}", p.stderr);
+    assert!(
+        p.stderr.contains("secret.aws_access_key_id"),
+        "{}",
+        p.stderr
+    );
     // --no-safety lets it through; bypass lets it through and says so.
     stdout_of(codex().args(["generate", &src, "-n", "2", "--no-safety", "-p", &key]));
     let out = codex()

@@ -329,12 +329,14 @@ fn eos_depth(source: &crate::ModelSource, depth: usize) -> Result<Vec<u32>> {
 /// An `eos_token_id` value: a non-negative int or a list of them.
 fn token_ids(v: &serde_json::Value, p: &std::path::Path) -> Result<Vec<u32>> {
     let one = |x: &serde_json::Value| {
-        x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-            RegistryError::Invalid(format!(
-                "{}: eos_token_id must be a token id or a list of them, got {v}",
-                p.display()
-            ))
-        })
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "{}: eos_token_id must be a token id or a list of them, got {v}",
+                    p.display()
+                ))
+            })
     };
     match v {
         serde_json::Value::Array(xs) => xs.iter().map(one).collect(),
@@ -364,7 +366,12 @@ mod tests {
             r#"{"eos_token_id": -1}"#,
         )
         .unwrap();
-        assert!(eos_ids(&src).unwrap_err().to_string().contains("eos_token_id"));
+        assert!(
+            eos_ids(&src)
+                .unwrap_err()
+                .to_string()
+                .contains("eos_token_id")
+        );
     }
 
     #[test]

@@ -394,7 +394,9 @@ impl GgufTokenizer {
             Ok(())
         };
         for (tok, id) in model["vocab"].as_object().into_iter().flatten() {
-            let id = id.as_u64().ok_or_else(|| format!("vocab `{tok}`: bad id {id}"))?;
+            let id = id
+                .as_u64()
+                .ok_or_else(|| format!("vocab `{tok}`: bad id {id}"))?;
             put(id, tok, TOKEN_NORMAL)?;
         }
         for a in v["added_tokens"].as_array().into_iter().flatten() {
@@ -468,7 +470,10 @@ impl GgufTokenizer {
         let strings =
             |xs: &[String]| Value::Array(xs.iter().map(|s| Value::String(s.clone())).collect());
         let mut m = vec![
-            ("tokenizer.ggml.model".into(), Value::String(self.model.clone())),
+            (
+                "tokenizer.ggml.model".into(),
+                Value::String(self.model.clone()),
+            ),
             ("tokenizer.ggml.pre".into(), Value::String(self.pre.clone())),
             ("tokenizer.ggml.tokens".into(), strings(&self.tokens)),
             (

@@ -123,7 +123,10 @@ pub(super) fn data_summary(ds: &Dataset) -> DataSummary {
         tokenizer: ds.tokenizer_desc.clone(),
         vocab_size: ds.vocab_size as u64,
         cache_hit: ds.cache_hit,
-        safety: ds.safety.as_ref().and_then(|s| serde_json::to_value(s).ok()),
+        safety: ds
+            .safety
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
     }
 }
 

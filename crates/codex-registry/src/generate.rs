@@ -243,8 +243,11 @@ fn sample(l: &mut [f32], s: &Sampling, u: f64) -> u32 {
     for x in l.iter_mut() {
         *x /= s.temperature;
     }
-    // Candidates by descending logit; ties by id so the order is deterministic.
-    let mut order: Vec<usize> = (0..l.len()).filter(|&i| !l[i].is_nan()).collect();
+    // Candidates by descending logit; ties by id so the order is deterministic. Masked
+    // (−inf) ids are left out, so not even the rounding fallback below can pick one.
+    let mut order: Vec<usize> = (0..l.len())
+        .filter(|&i| !l[i].is_nan() && l[i] > f32::NEG_INFINITY)
+        .collect();
     order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
     if s.top_k > 0 && s.top_k < order.len() {
         order.truncate(s.top_k);

@@ -124,7 +124,13 @@ impl TextTok {
         if let (None, TokenizerRef::None, codex_registry::ModelSource::Gguf(path)) = (over, r, src)
             && let Some(t) = codex_registry::gguf::read_gguf_tokenizer(path)?
         {
-            let json = serde_json::to_vec(&t.to_tokenizer_json())?;
+            let json = t.to_tokenizer_json().map_err(|e| {
+                with_hint(
+                    anyhow::anyhow!("{}: {e}", path.display()),
+                    "pass --tokenizer PATH/tokenizer.json (or byte)",
+                )
+            })?;
+            let json = serde_json::to_vec(&json)?;
             let tok = codex_tokenizer::parse(&json, path)
                 .with_context(|| format!("the tokenizer in {}", path.display()))?;
             return Ok(Self::Hf(Box::new(tok)));

@@ -427,9 +427,19 @@ impl GgufTokenizer {
     }
 
     /// The HF `tokenizer.json` these metadata describe (byte-level BPE; control and
-    /// user-defined tokens as added tokens), so a GGUF file needs no `--tokenizer`.
-    pub fn to_tokenizer_json(&self) -> serde_json::Value {
+    /// user-defined tokens as added tokens), so a GGUF file needs no `--tokenizer`. Only the
+    /// pre-tokenizers codex writes are rebuilt (`gpt-2`, and `default` without merges, where the
+    /// split cannot change the ids); another (`llama-bpe`, `smollm`, …) splits differently and
+    /// is refused rather than approximated.
+    pub fn to_tokenizer_json(&self) -> std::result::Result<serde_json::Value, String> {
         use serde_json::json;
+        if !(self.pre == "gpt-2" || (self.pre == "default" && self.merges.is_empty())) {
+            return Err(format!(
+                "the GGUF tokenizer's pre-tokenizer `{}` is not one codex rebuilds (gpt-2, or \
+                 default without merges)",
+                self.pre
+            ));
+        }
         let vocab: serde_json::Map<String, serde_json::Value> = self
             .tokens
             .iter()
@@ -449,7 +459,7 @@ impl GgufTokenizer {
             })
             .collect();
         let regex = self.pre != "default";
-        json!({
+        Ok(json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": added,
             "normalizer": null,
@@ -462,7 +472,7 @@ impl GgufTokenizer {
                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
                       "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": self.merges}
-        })
+        }))
     }
 
     /// The `tokenizer.ggml.*` metadata entries.
@@ -597,8 +607,18 @@ mod tokenizer_tests {
         buf.set_position(0);
         let c = Content::read(&mut buf).unwrap();
         assert_eq!(GgufTokenizer::from_content(&c).unwrap(), Some(t.clone()));
+        // As a file: `codex generate` stops at its eos.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.gguf");
+        std::fs::write(&path, buf.get_ref()).unwrap();
+        assert_eq!(read_gguf_tokenizer(&path).unwrap(), Some(t.clone()));
+        let src = crate::ModelSource::Gguf(path);
+        assert_eq!(crate::generate::eos_ids(&src).unwrap(), vec![4]);
         // And the tokenizer.json it rebuilds encodes as the original vocabulary says.
-        let rebuilt = t.to_tokenizer_json();
+        let rebuilt = t.to_tokenizer_json().unwrap();
+        let mut other = t.clone();
+        other.pre = "smollm".into();
+        assert!(other.to_tokenizer_json().unwrap_err().contains("smollm"));
         assert_eq!(rebuilt["model"]["vocab"]["ab"], 2);
         assert_eq!(rebuilt["added_tokens"][0]["content"], "<|endoftext|>");
         let bad = serde_json::json!({"normalizer": null, "model": {"type": "Unigram"}});

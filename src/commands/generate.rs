@@ -179,7 +179,8 @@ struct SampleOut {
     /// The output stage's blocking rule ids when `finish_reason` is `safety`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     blocked_by: Vec<String>,
-    /// Tokens the banned-string mask turned away (the model's choice, before masking).
+    /// Choices turned away because they would complete a banned string across tokens (ids
+    /// whose own text holds one are masked before every choice and not counted here).
     masked_choices: usize,
 }
 

@@ -314,6 +314,7 @@ fn check_in_transformers(run: &Path, out: &Path, extra: &[&str], adapter: bool) 
         .success();
     let prompt = "def f12(x):\n    return";
     let n = 16;
+    // The raw model against transformers: no banned-token mask or output redaction.
     let g = stdout_json(codex().args([
         "--json",
         "generate",
@@ -324,6 +325,7 @@ fn check_in_transformers(run: &Path, out: &Path, extra: &[&str], adapter: bool) 
         "0",
         "-n",
         &n.to_string(),
+        "--no-safety",
     ]));
     let ids: Vec<u32> = g["prompt_ids"]
         .as_array()

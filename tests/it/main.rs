@@ -22,6 +22,7 @@ mod mlflow;
 mod model;
 mod plot;
 mod record;
+mod safety_generate;
 mod tokenizer;
 mod track;
 mod train;

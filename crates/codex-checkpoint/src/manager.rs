@@ -9,13 +9,12 @@ use crate::format::{
 use crate::lock::RunLock;
 use crate::read::{self, CheckpointStatus, Index, IndexEntry};
 use crate::retention::{self, Candidate, KeptBecause, RetentionPolicy};
-use codex_core::hash::HashingWriter;
 use codex_core::rundir::RunDir;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -575,11 +574,11 @@ fn write_checkpoint(
     for (file, header) in spec.files.iter().zip(headers) {
         let (entry, handle) = match (file, header) {
             (CheckpointFile::Safetensors { name, .. }, Some((header, order))) => {
-                write_file(tmp, name, |w| format::write_safetensors(w, header, order))?
+                let parts = format::safetensors_parts(header, order);
+                let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                write_file(tmp, name, &parts)?
             }
-            (CheckpointFile::Bytes { name, bytes }, _) => {
-                write_file(tmp, name, |w| w.write_all(bytes))?
-            }
+            (CheckpointFile::Bytes { name, bytes }, _) => write_file(tmp, name, &[bytes])?,
             (CheckpointFile::Safetensors { name, .. }, None) => {
                 return Err(CheckpointError::InvalidSpec {
                     step: spec.step,
@@ -596,7 +595,7 @@ fn write_checkpoint(
             reason: format!("trainer state is not JSON-encodable: {e}"),
         }
     })?;
-    let (entry, handle) = write_file(tmp, TRAINER_STATE, |w| w.write_all(&state))?;
+    let (entry, handle) = write_file(tmp, TRAINER_STATE, &[&state])?;
     entries.push(entry);
     open_files.push((handle, tmp.join(TRAINER_STATE)));
     // fsync after all files are written, so the kernel flushes earlier files while later
@@ -604,6 +603,12 @@ fn write_checkpoint(
     for (file, path) in open_files {
         file.sync_all()
             .map_err(|e| CheckpointError::io("cannot fsync", path, e))?;
+        if std::env::var_os("XP_DROP").is_some() {
+            use std::os::fd::AsRawFd;
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
     }
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let kind = spec_kind(&names).map_err(|reason| CheckpointError::InvalidSpec {
@@ -626,7 +631,7 @@ fn write_checkpoint(
         step: spec.step,
         reason: format!("cannot encode the manifest: {e}"),
     })?;
-    let (entry, handle) = write_file(tmp, MANIFEST, |w| w.write_all(&bytes))?;
+    let (entry, handle) = write_file(tmp, MANIFEST, &[&bytes])?;
     handle
         .sync_all()
         .map_err(|e| CheckpointError::io("cannot fsync", tmp.join(MANIFEST), e))?;
@@ -634,27 +639,17 @@ fn write_checkpoint(
     Ok((manifest, entry.sha256))
 }
 
-/// Creates `dir/name`, lets `fill` write through a hashing writer, and returns the entry and
-/// the still-open file (to fsync later).
-fn write_file(
-    dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> io::Result<()>,
-) -> Result<(FileEntry, File)> {
+/// Creates `dir/name`, writes `parts` into it while hashing them ([`crate::write`]), and
+/// returns the entry and the still-open file (to fsync later).
+fn write_file(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(FileEntry, File)> {
     let path = dir.join(name);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| CheckpointError::io("cannot create", &path, e))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
-    fill(&mut w)
-        .and_then(|()| w.flush())
+    let (sha256, size_bytes) = crate::write::write_parts(&file, parts)
         .map_err(|e| CheckpointError::io("cannot write", &path, e))?;
-    let (buf, sha256, size_bytes) = w.finish();
-    let file = buf
-        .into_inner()
-        .map_err(|e| CheckpointError::io("cannot write", &path, e.into_error()))?;
     Ok((
         FileEntry {
             name: name.to_string(),

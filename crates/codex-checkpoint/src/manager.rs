@@ -689,8 +689,12 @@ fn write_checkpoint(
     // Nothing is visible before `publish` renames the directory, so the files need only be
     // durable by then, not in any order among themselves: every file and the directory are
     // fsynced once, concurrently, so the file system can cover them with one journal commit.
-    let dir = File::open(tmp).map_err(|e| CheckpointError::io("cannot open", tmp, e))?;
-    open_files.push((dir, tmp.to_path_buf()));
+    // (A directory is opened for fsync on Unix only, as `fsutil::fsync_dir` does.)
+    #[cfg(unix)]
+    {
+        let dir = File::open(tmp).map_err(|e| CheckpointError::io("cannot open", tmp, e))?;
+        open_files.push((dir, tmp.to_path_buf()));
+    }
     sync_all_concurrently(&open_files)?;
     Ok((manifest, entry.sha256))
 }

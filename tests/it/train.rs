@@ -354,7 +354,7 @@ fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
 }
 
 #[test]
-fn bf16_compute_trains_and_checkpoints_bf16_weights() {
+fn bf16_trains_and_checkpoints_bf16_weights_computing_in_f32() {
     let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("run");
@@ -391,6 +391,9 @@ fn bf16_compute_trains_and_checkpoints_bf16_weights() {
         !dtypes.is_empty() && dtypes.iter().all(|d| *d == "BF16"),
         "{dtypes:?}"
     );
+    // Stored in bf16, computed in f32 on the CPU, and the run record says so.
+    let start = file.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!(start["compute_dtype"], "f32", "{start}");
 }
 
 #[test]

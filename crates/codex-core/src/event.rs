@@ -76,6 +76,10 @@ pub struct Start {
     /// Sequences per optimizer step, over all ranks (`world × batch_size × grad_accum`).
     pub global_batch: u64,
     pub trainable_params: u64,
+    /// The dtype the forward and backward compute in, where it differs from the parameters'
+    /// (`training.dtype = "bf16"` on the CPU stores bf16 and computes in f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<String>,
     /// The checkpoint this segment continues, with what was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,

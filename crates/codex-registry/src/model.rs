@@ -119,7 +119,17 @@ impl Model {
             frozen: self.lora.is_some(),
             train,
             drop: &self.dropout,
+            upcast: self.computes_in_f32(),
         }
+    }
+
+    /// Whether the forward pass computes in f32 over parameters stored in a narrower dtype: on
+    /// the CPU, candle's bf16/f16 kernels are scalar conversions around f32 arithmetic (27–36×
+    /// slower than f32 on `benches/compare_train.sh`) and the fused kernels are f32 only, so
+    /// half-precision parameters are stored (and checkpointed) as such and widened on use.
+    /// On CUDA the forward computes in the parameters' dtype.
+    pub fn computes_in_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype != DType::F32
     }
 
     /// Causal LM logits `[B, T, V]` for `input_ids` `[B, T]` (u32). For BERT, the last hidden

@@ -22,14 +22,35 @@ pub(crate) struct Fwd<'a> {
     pub frozen: bool,
     pub train: bool,
     pub drop: &'a DropoutGen,
+    /// Parameters stored in bf16/f16 are widened to f32 on use (CPU; see
+    /// `Model::computes_in_f32`). The cast is a graph node, so gradients return in the
+    /// parameter's dtype.
+    pub upcast: bool,
 }
 
 impl Fwd<'_> {
+    /// A base weight: detached when frozen (LoRA), widened when `upcast`.
     pub fn w(&self, v: &Var) -> Tensor {
-        if self.frozen {
+        let t = if self.frozen {
             v.as_tensor().detach()
         } else {
             v.as_tensor().clone()
+        };
+        self.widen(t)
+    }
+
+    /// A trainable parameter that is never frozen (a LoRA adapter), widened when `upcast`.
+    pub fn p(&self, v: &Var) -> Tensor {
+        self.widen(v.as_tensor().clone())
+    }
+
+    fn widen(&self, t: Tensor) -> Tensor {
+        if self.upcast && t.dtype() != candle_core::DType::F32 {
+            // Only fails on an unsupported dtype pair, which `upcast` excludes; keep the
+            // parameter as it is then (candle reports the dtype mismatch at its use).
+            t.to_dtype(candle_core::DType::F32).unwrap_or(t)
+        } else {
+            t
         }
     }
 
@@ -126,8 +147,8 @@ impl Linear {
                     x,
                     &w,
                     b.as_ref(),
-                    l.a.as_tensor(),
-                    l.b.as_tensor(),
+                    &f.p(&l.a),
+                    &f.p(&l.b),
                     l.scale,
                     layout,
                 )?);
@@ -164,9 +185,7 @@ impl Linear {
         }
         let rows = x.elem_count() / self.in_dim;
         let xd = f.dropout(&x.reshape((rows, self.in_dim))?, l.dropout)?;
-        let h = xd
-            .matmul(&l.a.as_tensor().t()?)?
-            .matmul(&l.b.as_tensor().t()?)?;
+        let h = xd.matmul(&f.p(&l.a).t()?)?.matmul(&f.p(&l.b).t()?)?;
         let h = (h * l.scale)?.reshape(y.shape())?;
         Ok((y + h)?)
     }

@@ -428,6 +428,15 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.resumed_from.as_deref(),
             (world.world > 1).then_some((&world, per_step)),
         )?;
+        // Half-precision parameters on the CPU are widened to f32 for compute (the registry's
+        // `Model::computes_in_f32`): said here and in the `start` event, never silently.
+        let compute_dtype = (cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu())
+            .then(|| "f32".to_string());
+        if compute_dtype.is_some() {
+            tracing::info!(
+                "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), compute in f32"
+            );
+        }
         self.sinks.emit(
             self.st.step,
             EventKind::Start(codex_core::event::Start {
@@ -436,6 +445,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 total_steps,
                 global_batch: per_step,
                 trainable_params: trainable,
+                compute_dtype,
                 resumed,
             }),
         );

@@ -347,13 +347,17 @@ impl Gqa {
                 "rope_attention: expected q, k, v of shape (batch, time, heads·hd), got {q:?}, {k:?}, {v:?}"
             )
         };
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || dq % heads != 0 {
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !dq.is_multiple_of(heads)
+        {
             bail!(
                 "rope_attention: {heads} heads and {kv_heads} kv heads do not divide q's {dq} columns"
             );
         }
         let hd = dq / heads;
-        if hd % 2 != 0
+        if !hd.is_multiple_of(2)
             || (bk, tk, dk) != (b, t, kv_heads * hd)
             || (bv, tv, dv) != (b, t, kv_heads * hd)
         {

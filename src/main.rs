@@ -48,6 +48,8 @@ enum Command {
     Model(commands::model::Args),
     /// Train a model from a TOML config plus `a.b=c` overrides.
     Train(commands::train::Args),
+    /// Run a grid, random or seed sweep of training trials, with pruning and a summary.
+    Sweep(commands::sweep::Args),
     /// Evaluate a model or checkpoint: loss, perplexity, token accuracy.
     Eval(commands::eval::Args),
     /// Sample text from a trained model (a run, checkpoint, HF directory or GGUF file).
@@ -130,6 +132,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Tokenizer(args) => commands::tokenizer::run(ctx, args),
         Command::Model(args) => commands::model::run(ctx, args),
         Command::Train(args) => commands::train::run(ctx, args),
+        Command::Sweep(args) => commands::sweep::run(ctx, args),
         Command::Eval(args) => commands::eval::run(ctx, args),
         Command::Generate(args) => commands::generate::run(ctx, args),
         Command::Export(args) => commands::export::run(ctx, args),

@@ -12,6 +12,7 @@ pub mod model;
 pub mod plot;
 pub mod repo_map;
 pub mod status;
+pub mod sweep;
 pub mod sync;
 pub mod tokenizer;
 pub mod train;

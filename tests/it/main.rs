@@ -22,6 +22,7 @@ mod mlflow;
 mod model;
 mod plot;
 mod record;
+mod sweep;
 mod tokenizer;
 mod track;
 mod train;

@@ -66,8 +66,9 @@ enum PadArg {
 
 #[derive(clap::Args, Debug)]
 struct CorpusArgs {
-    /// Read inputs as JSON Lines and take the text from this field (`a.b` for nested fields).
-    #[arg(long, value_name = "FIELD")]
+    /// Read inputs as JSON Lines and take the text from this field (`a.b` for nested
+    /// fields), as `data.text_field` in a training config.
+    #[arg(long = "text-field", alias = "jsonl-field", value_name = "FIELD")]
     jsonl_field: Option<String>,
     /// Replace invalid UTF-8 with U+FFFD instead of failing.
     #[arg(long)]
@@ -98,8 +99,8 @@ struct TrainArgs {
     /// Corpus: files, directories (recursive) or glob patterns; one document per line.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<String>,
-    /// Output directory.
-    #[arg(short, long, value_name = "DIR")]
+    /// Output directory (tokenizer.json and manifest.json).
+    #[arg(short = 'o', long = "output", alias = "out", value_name = "DIR")]
     out: PathBuf,
     #[arg(long, value_enum, default_value = "bpe")]
     model: ModelArg,

@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod checkpoint;
+mod cli;
 mod config;
 mod data;
 mod dist;

@@ -233,12 +233,29 @@ impl Default for ScheduleSection {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Dtype {
     #[default]
     F32,
     /// bf16 weights and compute, fp32 master weights and moments in the optimizer.
     Bf16,
+}
+
+/// Parsed by hand only for the error: an f16 request is told why it is refused and what to use.
+impl TryFrom<String> for Dtype {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Err(format!(
+                "`{name}` is not supported: f16 overflows above 65504 and needs loss scaling, \
+                 which codex does not implement; use `bf16` (f32's range at half the memory) or \
+                 `f32`"
+            )),
+            _ => Err(format!("unknown dtype `{name}`, expected `f32` or `bf16`")),
+        }
+    }
 }
 
 /// A metric that early stopping or checkpoint retention can watch.

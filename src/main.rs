@@ -1,16 +1,20 @@
 //! `codex`: tokenize, build or load a model, train it with persisted metrics and checksummed
 //! checkpoints, sample system telemetry, and audit the result.
 
+mod clidoc;
 mod commands;
 mod ctx;
 mod settings;
 mod sinks;
 mod track;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches as _, Parser, Subcommand};
 use ctx::{ColorChoice, Ctx};
 use std::io::Write;
 use std::process::ExitCode;
+
+/// The help section of the options every command takes.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,19 +26,19 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Only print errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, conflicts_with = "verbose")]
     quiet: bool,
     /// More log output (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// When to color output.
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// Never draw progress bars.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_progress: bool,
     #[command(subcommand)]
     command: Command,
@@ -75,6 +79,10 @@ enum Command {
     Compare(commands::compare::Args),
     /// Scan data for secrets and personal data, prepare datasets, list prepared ones.
     Data(commands::data::Args),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(clidoc::CompletionsArgs),
+    /// Write man pages (one per command) into a directory.
+    Man(clidoc::ManArgs),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -90,7 +98,10 @@ fn tune_candle_threads() {
 
 fn main() -> ExitCode {
     tune_candle_threads();
-    let cli = match Cli::try_parse() {
+    let parsed = clidoc::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             // --help and --version are not errors.
@@ -145,6 +156,8 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Plot(args) => commands::plot::run(ctx, args),
         Command::Compare(args) => commands::compare::run(ctx, args),
         Command::Data(args) => commands::data::run(ctx, args),
+        Command::Completions(args) => clidoc::completions(&args),
+        Command::Man(args) => clidoc::man(ctx, &args),
     }
 }
 
@@ -187,5 +200,6 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::clidoc::command().debug_assert();
     }
 }

@@ -24,15 +24,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  \
-codex sweep -c base.toml --grid optimizer.lr=1e-3,3e-3 --grid training.batch_size=8,16 -o sweeps/lr\n  \
-codex sweep -c base.toml --random optimizer.lr=1e-4:1e-2:log --trials 8 --seeds 2 --parallel 2 -o sweeps/rs\n  \
-codex sweep sweep.toml --dry-run\n\n\
-Each trial is a run directory DIR/<overrides> (`codex status`, `eval`, `plot`, `compare` work on \
+#[command(
+    after_help = "Each trial is a run directory DIR/<overrides> (`codex status`, `eval`, `plot`, `compare` work on \
 it). Running the same sweep again skips finished trials and resumes interrupted ones. \
 DIR/summary.csv lists the trials, best first.\n\n\
 Exit codes: 0 every trial finished (completed, stopped early or pruned), 1 invalid input or a \
-trial failed, 2 internal error, 130 interrupted (each running trial wrote a checkpoint).")]
+trial failed, 2 internal error, 130 interrupted (each running trial wrote a checkpoint)."
+)]
 pub struct Args {
     /// A sweep file whose `[sweep]` table gives defaults for these flags (config, output, grid,
     /// random, trials, seeds, set, parallel, prune, …; paths relative to the file).

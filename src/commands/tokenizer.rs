@@ -102,11 +102,14 @@ struct TrainArgs {
     /// Output directory (tokenizer.json and manifest.json).
     #[arg(short = 'o', long = "output", alias = "out", value_name = "DIR")]
     out: PathBuf,
+    /// The tokenizer model: byte-level BPE, WordPiece or Unigram.
     #[arg(long, value_enum, default_value = "bpe")]
     model: ModelArg,
-    #[arg(long, default_value_t = 8000)]
+    /// Vocabulary size to learn, special tokens included.
+    #[arg(long, value_name = "N", default_value_t = 8000)]
     vocab_size: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Keep only merges/pieces seen at least this many times.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     min_frequency: u64,
     /// Comma-separated; they get ids 0, 1, … in this order.
     #[arg(long, value_delimiter = ',', default_value = "[PAD],[UNK],[BOS],[EOS]")]
@@ -114,6 +117,7 @@ struct TrainArgs {
     /// Unknown token (WordPiece, Unigram).
     #[arg(long, default_value = "[UNK]")]
     unk_token: String,
+    /// Unicode normalization applied before tokenizing.
     #[arg(long, value_enum, default_value = "nfkc")]
     normalization: NormArg,
     /// Longest token in characters (BPE).
@@ -180,7 +184,8 @@ struct DecodeArgs {
     /// Token ids (default: --file, else stdin, one sequence per line).
     #[arg(conflicts_with = "file", value_name = "ID")]
     ids: Vec<String>,
-    #[arg(short, long)]
+    /// Read the ids from this file (one sequence per line).
+    #[arg(short, long, value_name = "FILE")]
     file: Option<PathBuf>,
     /// Leave out special tokens.
     #[arg(long)]

@@ -317,3 +317,56 @@ fn sweep_writes_into_output() {
         .success();
     assert!(Path::new(&out.join("training.steps=3/metrics.ndjson")).is_file());
 }
+
+#[test]
+fn completions_for_each_shell() {
+    let dir = tempdir();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef codex"),
+        ("fish", "complete -c codex"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let script = stdout_of(codex().args(["completions", shell]));
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        // Subcommands and their renamed flags are in it.
+        assert!(script.contains("sweep"), "{shell}");
+        assert!(script.contains("interval-ms"), "{shell}");
+        if shell == "bash" {
+            let file = dir.path().join("codex.bash");
+            std::fs::write(&file, &script).unwrap();
+            let ok = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "the bash script does not parse");
+        }
+    }
+    expect_exit(codex().args(["completions", "tcsh"]), 2);
+}
+
+#[test]
+fn man_pages_go_into_the_given_directory() {
+    let dir = tempdir();
+    let out = dir.path().join("man/pages");
+    codex().args(["man", "-o"]).arg(&out).assert().success();
+    for page in [
+        "codex.1",
+        "codex-train.1",
+        "codex-sweep.1",
+        "codex-model-lora-merge.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie \\n(.g .ds Aq") || text.contains(".TH"),
+            "{page}"
+        );
+    }
+    let train = std::fs::read_to_string(out.join("codex-train.1")).unwrap();
+    assert!(
+        train.contains("system\\-metrics\\-interval\\-ms"),
+        "{train}"
+    );
+}

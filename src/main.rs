@@ -3,6 +3,8 @@
 
 mod clidoc;
 mod commands;
+#[cfg(test)]
+mod configdoc;
 mod ctx;
 mod settings;
 mod sinks;

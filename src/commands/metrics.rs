@@ -38,6 +38,10 @@ struct GpuArgs {
     /// Old spelling of `--mode cpu`.
     #[arg(long, hide = true, conflicts_with = "mode")]
     no_gpu: bool,
+    /// Attach to this process and its children (a job started elsewhere) instead of this
+    /// command's own process tree.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +100,10 @@ fn mode(a: &GpuArgs) -> GpuMode {
 }
 
 fn collector(ctx: &Ctx, a: &GpuArgs) -> anyhow::Result<Collector> {
-    let mut c = Collector::new(mode(a))?;
+    let mut c = match a.pid {
+        Some(pid) => Collector::for_pid(pid, mode(a))?,
+        None => Collector::new(mode(a))?,
+    };
     let warnings = c.take_warnings();
     if a.effective() == ModeArg::Gpu {
         for w in warnings {

@@ -370,3 +370,44 @@ fn man_pages_go_into_the_given_directory() {
         "{train}"
     );
 }
+
+#[test]
+fn metrics_attach_to_another_process_tree_with_pid() {
+    // A shell with two children: a tree of three processes that is not codex's own.
+    let mut job = std::process::Command::new("sh")
+        .args(["-c", "sleep 10 & sleep 10 & wait"])
+        .spawn()
+        .unwrap();
+    let pid = job.id().to_string();
+    let t0 = std::time::Instant::now();
+    let mut count = 0;
+    while t0.elapsed().as_secs() < 20 {
+        let s = json_of(
+            stdout_of(codex().args([
+                "metrics", "sample", "--json", "--mode", "cpu", "--pid", &pid,
+            ]))
+            .as_bytes(),
+        );
+        count = s["proc_count"].as_u64().unwrap();
+        if count == 3 {
+            break;
+        }
+    }
+    let _ = job.kill();
+    let _ = job.wait();
+    assert_eq!(count, 3, "the sampled tree is not the job's");
+    // The sampler's own tree is one process.
+    let own = json_of(
+        stdout_of(codex().args(["metrics", "sample", "--json", "--mode", "cpu"])).as_bytes(),
+    );
+    assert_eq!(own["proc_count"], 1);
+    let out = expect_exit(
+        codex().args(["metrics", "sample", "--pid", "2147483646", "--mode", "cpu"]),
+        1,
+    );
+    assert!(
+        out.stderr.contains("no process with pid 2147483646"),
+        "{}",
+        out.stderr
+    );
+}

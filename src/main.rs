@@ -52,7 +52,7 @@ enum Command {
     Tokenizer(commands::tokenizer::Args),
     /// List, inspect models; merge LoRA adapters.
     Model(commands::model::Args),
-    /// Train a model from a TOML config plus `a.b=c` overrides.
+    /// Train a model from a TOML config plus `--set KEY=VALUE` overrides.
     Train(commands::train::Args),
     /// Run a grid, random or seed sweep of training trials, with pruning and a summary.
     Sweep(commands::sweep::Args),

@@ -782,7 +782,13 @@ fn thread_split(ctx: &Ctx, parallel: usize) -> usize {
             "--parallel {parallel} is more than the {total} threads available; each trial gets one"
         ));
     }
-    (total / parallel).max(1)
+    split_threads(total, parallel)
+}
+
+/// `total` threads shared by `parallel` trials: the floor, at least one each, so that the
+/// trials together never use more threads than the user gave (unless P > total).
+fn split_threads(total: usize, parallel: usize) -> usize {
+    (total / parallel.max(1)).max(1)
 }
 
 fn spawn(
@@ -1193,6 +1199,14 @@ mod tests {
             ..opts()
         };
         assert!(!should_prune(&strict, &done, m, 6, 2.5));
+    }
+
+    #[test]
+    fn threads_are_split_between_concurrent_trials() {
+        assert_eq!(split_threads(16, 1), 16);
+        assert_eq!(split_threads(16, 3), 5);
+        assert_eq!(split_threads(2, 2), 1);
+        assert_eq!(split_threads(2, 4), 1);
     }
 
     #[test]

@@ -187,8 +187,12 @@ fn an_interrupted_sweep_stops_its_trials_cleanly_and_resumes_them() {
     let dir = tempdir();
     let input = corpus(dir.path());
     let out = dir.path().join("sw");
-    let args = sweep_args(&input, &out, &["--grid", "training.steps=60,61"]);
-    let first = out.join("training.steps=60");
+    let args = sweep_args(
+        &input,
+        &out,
+        &["--grid", "training.steps=80,81,82", "--parallel", "2"],
+    );
+    let names = ["training.steps=80", "training.steps=81"];
     let mut child = codex_process()
         .args(&args)
         .stdout(std::process::Stdio::null())
@@ -196,34 +200,44 @@ fn an_interrupted_sweep_stops_its_trials_cleanly_and_resumes_them() {
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
-    while newest_step(&first) < 6 {
-        assert!(t0.elapsed().as_secs() < 60, "the trial never started");
+    while names.iter().any(|n| newest_step(&out.join(n)) < 4) {
+        assert!(t0.elapsed().as_secs() < 60, "the trials never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Ctrl-C to the sweep only: it forwards it to the running trial.
+    // Ctrl-C to the sweep only: it forwards it to both running trials.
     sigint(&child);
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    let end = lines(&first.join("metrics.ndjson")).pop().unwrap();
-    assert_eq!(end["status"], "interrupted");
-    let stopped = end["steps"].as_u64().unwrap();
-    assert!(stopped < 60, "the trial ran to the end: {end}");
+    for n in names {
+        let run = out.join(n);
+        let end = lines(&run.join("metrics.ndjson")).pop().unwrap();
+        assert_eq!(end["status"], "interrupted", "{n}");
+        let step = end["steps"].as_u64().unwrap();
+        assert!(step < 80, "{n} ran to the end: {end}");
+        assert!(
+            run.join(format!("checkpoints/step-{step:08}/MANIFEST.json"))
+                .is_file(),
+            "{n}: no checkpoint at the interrupted step {step}"
+        );
+    }
     assert!(
-        !out.join("training.steps=61").exists(),
+        !out.join("training.steps=82").exists(),
         "a trial started after Ctrl-C"
     );
 
     codex().args(&args).assert().success();
-    let events = lines(&first.join("metrics.ndjson"));
-    let end = events.last().unwrap();
-    assert_eq!(end["status"], "completed");
-    assert_eq!(end["steps"], 60);
-    assert!(
-        end["resumed_from"]
-            .as_str()
-            .is_some_and(|p| p.contains("checkpoints/step-")),
-        "not resumed from a checkpoint: {end}"
-    );
+    for (n, steps) in names.iter().zip([80, 81]) {
+        let end = lines(&out.join(n).join("metrics.ndjson")).pop().unwrap();
+        assert_eq!(end["status"], "completed", "{n}");
+        assert_eq!(end["steps"], steps, "{n}");
+        assert!(
+            end["resumed_from"]
+                .as_str()
+                .is_some_and(|p| p.contains("checkpoints/step-")),
+            "{n} was not resumed from a checkpoint: {end}"
+        );
+    }
     let rows = summary(&out);
+    assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.1 == "completed"), "{rows:?}");
 }
 

@@ -285,3 +285,54 @@ fn the_median_rule_prunes_a_bad_trial() {
         again.stderr
     );
 }
+
+#[test]
+fn a_sweep_file_gives_the_same_plan_and_random_samples_are_reproducible() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    std::fs::copy(fixture("train/tiny.toml"), dir.path().join("base.toml")).unwrap();
+    // Paths in the file are relative to it; flags add to and override it.
+    std::fs::write(
+        dir.path().join("sweep.toml"),
+        format!(
+            "[sweep]\nconfig = \"base.toml\"\noutput = \"out\"\nset = ['data.inputs=[{input:?}]']\n\
+             seeds = 2\nsample_seed = 3\ntrials = 2\n\
+             [sweep.grid]\n\"optimizer.lr\" = [3e-3, 1e-2]\n\
+             [sweep.random]\n\"optimizer.weight_decay\" = \"1e-4:1e-1:log\"\n"
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("sweep.toml").display().to_string();
+    let plan = json_of(stdout_of(codex().args(["--json", "sweep", &file, "--dry-run"])).as_bytes());
+    let trials = plan["trials"].as_array().unwrap();
+    // 2 grid values × 2 random samples × 2 seeds.
+    assert_eq!(trials.len(), 8);
+    assert_eq!(plan["dir"], dir.path().join("out").display().to_string());
+    assert_eq!(trials[0]["overrides"][0], "optimizer.lr=0.003");
+    assert_eq!(trials[0]["overrides"][2], "training.seed=1234");
+    assert_eq!(trials[1]["overrides"][2], "training.seed=1235");
+    // Seeds share a sample; the samples differ.
+    assert_eq!(trials[0]["overrides"][1], trials[1]["overrides"][1]);
+    assert_ne!(trials[0]["overrides"][1], trials[2]["overrides"][1]);
+    let again =
+        json_of(stdout_of(codex().args(["--json", "sweep", &file, "--dry-run"])).as_bytes());
+    assert_eq!(
+        plan["trials"], again["trials"],
+        "the same sample seed drew other values"
+    );
+    let other = json_of(
+        stdout_of(codex().args(["--json", "sweep", &file, "--dry-run", "--sample-seed", "4"]))
+            .as_bytes(),
+    );
+    assert_ne!(plan["trials"], other["trials"]);
+    assert!(!dir.path().join("out").exists());
+    // A key the config does not have is refused before anything runs.
+    let bad = expect_exit(
+        codex()
+            .args(["sweep", &file, "--grid", "optimizer.lrr=1,2", "-o"])
+            .arg(dir.path().join("bad")),
+        1,
+    );
+    assert!(bad.stderr.contains("optimizer.lrr"), "{}", bad.stderr);
+    assert!(!dir.path().join("bad").exists());
+}

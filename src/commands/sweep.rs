@@ -505,7 +505,8 @@ fn reconcile(ctx: &Ctx, dir: &Path, state: &mut State, force: bool) -> anyhow::R
             return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
         }
     };
-    let base_changed = old.base_config != state.base_config || old.config_file != state.config_file;
+    // The resolved config decides, not the path it was read from (another cwd, a copy).
+    let base_changed = old.base_config != state.base_config;
     let trials_changed = old.trials != state.trials;
     if !base_changed && !trials_changed {
         state.pruned = old.pruned;

@@ -7,6 +7,9 @@
 //!
 //! codex's save includes everything a real save does: streaming safetensors serialization,
 //! sha256 while writing, fsync of every file and directory, rename, retention, index.json.
+//! Retention renames the previous checkpoint away inside `save` and removes its files on a
+//! background thread, joined by the next save's retention; `crates/codex-checkpoint/benches/
+//! save_vs_python.rs` also reports save + that removal, with the ratio to Python.
 //! `CODEX_BENCH_SIZES_MB=100` restricts the sizes. Run: `cargo bench --bench checkpoint_save`.
 
 use codex_checkpoint::{

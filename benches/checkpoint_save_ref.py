@@ -1,6 +1,7 @@
 """Python reference for benches/checkpoint_save.rs: the same state (weights + two moments,
 f32) saved with safetensors.numpy.save_file, each file then hashed with hashlib.sha256 (read
-back, as codex_ml did) and fsynced. Prints the seconds spent in the timed loop only."""
+back, as codex_ml did) and fsynced. Prints the seconds spent in the timed loop only (with
+--each, one line per iteration; used by crates/codex-checkpoint/benches/save_vs_python.rs)."""
 
 import argparse
 import hashlib
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--floats", type=int, required=True)
     ap.add_argument("--iters", type=int, default=1)
+    ap.add_argument("--each", action="store_true", help="print every iteration's seconds")
     a = ap.parse_args()
     i = np.arange(a.floats, dtype=np.int64)
     w = ((i % 1000) * 1e-3).astype(np.float32)
@@ -43,8 +45,12 @@ def main() -> None:
             fd = os.open(path, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
-        total += time.perf_counter() - t
-    print(f"{total:.6f}")
+        dt = time.perf_counter() - t
+        total += dt
+        if a.each:
+            print(f"{dt:.6f}")
+    if not a.each:
+        print(f"{total:.6f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #
 #   bash benches/compare_train.sh                 # small and medium, 30 timed steps each
 #   STEPS=20 WARMUP=3 CONFIGS=small bash benches/compare_train.sh
+#   DTYPE=bf16 bash benches/compare_train.sh      # PyTorch autocast bf16 vs codex training.dtype=bf16
 #
 # For each config: PyTorch (benches/pytorch_gpt.py, torch.set_num_threads(THREADS)) and
 # `codex train --config configs/bench-<config>.toml` (release build, RAYON_NUM_THREADS=THREADS)
@@ -18,6 +19,7 @@ STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-5}
 THREADS=${THREADS:-2}
 CONFIGS=${CONFIGS:-"small medium"}
+DTYPE=${DTYPE:-f32}
 PY=${PYTHON:-/opt/pyref/bin/python}
 DATA=data/cpython-stdlib.txt
 
@@ -36,7 +38,8 @@ rows=()
 for cfg in $CONFIGS; do
     echo "== $cfg: pytorch" >&2
     /usr/bin/time -v -o "$work/py.time" "$PY" benches/pytorch_gpt.py --config "$cfg" \
-        --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --data "$DATA" > "$work/py.json"
+        --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --data "$DATA" \
+        --dtype "$DTYPE" > "$work/py.json"
     py_tps=$(jq -r .tokens_per_s "$work/py.json")
     py_loss=$(jq -r .loss "$work/py.json")
     py_rss=$(rss_kib "$work/py.time")
@@ -45,7 +48,7 @@ for cfg in $CONFIGS; do
     out="$work/run-$cfg"
     RAYON_NUM_THREADS=$THREADS /usr/bin/time -v -o "$work/cx.time" "${CODEX[@]}" \
         --config "configs/bench-$cfg.toml" --output "$out" \
-        "training.steps=$((STEPS + WARMUP))" > /dev/null
+        "training.steps=$((STEPS + WARMUP))" "training.dtype=$DTYPE" > /dev/null
     end=$(jq -c 'select(.event == "end")' "$out/metrics.ndjson" | tail -n 1)
     [ -n "$end" ] || { echo "error: no end event in $out/metrics.ndjson" >&2; exit 1; }
     cx_tps=$(jq -r .tokens_per_s <<< "$end")
@@ -59,7 +62,7 @@ for cfg in $CONFIGS; do
 done
 
 echo "codex: ${CODEX[*]}"
-echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "dtype: $DTYPE, steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| config | pytorch tok/s | codex tok/s | speed ratio | pytorch RSS MiB | codex RSS MiB | RSS ratio | pytorch loss | codex loss |"
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

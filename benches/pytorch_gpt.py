@@ -8,6 +8,10 @@ tokens (vocabulary 256) from --data (any file, read as bytes) or, without it, on
 bytes. Prints one JSON line on stdout: tokens/s over the timed steps (after warm-up), peak RSS
 (ru_maxrss) and the training loss after the last step.
 
+--dtype bf16 is PyTorch's mixed precision on CPU: fp32 weights, gradients and AdamW state
+(the master copy), forward and backward under torch.autocast("cpu", dtype=torch.bfloat16), so
+the matmuls run in bf16 (oneDNN uses the CPU's bf16 instructions where it has them).
+
     /opt/pyref/bin/python benches/pytorch_gpt.py --config small --steps 30 --warmup 5 --threads 2
 """
 import argparse
@@ -86,6 +90,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--data", help="file read as byte tokens (default: seeded random bytes)")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -111,7 +116,8 @@ def main():
         ix = torch.randint(len(data) - a.ctx - 1, (a.batch,), generator=gen)
         x = torch.stack([data[i:i + a.ctx] for i in ix])
         y = torch.stack([data[i + 1:i + 1 + a.ctx] for i in ix])
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -129,13 +135,14 @@ def main():
         "impl": "pytorch",
         "torch": torch.__version__,
         "config": a.config,
+        "dtype": a.dtype,
         "params": n_params,
         "threads": a.threads,
         "steps": a.steps,
         "warmup": a.warmup,
         "tokens_per_s": a.steps * a.batch * a.ctx / dt,
         "step_ms": 1000 * dt / a.steps,
-        "loss": loss,
+        "loss": float(loss),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 

@@ -51,13 +51,48 @@ pub enum Format {
     Gguf,
 }
 
+/// The source's tokenizer as GGUF metadata, or why it cannot be (then the file has none).
+fn gguf_tokenizer(
+    a: &Args,
+    model: &codex_registry::Model,
+    loaded_tok: &TokenizerRef,
+    src: &ModelSource,
+) -> Result<codex_registry::gguf::GgufTokenizer, String> {
+    let tok = TextTok::for_source(loaded_tok, src, a.tokenizer.as_deref())
+        .map_err(|e| format!("{e:#}"))?;
+    let json = match &tok {
+        TextTok::Byte => byte_tokenizer_json(),
+        TextTok::Hf(t) => serde_json::from_str(
+            &t.to_string(false)
+                .map_err(|e| format!("serialising the tokenizer: {e}"))?,
+        )
+        .map_err(|e| format!("serialising the tokenizer: {e}"))?,
+    };
+    let mut g =
+        codex_registry::gguf::GgufTokenizer::from_tokenizer_json(&json, model.vocab_size())?;
+    if g.tokens.len() != model.vocab_size() {
+        return Err(format!(
+            "the tokenizer has {} tokens, more than the model's vocabulary of {}",
+            g.tokens.len(),
+            model.vocab_size()
+        ));
+    }
+    let eos = codex_registry::generate::eos_ids(src).map_err(|e| e.to_string())?;
+    g.eos = eos
+        .first()
+        .copied()
+        .filter(|&e| (e as usize) < g.tokens.len());
+    Ok(g)
+}
+
 fn export_gguf(
     ctx: &Ctx,
     a: &Args,
     model: &codex_registry::Model,
+    loaded_tok: &TokenizerRef,
     src: &ModelSource,
 ) -> anyhow::Result<u8> {
-    use codex_registry::gguf_write::{GgufType, write_gguf};
+    use codex_registry::gguf_write::{GgufType, write_gguf_with};
     let ty = GgufType::parse(&a.dtype).map_err(registry_err)?;
     if model.lora_config().is_some() && !a.merge_lora {
         return Err(with_hint(
@@ -75,15 +110,28 @@ fn export_gguf(
         .out
         .file_name()
         .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-    write_gguf(model, &path, ty, &name).map_err(registry_err)?;
+    let tok = gguf_tokenizer(a, model, loaded_tok, src);
+    if let Err(why) = &tok {
+        ctx.warn(format!(
+            "{}: no tokenizer metadata in the GGUF file ({why}); llama.cpp cannot run it and \
+             `codex generate` will need --tokenizer",
+            path.display()
+        ));
+    }
+    write_gguf_with(model, &path, ty, &name, tok.as_ref().ok()).map_err(registry_err)?;
     let (sha, _) = codex_core::hash::sha256_file(&path)?;
-    let card = model_card(
-        a,
-        model,
-        src,
-        &format!("(none in the GGUF; model.gguf sha256 {sha})"),
-        &a.dtype,
-    );
+    let tok_line = match &tok {
+        Ok(t) => format!(
+            "in the GGUF metadata (`tokenizer.ggml.model` {}, pre `{}`, {} tokens, {} merges); \
+             model.gguf sha256 {sha}",
+            t.model,
+            t.pre,
+            t.tokens.len(),
+            t.merges.len()
+        ),
+        Err(_) => format!("(none in the GGUF; model.gguf sha256 {sha})"),
+    };
+    let card = model_card(a, model, src, &tok_line, &a.dtype);
     let readme = a.out.join("README.md");
     codex_core::fsutil::atomic_write(&readme, card.as_bytes())
         .with_context(|| format!("writing {}", readme.display()))?;
@@ -149,10 +197,11 @@ fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
 fn write_tokenizer(
     dir: &Path,
     r: &TokenizerRef,
+    src: &ModelSource,
     over: Option<&str>,
     ctx_len: usize,
 ) -> anyhow::Result<String> {
-    let tok = TextTok::open(r, over)?;
+    let tok = TextTok::for_source(r, src, over)?;
     let path = dir.join("tokenizer.json");
     match &tok {
         TextTok::Byte => write_json(&path, &byte_tokenizer_json())?,
@@ -338,7 +387,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         model.merge_lora()?;
     }
     if a.format == Format::Gguf {
-        return export_gguf(ctx, &a, &model, &loaded.source);
+        return export_gguf(ctx, &a, &model, &loaded.tokenizer, &loaded.source);
     }
     let dtype = codex_registry::parse_dtype(&a.dtype).map_err(registry_err)?;
     codex_core::fsutil::create_dir_all(out)
@@ -346,6 +395,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let tok_sha = write_tokenizer(
         out,
         &loaded.tokenizer,
+        &loaded.source,
         a.tokenizer.as_deref(),
         model.max_positions(),
     )?;

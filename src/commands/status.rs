@@ -81,6 +81,28 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             codex_registry::PRESETS.len()
         ),
     ));
+    // Replaces codex-audit's safety row, written before `codex generate` applied the policy;
+    // the lockfile part is kept as it was.
+    let lock = ["Cargo.lock", "uv.lock", "poetry.lock"]
+        .iter()
+        .any(|f| args.path.join(f).is_file());
+    let scan = "secrets/PII policy: `codex data scan`, `[safety]` in training configs (off unless \
+                enabled; per-rule counts in the start event and provenance), `codex generate` \
+                prompt and output stages with banned strings masked in the logits (on by \
+                default: the embedded policy, or --policy), run records mask credential-looking \
+                values";
+    extra.push(Capability::new(
+        "safety",
+        Level::Ok,
+        if codex_audit::status::repository_marker(&args.path).is_some() {
+            format!(
+                "dependency lockfile {}; {scan}",
+                if lock { "present" } else { "absent" }
+            )
+        } else {
+            scan.to_string()
+        },
+    ));
     let report = codex_audit::probes::build_report(StatusInput {
         root: args.path,
         runs: args.runs,

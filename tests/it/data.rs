@@ -282,10 +282,68 @@ fn training_with_safety_leaves_no_planted_secret_under_the_run_dir() {
             c.rule
         );
     }
+    // The `start` event carries the same counts.
+    let start = lines(&run.join("metrics.ndjson"))
+        .into_iter()
+        .find(|e| e["event"] == "start")
+        .unwrap();
+    assert_eq!(start["data"]["safety"], *s);
     // `codex data list` finds the run's cache with its policy.
     let j = stdout_json(codex().args(["--json", "data", "list", run.to_str().unwrap()]));
     assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
     assert_eq!(j[0]["policy_sha256"], s["policy_sha256"]);
+}
+
+#[test]
+fn config_toml_masks_credentials_and_a_resume_needs_them_again() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let run = dir.path().join("run");
+    // Built at run time so this file holds no credential-shaped string.
+    let key = format!("AKIA{}", "QX7ZK2M9PL4TR8WB");
+    let exp = format!("tracking.mlflow_experiment=\"team-{key}\"");
+    codex()
+        .args(tiny_args(&input, &run, &[&exp]))
+        .assert()
+        .success();
+    let nowhere = || {
+        let mut files = Vec::new();
+        all_files(&run, &mut files);
+        assert!(files.len() > 5, "{files:?}");
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "the key is in {}",
+                f.display()
+            );
+        }
+    };
+    nowhere();
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("mlflow_experiment = \"team-***\""), "{cfg}");
+    // Resuming from the masked config is refused, naming the key, until the value is given.
+    let p = expect_exit(
+        codex()
+            .args(["train", "--resume", "-o"])
+            .arg(&run)
+            .arg("training.steps=14"),
+        1,
+    );
+    assert!(
+        p.stderr.contains("tracking.mlflow_experiment") && p.stderr.contains("real value again"),
+        "{}",
+        p.stderr
+    );
+    assert!(!p.stderr.contains(&key), "{}", p.stderr);
+    codex()
+        .args(["train", "--resume", "-o"])
+        .arg(&run)
+        .args(["training.steps=14", &exp])
+        .assert()
+        .success();
+    assert_eq!(newest_step(&run), 14);
+    nowhere();
 }
 
 fn corpus_text(seed: usize) -> String {

@@ -314,6 +314,7 @@ fn check_in_transformers(run: &Path, out: &Path, extra: &[&str], adapter: bool) 
         .success();
     let prompt = "def f12(x):\n    return";
     let n = 16;
+    // The raw model against transformers: no banned-token mask or output redaction.
     let g = stdout_json(codex().args([
         "--json",
         "generate",
@@ -324,6 +325,7 @@ fn check_in_transformers(run: &Path, out: &Path, extra: &[&str], adapter: bool) 
         "0",
         "-n",
         &n.to_string(),
+        "--no-safety",
     ]));
     let ids: Vec<u32> = g["prompt_ids"]
         .as_array()
@@ -416,4 +418,143 @@ impl TapMkdir for std::path::PathBuf {
         std::fs::create_dir_all(&self).unwrap();
         self
     }
+}
+
+/// Trains a tiny Llama with a trained byte-level BPE (300 tokens) and exports it as GGUF.
+fn bpe_llama_gguf(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let run = train_tiny(
+        dir,
+        &[
+            "model.preset=\"llama-tiny\"",
+            "tokenizer.kind=\"train\"",
+            "tokenizer.vocab_size=300",
+        ],
+    );
+    let out = dir.join("gguf");
+    codex()
+        .args([
+            "export",
+            &run.display().to_string(),
+            "--format",
+            "gguf",
+            "-o",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    (run, out.join("model.gguf"))
+}
+
+#[test]
+fn gguf_export_carries_the_tokenizer() {
+    let dir = tempdir();
+    let (run, gguf) = bpe_llama_gguf(dir.path());
+    // No --tokenizer: the GGUF's own metadata tokenizes and decodes as the run's tokenizer.
+    let from_gguf = greedy(&gguf);
+    let from_run = greedy(&run);
+    assert_eq!(from_gguf["ids"], from_run["ids"]);
+    assert_eq!(from_gguf["text"], from_run["text"]);
+    let j = stdout_json(codex().args([
+        "--json",
+        "generate",
+        &gguf.display().to_string(),
+        "-p",
+        "def f(x):\n    return x",
+        "-n",
+        "1",
+    ]));
+    let r = stdout_json(codex().args([
+        "--json",
+        "generate",
+        &run.display().to_string(),
+        "-p",
+        "def f(x):\n    return x",
+        "-n",
+        "1",
+    ]));
+    assert_eq!(j["prompt_ids"], r["prompt_ids"]);
+    // Fewer ids than bytes: the merges are in use.
+    assert!(
+        j["prompt_ids"].as_array().unwrap().len() < 21,
+        "{}",
+        j["prompt_ids"]
+    );
+    // The byte tokenizer travels too (a merge-less vocabulary, `default` pre-tokenizer).
+    std::fs::create_dir_all(dir.path().join("byte")).unwrap();
+    let byte_run = train_tiny_llama(&dir.path().join("byte"));
+    let out = dir.path().join("byte-gguf");
+    codex()
+        .args([
+            "export",
+            &byte_run.display().to_string(),
+            "--format",
+            "gguf",
+            "-o",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(
+        greedy(&out.join("model.gguf"))["ids"],
+        greedy(&byte_run)["ids"]
+    );
+}
+
+#[test]
+#[ignore = "needs the gguf package from scripts/test-assets.sh (CODEX_TEST_PYTHON)"]
+fn gguf_tokenizer_reads_in_the_python_gguf_package_as_tokenizer_json() {
+    let py = crate::support::asset_var("CODEX_TEST_PYTHON");
+    let dir = tempdir();
+    let (run, gguf) = bpe_llama_gguf(dir.path());
+    let hf = dir.path().join("hf");
+    codex()
+        .args(["export", &run.display().to_string(), "-o"])
+        .arg(&hf)
+        .assert()
+        .success();
+    let o = std::process::Command::new(&py)
+        .arg(crate::support::fixture("export/gguf_tokenizer.py"))
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tj = read_json(&hf.join("tokenizer.json"));
+    assert_eq!(g["model"], "gpt2");
+    assert_eq!(g["pre"], "gpt-2");
+    // Tokens in id order = tokenizer.json's vocabulary (and added tokens) by id.
+    let tokens = g["tokens"].as_array().unwrap();
+    let vocab = tj["model"]["vocab"].as_object().unwrap();
+    let mut by_id: Vec<Option<String>> = vec![None; tokens.len()];
+    for (t, id) in vocab {
+        by_id[id.as_u64().unwrap() as usize] = Some(t.clone());
+    }
+    for a in tj["added_tokens"].as_array().unwrap() {
+        by_id[a["id"].as_u64().unwrap() as usize] = Some(a["content"].as_str().unwrap().into());
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        match &by_id[i] {
+            Some(s) => assert_eq!(t.as_str().unwrap(), s, "token {i}"),
+            None => assert_eq!(g["token_type"][i], 5, "token {i} is padding"),
+        }
+    }
+    assert_eq!(g["token_type"].as_array().unwrap().len(), tokens.len());
+    let merges: Vec<String> = tj["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            Value::Array(p) => format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()),
+            _ => panic!("{m}"),
+        })
+        .collect();
+    assert!(!merges.is_empty());
+    let gm: Vec<String> = g["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(gm, merges);
 }

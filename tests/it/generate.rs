@@ -244,3 +244,57 @@ fn eval_takes_checkpoint_selectors() {
     let p = expect_exit(codex().args(["eval", &format!("{src}@3")]), 1);
     assert!(p.stderr.contains("step 3"), "{}", p.stderr);
 }
+
+#[test]
+fn generation_stops_at_the_eos_token_unless_told_not_to() {
+    let dir = tempdir();
+    let run = train_tiny(dir.path(), &[]);
+    let hf = dir.path().join("hf");
+    codex()
+        .args(["export", &run.display().to_string(), "-o"])
+        .arg(&hf)
+        .assert()
+        .success();
+    let src = hf.display().to_string();
+    let free = gen_json(&src, &["-t", "0", "-n", "24"]);
+    let ids: Vec<u64> = free["samples"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // The export names no eos (the byte tokenizer has none): nothing stops early.
+    assert_eq!(free["eos_token_ids"], serde_json::json!([]));
+    assert_eq!(free["samples"][0]["finish_reason"], "length");
+    // Pick a token greedy emits after the start; its first position is where it must stop.
+    let k = ids.len() / 2;
+    let eos = ids[k];
+    let first = ids.iter().position(|&i| i == eos).unwrap();
+    let gc = hf.join("generation_config.json");
+    for value in [serde_json::json!(eos), serde_json::json!([eos + 1000, eos])] {
+        std::fs::write(
+            &gc,
+            serde_json::json!({ "eos_token_id": value }).to_string(),
+        )
+        .unwrap();
+        let j = gen_json(&src, &["-t", "0", "-n", "24"]);
+        let s = &j["samples"][0];
+        assert_eq!(s["finish_reason"], "eos");
+        assert_eq!(s["ids"].as_array().unwrap().len(), first + 1);
+        assert_eq!(s["ids"][first], eos);
+        // The eos token is in the ids, not in the text.
+        let bytes: Vec<u8> = ids[..first].iter().map(|&i| i as u8).collect();
+        assert_eq!(s["text"], String::from_utf8_lossy(&bytes).as_ref());
+        let ignored = gen_json(&src, &["-t", "0", "-n", "24", "--ignore-eos"]);
+        assert_eq!(ignored["samples"][0]["ids"], free["samples"][0]["ids"]);
+    }
+    // config.json's eos is the fallback.
+    std::fs::remove_file(&gc).unwrap();
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
+    cfg["eos_token_id"] = serde_json::json!(eos);
+    std::fs::write(hf.join("config.json"), cfg.to_string()).unwrap();
+    let j = gen_json(&src, &["-t", "0", "-n", "24"]);
+    assert_eq!(j["samples"][0]["finish_reason"], "eos");
+    assert_eq!(j["eos_token_ids"], serde_json::json!([eos]));
+}

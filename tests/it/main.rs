@@ -23,6 +23,7 @@ mod mlflow;
 mod model;
 mod plot;
 mod record;
+mod safety_generate;
 mod sweep;
 mod tokenizer;
 mod track;

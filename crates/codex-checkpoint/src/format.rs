@@ -1,5 +1,5 @@
-//! The on-disk format: directory names, `MANIFEST.json`, and a streaming safetensors writer
-//! that sends the header and every tensor's bytes through one hashing writer.
+//! The on-disk format: directory names, `MANIFEST.json`, and safetensors files laid out as
+//! the header plus every tensor's bytes, borrowed from the caller, for [`crate::write`].
 
 use crate::error::{CheckpointError, Result};
 use safetensors::Dtype;
@@ -8,7 +8,6 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::{self, Write};
 use std::path::Path;
 
 /// Name of the completion marker, written last.
@@ -340,10 +339,6 @@ impl<'a> TensorData<'a> {
     }
 }
 
-/// Chunk size for feeding the hashing writer: small enough that a chunk is still in cache
-/// when it is hashed after being copied to the page cache.
-const CHUNK: usize = 1 << 20;
-
 /// Header of a safetensors file with `__metadata__` first and tensors in data order.
 struct Header<'a> {
     metadata: &'a BTreeMap<String, String>,
@@ -435,31 +430,32 @@ pub(crate) fn safetensors_header<'t>(
     Ok((out, order))
 }
 
-/// Streams the header and every tensor to `w` in chunks.
-pub(crate) fn write_safetensors(
-    w: &mut impl Write,
-    header: &[u8],
-    order: &[&TensorData<'_>],
-) -> io::Result<()> {
-    w.write_all(header)?;
-    let mut buf = Vec::new();
+/// The bytes of a safetensors file as parts to write in order: the header, then every tensor's
+/// bytes borrowed from the caller (on little-endian targets `f32` values are their own bytes,
+/// so nothing is copied; big-endian targets convert each `f32` tensor once).
+pub(crate) fn safetensors_parts<'t>(
+    header: &'t [u8],
+    order: &[&'t TensorData<'_>],
+) -> Vec<Cow<'t, [u8]>> {
+    let mut parts = Vec::with_capacity(order.len() + 1);
+    parts.push(Cow::Borrowed(header));
     for t in order {
-        match &t.data {
-            TensorBytes::Raw(bytes) => {
-                for chunk in bytes.chunks(CHUNK) {
-                    w.write_all(chunk)?;
-                }
-            }
-            TensorBytes::F32(values) => {
-                for chunk in values.chunks(CHUNK / 4) {
-                    buf.clear();
-                    buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-                    w.write_all(&buf)?;
-                }
-            }
-        }
+        parts.push(match &t.data {
+            TensorBytes::Raw(bytes) => Cow::Borrowed(&bytes[..]),
+            TensorBytes::F32(values) => f32_le_bytes(values),
+        });
     }
-    Ok(())
+    parts
+}
+
+#[cfg(target_endian = "little")]
+fn f32_le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    Cow::Borrowed(bytemuck::cast_slice(values))
+}
+
+#[cfg(target_endian = "big")]
+fn f32_le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 #[cfg(test)]
@@ -486,8 +482,7 @@ mod tests {
         ];
         let meta = BTreeMap::from([("step".to_string(), "7".to_string())]);
         let (header, order) = safetensors_header(7, "m.safetensors", &tensors, &meta).unwrap();
-        let mut out = Vec::new();
-        write_safetensors(&mut out, &header, &order).unwrap();
+        let out: Vec<u8> = safetensors_parts(&header, &order).concat();
         let st = safetensors::SafeTensors::deserialize(&out).unwrap();
         let w = st.tensor("w").unwrap();
         assert_eq!(w.shape(), &[2, 3]);

@@ -54,6 +54,7 @@ mod lock;
 mod manager;
 mod read;
 pub mod retention;
+pub mod write;
 
 pub use error::{CheckpointError, Result};
 pub use format::{CheckpointKind, FileEntry, Manifest, TensorBytes, TensorData, step_dir_name};

@@ -9,13 +9,12 @@ use crate::format::{
 use crate::lock::RunLock;
 use crate::read::{self, CheckpointStatus, Index, IndexEntry};
 use crate::retention::{self, Candidate, KeptBecause, RetentionPolicy};
-use codex_core::hash::HashingWriter;
 use codex_core::rundir::RunDir;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -183,6 +182,14 @@ pub struct CheckpointManager {
     /// Hash verification results by checkpoint directory, so retention rehashes a kept
     /// checkpoint once, not after every save.
     verified: HashMap<PathBuf, (VerifyKey, std::result::Result<(), String>)>,
+    /// Removes the checkpoints retention retired after the last save ([`Self::finish_deletions`]).
+    deleter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CheckpointManager {
+    fn drop(&mut self) {
+        self.finish_deletions();
+    }
 }
 
 /// A prepared safetensors header and the tensors in write order.
@@ -218,6 +225,7 @@ impl CheckpointManager {
             protect: None,
             lock,
             verified: HashMap::new(),
+            deleter: None,
         };
         me.clean_leftovers();
         Ok(me)
@@ -311,7 +319,7 @@ impl CheckpointManager {
         if let Some(key) = VerifyKey::of(&dir, &manifest, &manifest_sha256) {
             self.verified.insert(dir.clone(), (key, Ok(())));
         }
-        let deleted = match self.apply_retention(PruneOptions::default()) {
+        let deleted = match self.apply_retention(PruneOptions::default(), true) {
             Ok(report) => report.deleted,
             Err(e) => {
                 // The checkpoint itself is durable; retention retries at the next save.
@@ -338,10 +346,13 @@ impl CheckpointManager {
     /// # Errors
     /// I/O errors while scanning, verifying, deleting or writing `index.json`.
     pub fn prune(&mut self, dry_run: bool) -> Result<PruneReport> {
-        self.apply_retention(PruneOptions {
-            dry_run,
-            delete_invalid: false,
-        })
+        self.apply_retention(
+            PruneOptions {
+                dry_run,
+                delete_invalid: false,
+            },
+            false,
+        )
     }
 
     /// [`Self::prune`] with options.
@@ -354,7 +365,52 @@ impl CheckpointManager {
     /// # Errors
     /// As [`Self::prune`].
     pub fn prune_with(&mut self, opts: PruneOptions) -> Result<PruneReport> {
-        self.apply_retention(opts)
+        self.apply_retention(opts, false)
+    }
+
+    /// Waits until the checkpoints that retention deleted after the last save are gone from
+    /// disk. A save removes them on a background thread, so training does not wait for the
+    /// file system to free their blocks; they were renamed out of sight (and the rename made
+    /// durable) before `save` returned, and dropping the manager waits too. A crash before
+    /// they are gone leaves `.trash-step-*` directories, removed at the next open.
+    pub fn finish_deletions(&mut self) {
+        if let Some(h) = self.deleter.take()
+            && h.join().is_err()
+        {
+            tracing::warn!("the thread deleting old checkpoints panicked");
+        }
+    }
+
+    /// Deletes retired checkpoint directories: on a background thread when `background` (at
+    /// most one at a time), here otherwise or when no thread can be started.
+    fn delete_retired(&mut self, retired: Vec<PathBuf>, background: bool) -> Result<()> {
+        self.finish_deletions();
+        if retired.is_empty() {
+            return Ok(());
+        }
+        if background {
+            let list = retired.clone();
+            let spawned = std::thread::Builder::new()
+                .name("codex-ckpt-delete".into())
+                .spawn(move || {
+                    for dir in list {
+                        if let Err(e) = fs::remove_dir_all(&dir) {
+                            tracing::warn!(
+                                "cannot delete `{}` (removed at the next open): {e}",
+                                dir.display()
+                            );
+                        }
+                    }
+                });
+            if let Ok(h) = spawned {
+                self.deleter = Some(h);
+                return Ok(());
+            }
+        }
+        for dir in &retired {
+            fs::remove_dir_all(dir).map_err(|e| CheckpointError::io("cannot delete", dir, e))?;
+        }
+        Ok(())
     }
 
     /// Rehashes the checkpoint in `dir` unless a result for the same bytes is cached.
@@ -388,7 +444,8 @@ impl CheckpointManager {
         Ok(result)
     }
 
-    fn apply_retention(&mut self, opts: PruneOptions) -> Result<PruneReport> {
+    /// `background`: delete what the policy drops on a background thread ([`Self::save`]).
+    fn apply_retention(&mut self, opts: PruneOptions, background: bool) -> Result<PruneReport> {
         let dry_run = opts.dry_run;
         let mut candidates = Vec::new();
         let mut valid = BTreeMap::new();
@@ -444,6 +501,7 @@ impl CheckpointManager {
         let mut kept = Vec::new();
         let mut deleted = Vec::new();
         let mut entries = Vec::new();
+        let mut retired = Vec::new();
         let root = self.run.checkpoints();
         for d in decisions {
             let Some((dir, m, sha)) = valid.get(&d.step) else {
@@ -451,7 +509,7 @@ impl CheckpointManager {
             };
             if d.delete() {
                 if !dry_run {
-                    remove_checkpoint(&root, dir, d.step)?;
+                    retired.push(retire_checkpoint(&root, dir, d.step)?);
                     self.verified.remove(dir);
                 }
                 deleted.push(d.step);
@@ -474,9 +532,14 @@ impl CheckpointManager {
         }
         if opts.delete_invalid && !dry_run {
             for (step, dir) in &invalid_dirs {
-                remove_checkpoint(&root, dir, *step)?;
+                retired.push(retire_checkpoint(&root, dir, *step)?);
                 self.verified.remove(dir);
             }
+        }
+        // One fsync makes every rename above durable before any file is removed.
+        if !retired.is_empty() {
+            codex_core::fsutil::fsync_dir(&root)
+                .map_err(|e| CheckpointError::io("cannot fsync", &root, e))?;
         }
         if !dry_run {
             let index = Index {
@@ -492,6 +555,7 @@ impl CheckpointManager {
             codex_core::fsutil::atomic_write(&path, &bytes)
                 .map_err(|e| CheckpointError::io("cannot write", &path, e))?;
         }
+        self.delete_retired(retired, background)?;
         Ok(PruneReport {
             dry_run,
             policy: self.policy.clone(),
@@ -562,8 +626,8 @@ fn spec_kind(names: &[&str]) -> std::result::Result<CheckpointKind, String> {
     )
 }
 
-/// Writes every file into `tmp`, hashing while writing, fsyncs them, then writes the manifest
-/// (the completion marker) and fsyncs the directory.
+/// Writes every file into `tmp`, hashing while writing, then the manifest (the completion
+/// marker, last), then fsyncs them all and the directory.
 fn write_checkpoint(
     tmp: &Path,
     spec: &CheckpointSpec<'_>,
@@ -575,11 +639,11 @@ fn write_checkpoint(
     for (file, header) in spec.files.iter().zip(headers) {
         let (entry, handle) = match (file, header) {
             (CheckpointFile::Safetensors { name, .. }, Some((header, order))) => {
-                write_file(tmp, name, |w| format::write_safetensors(w, header, order))?
+                let parts = format::safetensors_parts(header, order);
+                let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                write_file(tmp, name, &parts)?
             }
-            (CheckpointFile::Bytes { name, bytes }, _) => {
-                write_file(tmp, name, |w| w.write_all(bytes))?
-            }
+            (CheckpointFile::Bytes { name, bytes }, _) => write_file(tmp, name, &[bytes])?,
             (CheckpointFile::Safetensors { name, .. }, None) => {
                 return Err(CheckpointError::InvalidSpec {
                     step: spec.step,
@@ -596,15 +660,9 @@ fn write_checkpoint(
             reason: format!("trainer state is not JSON-encodable: {e}"),
         }
     })?;
-    let (entry, handle) = write_file(tmp, TRAINER_STATE, |w| w.write_all(&state))?;
+    let (entry, handle) = write_file(tmp, TRAINER_STATE, &[&state])?;
     entries.push(entry);
     open_files.push((handle, tmp.join(TRAINER_STATE)));
-    // fsync after all files are written, so the kernel flushes earlier files while later
-    // ones are still being produced.
-    for (file, path) in open_files {
-        file.sync_all()
-            .map_err(|e| CheckpointError::io("cannot fsync", path, e))?;
-    }
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let kind = spec_kind(&names).map_err(|reason| CheckpointError::InvalidSpec {
         step: spec.step,
@@ -626,35 +684,32 @@ fn write_checkpoint(
         step: spec.step,
         reason: format!("cannot encode the manifest: {e}"),
     })?;
-    let (entry, handle) = write_file(tmp, MANIFEST, |w| w.write_all(&bytes))?;
-    handle
-        .sync_all()
-        .map_err(|e| CheckpointError::io("cannot fsync", tmp.join(MANIFEST), e))?;
-    codex_core::fsutil::fsync_dir(tmp).map_err(|e| CheckpointError::io("cannot fsync", tmp, e))?;
+    let (entry, handle) = write_file(tmp, MANIFEST, &[&bytes])?;
+    open_files.push((handle, tmp.join(MANIFEST)));
+    // Nothing is visible before `publish` renames the directory, so the files need only be
+    // durable by then, not in any order among themselves: every file and the directory are
+    // fsynced once, concurrently, so the file system can cover them with one journal commit.
+    // (A directory is opened for fsync on Unix only, as `fsutil::fsync_dir` does.)
+    #[cfg(unix)]
+    {
+        let dir = File::open(tmp).map_err(|e| CheckpointError::io("cannot open", tmp, e))?;
+        open_files.push((dir, tmp.to_path_buf()));
+    }
+    sync_all_concurrently(&open_files)?;
     Ok((manifest, entry.sha256))
 }
 
-/// Creates `dir/name`, lets `fill` write through a hashing writer, and returns the entry and
-/// the still-open file (to fsync later).
-fn write_file(
-    dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&mut HashingWriter<BufWriter<File>>) -> io::Result<()>,
-) -> Result<(FileEntry, File)> {
+/// Creates `dir/name`, writes `parts` into it while hashing them ([`crate::write`]), and
+/// returns the entry and the still-open file (to fsync later).
+fn write_file(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(FileEntry, File)> {
     let path = dir.join(name);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| CheckpointError::io("cannot create", &path, e))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
-    fill(&mut w)
-        .and_then(|()| w.flush())
+    let (sha256, size_bytes) = crate::write::write_parts(&file, parts)
         .map_err(|e| CheckpointError::io("cannot write", &path, e))?;
-    let (buf, sha256, size_bytes) = w.finish();
-    let file = buf
-        .into_inner()
-        .map_err(|e| CheckpointError::io("cannot write", &path, e.into_error()))?;
     Ok((
         FileEntry {
             name: name.to_string(),
@@ -663,6 +718,43 @@ fn write_file(
         },
         file,
     ))
+}
+
+/// fsyncs every file, each on its own thread (on this one when no thread can be started), and
+/// returns the first error.
+fn sync_all_concurrently(files: &[(File, PathBuf)]) -> Result<()> {
+    let sync = |(file, path): &(File, PathBuf)| {
+        file.sync_all()
+            .map_err(|e| CheckpointError::io("cannot fsync", path, e))
+    };
+    std::thread::scope(|s| {
+        let pending: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let h = std::thread::Builder::new()
+                    .name("codex-ckpt-fsync".into())
+                    .spawn_scoped(s, move || sync(f));
+                (f, h)
+            })
+            .collect();
+        let mut first = Ok(());
+        for (f, h) in pending {
+            let r = match h {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(CheckpointError::io(
+                        "cannot fsync",
+                        &f.1,
+                        io::Error::other("the fsync thread panicked"),
+                    ))
+                }),
+                Err(_) => sync(f),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// Renames the finished `tmp` to `final_dir` (moving an older checkpoint of the same step out
@@ -694,9 +786,10 @@ fn publish(root: &Path, tmp: &Path, final_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a checkpoint by renaming it out of sight first, so an interrupted delete never
-/// leaves a half-deleted `step-N` that looks like a checkpoint.
-fn remove_checkpoint(root: &Path, dir: &Path, step: u64) -> Result<()> {
+/// Renames a checkpoint out of sight (`.trash-step-…`), so an interrupted delete never leaves
+/// a half-deleted `step-N` that looks like a checkpoint, and returns where it went. The caller
+/// fsyncs `root` before removing anything inside it.
+fn retire_checkpoint(root: &Path, dir: &Path, step: u64) -> Result<PathBuf> {
     // Unique, so a trash directory an earlier delete could not remove never blocks this one.
     let trash = root.join(format!(
         "{TRASH_PREFIX}{step:08}-{}-{}",
@@ -704,7 +797,5 @@ fn remove_checkpoint(root: &Path, dir: &Path, step: u64) -> Result<()> {
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     fs::rename(dir, &trash).map_err(|e| CheckpointError::io("cannot delete checkpoint", dir, e))?;
-    codex_core::fsutil::fsync_dir(root)
-        .map_err(|e| CheckpointError::io("cannot fsync", root, e))?;
-    fs::remove_dir_all(&trash).map_err(|e| CheckpointError::io("cannot delete", &trash, e))
+    Ok(trash)
 }

@@ -206,6 +206,30 @@ fn retention_after_save_keeps_best_last_and_protected() {
 }
 
 #[test]
+fn retention_after_save_retires_at_once_and_deletes_in_the_background() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut m = CheckpointManager::open(&run, policy(0, 1)).unwrap();
+    m.save(spec(1, None, 300_000)).unwrap();
+    let saved = m.save(spec(2, None, 300_000)).unwrap();
+    assert_eq!(saved.deleted, [1]);
+    // Out of sight when save returns (renamed durably), whatever the deleting thread has done.
+    assert!(!ckpt(&run, 1).exists());
+    let infos = codex_checkpoint::list(&run).unwrap();
+    assert_eq!(infos.iter().map(|i| i.step).collect::<Vec<_>>(), [2]);
+    m.finish_deletions();
+    assert!(tmp_dirs(&run).is_empty(), "{:?}", tmp_dirs(&run));
+    // Dropping the manager waits for the deletion too.
+    m.save(spec(3, None, 300_000)).unwrap();
+    drop(m);
+    assert!(tmp_dirs(&run).is_empty(), "{:?}", tmp_dirs(&run));
+    assert!(!ckpt(&run, 2).exists());
+    let l = codex_checkpoint::latest_valid(&run).unwrap().unwrap();
+    assert_eq!(l.step, 3);
+    assert_eq!(loaded_weights(&l), values(3, 300_000, 1));
+}
+
+#[test]
 fn dry_run_prune_deletes_nothing() {
     let (_tmp, run) = two_checkpoints();
     let mut m = CheckpointManager::open(&run, policy(0, 1)).unwrap();

@@ -109,6 +109,10 @@ pub struct DataSummary {
     pub tokenizer: String,
     pub vocab_size: u64,
     pub cache_hit: bool,
+    /// What `[safety]` did while the data was prepared (codex-safety's `SafetyReport`: policy
+    /// and its hash, documents in/out/dropped/redacted, counts per rule); absent when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<serde_json::Value>,
 }
 
 /// What a resume restored.

@@ -1,6 +1,7 @@
 //! Fused codex-ops kernels vs the plain candle compositions they replace, forward + backward at
 //! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), a
-//! frozen (LoRA base) linear at SmolLM2-135M's MLP shape, and
+//! frozen (LoRA base) linear and the Llama block's RMSNorm, SwiGLU and grouped-query RoPE
+//! attention at SmolLM2-135M's shapes, and
 //! the fused AdamW vs `candle_nn::AdamW` on 262k parameters (PERFORMANCE.md's probe).
 //!
 //!     cargo bench -p codex-ops --bench ops_fused
@@ -105,6 +106,32 @@ fn ops(c: &mut Criterion) {
             &[512, 576],
             &|x| codex_ops::frozen_linear(x, &w, None, codex_ops::WeightLayout::OutIn),
             &|x| codex_ops::frozen_linear_reference(x, &w, None, codex_ops::WeightLayout::OutIn),
+        )?;
+        // The Llama block at SmolLM2-135M's shapes (batch 4 x context 128, d = 576, ff = 1536,
+        // 9 query heads sharing 3 kv heads of 64).
+        let w = (rand(&[576], 8)? + 1.0)?;
+        pair(
+            c,
+            "rms_norm 512x576",
+            &[512, 576],
+            &|x| codex_ops::rms_norm(x, &w, 1e-5),
+            &|x| codex_ops::rms_norm_reference(x, &w, 1e-5),
+        )?;
+        let up = rand(&[4, 128, 1536], 9)?;
+        pair(
+            c,
+            "swiglu 512x1536",
+            &[4, 128, 1536],
+            &|g| codex_ops::swiglu(g, &up),
+            &|g| codex_ops::swiglu_reference(g, &up),
+        )?;
+        let (k, v) = (rand(&[4, 128, 192], 10)?, rand(&[4, 128, 192], 11)?);
+        pair(
+            c,
+            "rope_attention 4x128 q9 kv3 hd64",
+            &[4, 128, 576],
+            &|q| codex_ops::rope_attention(q, &k, &v, 9, 3, 100_000.0),
+            &|q| codex_ops::rope_attention_reference(q, &k, &v, 9, 3, 100_000.0),
         )?;
         let t: Vec<u32> = (0..2048u32).map(|i| (i * 37 + 11) % 256).collect();
         let t = Tensor::new(t.as_slice(), &Device::Cpu)?;

@@ -11,8 +11,10 @@
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
 //!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly), [`linear`] (matmul with
 //!   the bias fused in), [`frozen_linear`] (constant weight: backward yields `dx` only, no
-//!   weight-gradient GEMM) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
+//!   weight-gradient GEMM), [`lora_linear`] (that plus a LoRA adapter in the same op) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
 //!   recomputation in backward), the last three calling the `gemm` kernels on strided views;
+//! - the Llama block's [`rms_norm`], [`swiglu`] and [`rope_attention`] (grouped-query causal
+//!   attention with RoPE applied inside, reading `q`/`k`/`v` as their linears wrote them);
 //! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
 //!
 //! The elementwise loops are compiled twice, baseline and AVX2+FMA, and picked at run time
@@ -27,6 +29,7 @@ mod alloc;
 mod attention;
 mod gelu;
 mod linear;
+mod llama;
 mod matmul;
 mod norm;
 mod simd;
@@ -38,7 +41,14 @@ pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scal
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
 pub use gelu::{gelu, gelu_reference};
-pub use linear::{WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_reference};
+pub use linear::{
+    WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_no_bias, linear_reference,
+    lora_linear, lora_linear_reference,
+};
+pub use llama::{
+    rms_norm, rms_norm_reference, rope_attention, rope_attention_reference, rope_tables, swiglu,
+    swiglu_reference,
+};
 pub use norm::{layer_norm, layer_norm_reference};
 pub use softmax::{causal_softmax, causal_softmax_reference};
 pub use xent::{cross_entropy, cross_entropy_reference};

@@ -5,7 +5,9 @@
 //! an allocating add, and in backward a transpose-matmul pair plus a sum for the bias, each grad
 //! landing in a fresh zero-filled accumulator.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
+};
 use rayon::prelude::*;
 
 use crate::matmul::{View, gemm_into};
@@ -124,6 +126,92 @@ fn grad_x(d: &Dims, layout: WeightLayout, g: &[f32], w: &[f32], threads: usize) 
     dx
 }
 
+/// dW in the weight's own layout: `xᵀ · dy` (in × out) or `dyᵀ · x` (out × in).
+fn grad_w(d: &Dims, layout: WeightLayout, xs: &[f32], g: &[f32], threads: usize) -> Vec<f32> {
+    let gv = View::rows(0, d.n, d.o, d.o);
+    let xv = View::rows(0, d.n, d.i, d.i);
+    let mut dw = vec![0f32; d.i * d.o];
+    let len = dw.len();
+    match layout {
+        WeightLayout::InOut => gemm_into(
+            dw.as_mut_ptr(),
+            len,
+            View::rows(0, d.i, d.o, d.o),
+            xs,
+            xv.t(),
+            g,
+            gv,
+            1.0,
+            false,
+            threads,
+        ),
+        WeightLayout::OutIn => gemm_into(
+            dw.as_mut_ptr(),
+            len,
+            View::rows(0, d.o, d.i, d.i),
+            g,
+            gv.t(),
+            xs,
+            xv,
+            1.0,
+            false,
+            threads,
+        ),
+    }
+    dw
+}
+
+/// [`Affine`] without a bias.
+struct AffineNoBias {
+    layout: WeightLayout,
+}
+
+impl CustomOp2 for AffineNoBias {
+    fn name(&self) -> &'static str {
+        "codex-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l1.shape(), l2.shape(), None, self.layout)?;
+        let x = f32_slice(s1, l1, "linear (x)")?;
+        let w = f32_slice(s2, l2, "linear (weight)")?;
+        let y = forward(&d, self.layout, x, w, None);
+        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = dims(x.shape(), w.shape(), None, self.layout)?;
+        let threads = rayon::current_num_threads();
+        let op = "linear backward";
+        let (dx, dw) = with_f32(x, op, |xs| {
+            with_f32(w, op, |ws| {
+                with_f32(dy, op, |g| {
+                    Ok((
+                        grad_x(&d, self.layout, g, ws, threads),
+                        grad_w(&d, self.layout, xs, g, threads),
+                    ))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dw, w.shape())?),
+        ))
+    }
+}
+
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
         "codex-linear"
@@ -161,37 +249,7 @@ impl CustomOp3 for Affine {
             with_f32(w, op, |ws| {
                 with_f32(dy, op, |g| {
                     let dx = grad_x(&d, self.layout, g, ws, threads);
-                    // dW in the weight's own layout: xᵀ · dy (in × out) or dyᵀ · x (out × in).
-                    let gv = View::rows(0, d.n, d.o, d.o);
-                    let mut dw = vec![0f32; d.i * d.o];
-                    let len = dw.len();
-                    let xv = View::rows(0, d.n, d.i, d.i);
-                    match self.layout {
-                        WeightLayout::InOut => gemm_into(
-                            dw.as_mut_ptr(),
-                            len,
-                            View::rows(0, d.i, d.o, d.o),
-                            xs,
-                            xv.t(),
-                            g,
-                            gv,
-                            1.0,
-                            false,
-                            threads,
-                        ),
-                        WeightLayout::OutIn => gemm_into(
-                            dw.as_mut_ptr(),
-                            len,
-                            View::rows(0, d.o, d.i, d.i),
-                            g,
-                            gv.t(),
-                            xs,
-                            xv,
-                            1.0,
-                            false,
-                            threads,
-                        ),
-                    }
+                    let dw = grad_w(&d, self.layout, xs, g, threads);
                     // db = column sums of dy: partials over fixed row chunks in parallel, added
                     // in chunk order (bitwise reproducible, unlike a rayon fold/reduce).
                     let partials: Vec<Vec<f32>> = if d.o == 0 {
@@ -274,6 +332,25 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Resul
     }
 }
 
+/// `x · W` over the last dimension of `x` (any leading shape): [`linear`] without a bias. Backward
+/// writes `dx` and `dW` (in the weight's own layout) straight from two GEMMs; through candle, a
+/// `[out, in]` weight's gradient would come back transposed and be added, strided, into a
+/// zero-filled buffer. Candle's matmul on 2-D rows elsewhere.
+pub fn linear_no_bias(x: &Tensor, w: &Tensor, layout: WeightLayout) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), None, layout)?;
+    if is_cpu_f32(x) && is_cpu_f32(w) {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, AffineNoBias { layout })
+    } else {
+        let x2 = x.reshape((d.n, d.i))?;
+        let y = match layout {
+            WeightLayout::InOut => x2.matmul(w)?,
+            WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+        };
+        y.reshape(out_shape(x.shape(), d.o))
+    }
+}
+
 /// The candle composition, for 2-D `x`.
 pub fn linear_reference(
     x: &Tensor,
@@ -330,6 +407,242 @@ pub fn frozen_linear_reference(
         y = y.broadcast_add(&b.detach())?;
     }
     y.reshape(out_shape(x.shape(), d.o))
+}
+
+/// A frozen linear layer with an unmerged LoRA adapter, `y = x·W (+ b) + scale·(x·Aᵀ)·Bᵀ`, as one
+/// op over `(x, A, B)`; `W` and `b` ride inside as constants.
+///
+/// Composed, the adapter adds about seven nodes per layer (reshapes, two matmuls, the scale, the
+/// add), each with its zero-filled gradient accumulator in backward, and candle's matmul backward
+/// computes a gradient for the detached base weight too. Here backward runs five GEMMs (with
+/// `g = dy·B` and `h = x·Aᵀ` recomputed, both `n × r`): `dx = dy·W + scale·g·A`,
+/// `dA = scale·gᵀ·x`, `dB = scale·dyᵀ·h`.
+struct LoraFrozen {
+    w: Tensor,
+    b: Option<Tensor>,
+    layout: WeightLayout,
+    scale: f32,
+}
+
+/// `A` `[r, in]` and `B` `[out, r]` as PEFT stores them, checked against `d`.
+fn lora_rank(a: &Shape, bm: &Shape, d: &Dims) -> Result<usize> {
+    match (a.dims(), bm.dims()) {
+        (&[r, ai], &[bo, br]) if ai == d.i && bo == d.o && br == r => Ok(r),
+        _ => bail!(
+            "lora_linear: adapter A {:?} and B {:?} do not fit a {} -> {} layer (want [r, {}] and [{}, r])",
+            a.dims(),
+            bm.dims(),
+            d.i,
+            d.o,
+            d.i,
+            d.o
+        ),
+    }
+}
+
+impl CustomOp3 for LoraFrozen {
+    fn name(&self) -> &'static str {
+        "codex-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "lora linear";
+        let d = dims(
+            l1.shape(),
+            self.w.shape(),
+            self.b.as_ref().map(Tensor::shape),
+            self.layout,
+        )?;
+        let r = lora_rank(l2.shape(), l3.shape(), &d)?;
+        let x = f32_slice(s1, l1, op)?;
+        let a = f32_slice(s2, l2, op)?;
+        let bm = f32_slice(s3, l3, op)?;
+        let mut y = with_f32(&self.w, op, |w| match &self.b {
+            Some(b) => with_f32(b, op, |b| Ok(forward(&d, self.layout, x, w, Some(b)))),
+            None => Ok(forward(&d, self.layout, x, w, None)),
+        })?;
+        let threads = rayon::current_num_threads();
+        let h = x_at(&d, r, x, a, threads);
+        let len = y.len();
+        gemm_into(
+            y.as_mut_ptr(),
+            len,
+            View::rows(0, d.n, d.o, d.o),
+            &h,
+            View::rows(0, d.n, r, r),
+            bm,
+            View::rows(0, d.o, r, r).t(),
+            self.scale,
+            true,
+            threads,
+        );
+        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        bm: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = dims(x.shape(), self.w.shape(), None, self.layout)?;
+        let r = lora_rank(a.shape(), bm.shape(), &d)?;
+        let threads = rayon::current_num_threads();
+        let op = "lora linear backward";
+        let s = self.scale;
+        let (dx, da, db) = with_f32(x, op, |xs| {
+            with_f32(a, op, |a| {
+                with_f32(bm, op, |bm| {
+                    with_f32(dy, op, |g| {
+                        let mut dx =
+                            with_f32(&self.w, op, |w| Ok(grad_x(&d, self.layout, g, w, threads)))?;
+                        let (xv, gv) = (View::rows(0, d.n, d.i, d.i), View::rows(0, d.n, d.o, d.o));
+                        let rv = View::rows(0, d.n, r, r);
+                        // gb = dy·B, n × r.
+                        let mut gb = vec![0f32; d.n * r];
+                        let len = gb.len();
+                        gemm_into(
+                            gb.as_mut_ptr(),
+                            len,
+                            rv,
+                            g,
+                            gv,
+                            bm,
+                            View::rows(0, d.o, r, r),
+                            1.0,
+                            false,
+                            threads,
+                        );
+                        let len = dx.len();
+                        gemm_into(
+                            dx.as_mut_ptr(),
+                            len,
+                            xv,
+                            &gb,
+                            rv,
+                            a,
+                            View::rows(0, r, d.i, d.i),
+                            s,
+                            true,
+                            threads,
+                        );
+                        let mut da = vec![0f32; r * d.i];
+                        let len = da.len();
+                        gemm_into(
+                            da.as_mut_ptr(),
+                            len,
+                            View::rows(0, r, d.i, d.i),
+                            &gb,
+                            rv.t(),
+                            xs,
+                            xv,
+                            s,
+                            false,
+                            threads,
+                        );
+                        let h = x_at(&d, r, xs, a, threads);
+                        let mut db = vec![0f32; d.o * r];
+                        let len = db.len();
+                        gemm_into(
+                            db.as_mut_ptr(),
+                            len,
+                            View::rows(0, d.o, r, r),
+                            g,
+                            gv.t(),
+                            &h,
+                            rv,
+                            s,
+                            false,
+                            threads,
+                        );
+                        Ok((dx, da, db))
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(da, a.shape())?),
+            Some(cpu_tensor(db, bm.shape())?),
+        ))
+    }
+}
+
+/// `h = x·Aᵀ`, `n × r`.
+fn x_at(d: &Dims, r: usize, x: &[f32], a: &[f32], threads: usize) -> Vec<f32> {
+    let mut h = vec![0f32; d.n * r];
+    let len = h.len();
+    gemm_into(
+        h.as_mut_ptr(),
+        len,
+        View::rows(0, d.n, r, r),
+        x,
+        View::rows(0, d.n, d.i, d.i),
+        a,
+        View::rows(0, r, d.i, d.i).t(),
+        1.0,
+        false,
+        threads,
+    );
+    h
+}
+
+/// A frozen base linear (`W`, `b` constants, as [`frozen_linear`]) plus a trainable LoRA adapter
+/// `A` `[r, in]`, `B` `[out, r]`: `x·W (+ b) + scale·x·Aᵀ·Bᵀ` over the last dimension of `x`.
+/// Backward gives `dx`, `dA` and `dB`. One op on CPU f32 (no adapter dropout: callers with
+/// dropout compose it themselves); [`lora_linear_reference`] elsewhere.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    lora_rank(a.shape(), bm.shape(), &d)?;
+    if is_cpu_f32(x) && is_cpu_f32(w) && b.is_none_or(is_cpu_f32) && is_cpu_f32(a) && is_cpu_f32(bm)
+    {
+        let op = LoraFrozen {
+            w: w.detach().contiguous()?,
+            b: b.map(|b| b.detach().contiguous()).transpose()?,
+            layout,
+            scale: scale as f32,
+        };
+        x.contiguous()?
+            .apply_op3(&a.contiguous()?, &bm.contiguous()?, op)
+    } else {
+        lora_linear_reference(x, w, b, a, bm, scale, layout)
+    }
+}
+
+/// The candle composition of [`lora_linear`]: [`frozen_linear_reference`] plus
+/// `scale · (x Aᵀ) Bᵀ`.
+pub fn lora_linear_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    layout: WeightLayout,
+) -> Result<Tensor> {
+    let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
+    let y = frozen_linear_reference(x, w, b, layout)?;
+    let h = x.reshape((d.n, d.i))?.matmul(&a.t()?)?.matmul(&bm.t()?)?;
+    let h = (h * scale)?.reshape(y.shape())?;
+    y + h
 }
 
 #[cfg(test)]
@@ -470,6 +783,89 @@ mod tests {
         assert_eq!(bits(&a.0), bits(&b.0));
         assert_eq!(bits(&a.1), bits(&b.1));
         Ok(())
+    }
+
+    fn check_lora(layout: WeightLayout, bias: bool) -> Result<()> {
+        let (n, i, o, r) = (37, 24, 20, 4);
+        let wshape = match layout {
+            WeightLayout::OutIn => [o, i],
+            WeightLayout::InOut => [i, o],
+        };
+        let x = Var::from_tensor(&rand(21, &[n / 37, n, i], 1.0)?)?;
+        let w = rand(22, &wshape, 0.5)?;
+        let b = if bias {
+            Some(rand(23, &[o], 0.5)?)
+        } else {
+            None
+        };
+        let a = Var::from_tensor(&rand(24, &[r, i], 0.5)?)?;
+        let bm = Var::from_tensor(&rand(25, &[o, r], 0.5)?)?;
+        let probe = rand(26, &[1, n, o], 1.0)?;
+        let y1 = lora_linear(&x, &w, b.as_ref(), &a, &bm, 2.0, layout)?;
+        let y2 = lora_linear_reference(&x, &w, b.as_ref(), &a, &bm, 2.0, layout)?;
+        assert_close(&y1, &y2, 1e-5, "lora forward")?;
+        let g1 = (y1 * &probe)?.sum_all()?.backward()?;
+        let g2 = (y2 * &probe)?.sum_all()?.backward()?;
+        for (v, what) in [(&x, "dx"), (&a, "dA"), (&bm, "dB")] {
+            let (Some(p), Some(q)) = (g1.get(v), g2.get(v)) else {
+                panic!("missing {what}")
+            };
+            assert_close(p, q, 1e-5, what)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_no_bias_matches_candle() -> Result<()> {
+        for (layout, wshape) in [
+            (WeightLayout::OutIn, [20, 24]),
+            (WeightLayout::InOut, [24, 20]),
+        ] {
+            let x = Var::from_tensor(&rand(31, &[2, 19, 24], 1.0)?)?;
+            let w = Var::from_tensor(&rand(32, &wshape, 0.5)?)?;
+            let probe = rand(33, &[2, 19, 20], 1.0)?;
+            let y1 = linear_no_bias(&x, &w, layout)?;
+            let x2 = x.reshape((38, 24))?;
+            let y2 = match layout {
+                WeightLayout::InOut => x2.matmul(&w)?,
+                WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+            }
+            .reshape((2, 19, 20))?;
+            assert_close(&y1, &y2, 1e-5, "linear_no_bias forward")?;
+            let g1 = (y1 * &probe)?.sum_all()?.backward()?;
+            let g2 = (y2 * &probe)?.sum_all()?.backward()?;
+            for (v, what) in [(&x, "dx"), (&w, "dw")] {
+                let (Some(p), Some(q)) = (g1.get(v), g2.get(v)) else {
+                    panic!("missing {what}")
+                };
+                assert_close(p, q, 1e-5, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lora_linear_matches_candle_composition() -> Result<()> {
+        check_lora(WeightLayout::OutIn, false)?;
+        check_lora(WeightLayout::InOut, true)
+    }
+
+    #[test]
+    fn lora_linear_rejects_mismatched_adapter() {
+        let z = |s: &[usize]| {
+            Tensor::zeros(s, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()
+        };
+        let err = lora_linear(
+            &z(&[2, 8]),
+            &z(&[6, 8]),
+            None,
+            &z(&[4, 8]),
+            &z(&[6, 3]),
+            1.0,
+            WeightLayout::OutIn,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
     }
 
     #[test]

@@ -146,19 +146,36 @@ impl<'m> Decoder<'m> {
 
     /// Chooses the next token from the current logits.
     pub fn choose(&mut self) -> Token {
+        self.choose_masked(&[], &[])
+            .expect("an empty mask leaves every token")
+    }
+
+    /// Chooses the next token with the logits of every id in `masks` set to −inf first
+    /// (after the repetition penalty, before temperature, top-k and top-p), so no processor or
+    /// draw can pick one. `None` when every token is masked. The log-prob reported is still the
+    /// raw model's.
+    pub fn choose_masked(&mut self, mask_a: &[u32], mask_b: &[u32]) -> Option<Token> {
         let logprob_of = log_softmax_at(&self.next);
         let mut l = self.next.clone();
         apply_repetition_penalty(&mut l, &self.ids, self.sampling.repetition_penalty);
+        for &b in mask_a.iter().chain(mask_b) {
+            if let Some(x) = l.get_mut(b as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        if !mask_a.is_empty() || !mask_b.is_empty() {
+            l.iter().any(|&x| x > f32::NEG_INFINITY).then_some(())?;
+        }
         let id = if self.sampling.temperature == 0.0 {
             argmax(&l)
         } else {
             let u = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
             sample(&mut l, &self.sampling, u)
         };
-        Token {
+        Some(Token {
             id,
             logprob: logprob_of(id as usize),
-        }
+        })
     }
 
     /// Appends `token` and runs one cached forward step for the position after it.
@@ -226,8 +243,11 @@ fn sample(l: &mut [f32], s: &Sampling, u: f64) -> u32 {
     for x in l.iter_mut() {
         *x /= s.temperature;
     }
-    // Candidates by descending logit; ties by id so the order is deterministic.
-    let mut order: Vec<usize> = (0..l.len()).filter(|&i| !l[i].is_nan()).collect();
+    // Candidates by descending logit; ties by id so the order is deterministic. Masked
+    // (−inf) ids are left out, so not even the rounding fallback below can pick one.
+    let mut order: Vec<usize> = (0..l.len())
+        .filter(|&i| !l[i].is_nan() && l[i] > f32::NEG_INFINITY)
+        .collect();
     order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
     if s.top_k > 0 && s.top_k < order.len() {
         order.truncate(s.top_k);
@@ -262,9 +282,118 @@ fn sample(l: &mut [f32], s: &Sampling, u: f64) -> u32 {
     order.last().map_or(0, |&i| i as u32)
 }
 
+/// The end-of-sequence token ids of a model source: an HF directory's `generation_config.json`
+/// `eos_token_id` (an int or a list), else its `config.json`'s; a GGUF file's
+/// `tokenizer.ggml.eos_token_id`; a run or checkpoint fine-tuned from a pretrained source, that
+/// source's. Empty when the source names none (a run trained from a preset: codex's tokenizers
+/// add no end-of-text token to training documents).
+pub fn eos_ids(source: &crate::ModelSource) -> Result<Vec<u32>> {
+    eos_depth(source, 0)
+}
+
+fn eos_depth(source: &crate::ModelSource, depth: usize) -> Result<Vec<u32>> {
+    use crate::ModelSource;
+    Ok(match source {
+        ModelSource::Preset(_) => vec![],
+        ModelSource::HfDir(dir) => {
+            for f in ["generation_config.json", "config.json"] {
+                let p = dir.join(f);
+                if !p.is_file() {
+                    continue;
+                }
+                let bytes = codex_core::fsutil::read_regular_capped(&p, 16 << 20)
+                    .map_err(crate::error::io_err(&p))?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    RegistryError::Invalid(format!("{}: not JSON: {e}", p.display()))
+                })?;
+                match v.get("eos_token_id") {
+                    None | Some(serde_json::Value::Null) => continue,
+                    Some(e) => return token_ids(e, &p),
+                }
+            }
+            vec![]
+        }
+        ModelSource::Gguf(path) => crate::gguf::read_gguf_tokenizer(path)?
+            .and_then(|t| t.eos)
+            .into_iter()
+            .collect(),
+        ModelSource::Checkpoint(ck) => {
+            let cfg = crate::run::read_run_config(&ck.run)?;
+            let pretrained = cfg.model.pretrained.trim();
+            if pretrained.is_empty() || depth >= 8 {
+                vec![]
+            } else {
+                eos_depth(&crate::resolve_source(pretrained)?, depth + 1)?
+            }
+        }
+    })
+}
+
+/// An `eos_token_id` value: a non-negative int or a list of them.
+fn token_ids(v: &serde_json::Value, p: &std::path::Path) -> Result<Vec<u32>> {
+    let one = |x: &serde_json::Value| {
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "{}: eos_token_id must be a token id or a list of them, got {v}",
+                    p.display()
+                ))
+            })
+    };
+    match v {
+        serde_json::Value::Array(xs) => xs.iter().map(one).collect(),
+        x => Ok(vec![one(x)?]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eos_from_generation_config_int_or_list_else_config() {
+        let d = tempfile::tempdir().unwrap();
+        let src = crate::ModelSource::HfDir(d.path().to_path_buf());
+        assert_eq!(eos_ids(&src).unwrap(), Vec::<u32>::new());
+        std::fs::write(d.path().join("config.json"), r#"{"eos_token_id": 7}"#).unwrap();
+        assert_eq!(eos_ids(&src).unwrap(), vec![7]);
+        std::fs::write(
+            d.path().join("generation_config.json"),
+            r#"{"eos_token_id": [2, 9]}"#,
+        )
+        .unwrap();
+        assert_eq!(eos_ids(&src).unwrap(), vec![2, 9]);
+        std::fs::write(
+            d.path().join("generation_config.json"),
+            r#"{"eos_token_id": -1}"#,
+        )
+        .unwrap();
+        assert!(
+            eos_ids(&src)
+                .unwrap_err()
+                .to_string()
+                .contains("eos_token_id")
+        );
+    }
+
+    #[test]
+    fn masked_ids_are_never_chosen() {
+        let mut l = vec![0.5f32, 3.0, 2.0];
+        for x in &mut l {
+            if *x == 3.0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        assert_eq!(argmax(&l), 2);
+        let s = Sampling {
+            temperature: 1.0,
+            ..Sampling::default()
+        };
+        for u in [0.0, 0.3, 0.6, 0.999] {
+            assert_ne!(sample(&mut l.clone(), &s, u), 1);
+        }
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

@@ -298,3 +298,334 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(ArchConfig, HashMap<String, Tens
     };
     Ok((ArchConfig::Llama(cfg), tensors))
 }
+
+/// A byte-level BPE tokenizer as GGUF metadata (`tokenizer.ggml.*`, llama.cpp's `gpt2` model):
+/// the tokens in id order (the byte-level strings of `tokenizer.json`'s vocabulary), their
+/// types, the merges, the pre-tokenizer's name and the special ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTokenizer {
+    /// `tokenizer.ggml.model`; codex writes and reads `gpt2` only.
+    pub model: String,
+    /// `tokenizer.ggml.pre`: `gpt-2` (GPT-2's split regex) or `default` (written only for a
+    /// merge-less vocabulary, where any split gives the same ids).
+    pub pre: String,
+    pub tokens: Vec<String>,
+    /// llama.cpp's `LLAMA_TOKEN_TYPE_*`: 1 normal, 3 control, 4 user-defined, 5 unused.
+    pub token_types: Vec<i32>,
+    /// `"left right"`, in rank order.
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+/// Token types (llama.cpp's `llama_token_type`).
+pub const TOKEN_NORMAL: i32 = 1;
+pub const TOKEN_CONTROL: i32 = 3;
+pub const TOKEN_USER_DEFINED: i32 = 4;
+pub const TOKEN_UNUSED: i32 = 5;
+/// Most tokens accepted from a tokenizer.json or a GGUF header (sizes allocations).
+const MAX_TOKENS: usize = 1 << 22;
+
+impl GgufTokenizer {
+    /// From an HF `tokenizer.json` whose model is byte-level BPE (no normalizer, a `ByteLevel`
+    /// pre-tokenizer), padded with `[PAD<i>]` tokens of type unused up to `vocab` ids (the
+    /// model's embedding rows), as `convert_hf_to_gguf.py` does. Anything else is refused with
+    /// the reason: llama.cpp could not reproduce its ids.
+    pub fn from_tokenizer_json(
+        v: &serde_json::Value,
+        vocab: usize,
+    ) -> std::result::Result<Self, String> {
+        let model = &v["model"];
+        if model["type"] != "BPE" {
+            return Err(format!(
+                "the tokenizer is {}, not byte-level BPE",
+                model["type"]
+            ));
+        }
+        if !v["normalizer"].is_null() {
+            return Err("the tokenizer has a normalizer (llama.cpp's gpt2 model has none)".into());
+        }
+        let pre = &v["pre_tokenizer"];
+        if pre["type"] != "ByteLevel" {
+            return Err(format!(
+                "the pre-tokenizer is {}, not ByteLevel",
+                pre["type"]
+            ));
+        }
+        if pre["add_prefix_space"] == true {
+            return Err("the ByteLevel pre-tokenizer adds a prefix space".into());
+        }
+        let merges: Vec<String> = match model["merges"].as_array() {
+            None => vec![],
+            Some(ms) => ms
+                .iter()
+                .map(|m| match m {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    serde_json::Value::Array(p) if p.len() == 2 => Ok(format!(
+                        "{} {}",
+                        p[0].as_str().unwrap_or_default(),
+                        p[1].as_str().unwrap_or_default()
+                    )),
+                    other => Err(format!("a merge is neither \"a b\" nor [a, b]: {other}")),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        let pre = if pre["use_regex"] != false {
+            "gpt-2"
+        } else if merges.is_empty() {
+            "default"
+        } else {
+            return Err(
+                "a byte-level BPE with merges but without GPT-2's split has no llama.cpp \
+                 pre-tokenizer"
+                    .into(),
+            );
+        };
+        let mut slots: Vec<Option<(String, i32)>> = vec![None; vocab];
+        let mut put = |id: u64, tok: &str, ty: i32| -> std::result::Result<(), String> {
+            let i = usize::try_from(id).ok().filter(|&i| i < MAX_TOKENS);
+            let Some(i) = i else {
+                return Err(format!("token id {id} is out of range"));
+            };
+            if i >= slots.len() {
+                slots.resize(i + 1, None);
+            }
+            slots[i] = Some((tok.to_string(), ty));
+            Ok(())
+        };
+        for (tok, id) in model["vocab"].as_object().into_iter().flatten() {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| format!("vocab `{tok}`: bad id {id}"))?;
+            put(id, tok, TOKEN_NORMAL)?;
+        }
+        for a in v["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(id), Some(tok)) = (a["id"].as_u64(), a["content"].as_str()) else {
+                return Err(format!("added token without id/content: {a}"));
+            };
+            let ty = if a["special"] == true {
+                TOKEN_CONTROL
+            } else {
+                TOKEN_USER_DEFINED
+            };
+            put(id, tok, ty)?;
+        }
+        let (tokens, token_types) = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.unwrap_or_else(|| (format!("[PAD{i}]"), TOKEN_UNUSED)))
+            .unzip();
+        Ok(Self {
+            model: "gpt2".into(),
+            pre: pre.into(),
+            tokens,
+            token_types,
+            merges,
+            bos: None,
+            eos: None,
+        })
+    }
+
+    /// The HF `tokenizer.json` these metadata describe (byte-level BPE; control and
+    /// user-defined tokens as added tokens), so a GGUF file needs no `--tokenizer`. Only the
+    /// pre-tokenizers codex writes are rebuilt (`gpt-2`, and `default` without merges, where the
+    /// split cannot change the ids); another (`llama-bpe`, `smollm`, …) splits differently and
+    /// is refused rather than approximated.
+    pub fn to_tokenizer_json(&self) -> std::result::Result<serde_json::Value, String> {
+        use serde_json::json;
+        if !(self.pre == "gpt-2" || (self.pre == "default" && self.merges.is_empty())) {
+            return Err(format!(
+                "the GGUF tokenizer's pre-tokenizer `{}` is not one codex rebuilds (gpt-2, or \
+                 default without merges)",
+                self.pre
+            ));
+        }
+        let vocab: serde_json::Map<String, serde_json::Value> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        let added: Vec<serde_json::Value> = self
+            .tokens
+            .iter()
+            .zip(&self.token_types)
+            .enumerate()
+            .filter(|(_, (_, ty))| **ty == TOKEN_CONTROL || **ty == TOKEN_USER_DEFINED)
+            .map(|(i, (t, ty))| {
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": *ty != TOKEN_CONTROL,
+                       "special": *ty == TOKEN_CONTROL})
+            })
+            .collect();
+        let regex = self.pre != "default";
+        Ok(json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                              "trim_offsets": true, "use_regex": regex},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false,
+                        "trim_offsets": true, "use_regex": regex},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": self.merges}
+        }))
+    }
+
+    /// The `tokenizer.ggml.*` metadata entries.
+    pub fn metadata(&self) -> Vec<(String, Value)> {
+        let strings =
+            |xs: &[String]| Value::Array(xs.iter().map(|s| Value::String(s.clone())).collect());
+        let mut m = vec![
+            (
+                "tokenizer.ggml.model".into(),
+                Value::String(self.model.clone()),
+            ),
+            ("tokenizer.ggml.pre".into(), Value::String(self.pre.clone())),
+            ("tokenizer.ggml.tokens".into(), strings(&self.tokens)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(self.token_types.iter().map(|&t| Value::I32(t)).collect()),
+            ),
+            ("tokenizer.ggml.merges".into(), strings(&self.merges)),
+            // codex's tokenizers add no special tokens when encoding.
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+            ("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)),
+        ];
+        if let Some(b) = self.bos {
+            m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+        }
+        if let Some(e) = self.eos {
+            m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+        }
+        m
+    }
+
+    /// From a GGUF header's metadata; `None` when it has no `tokenizer.ggml.model`.
+    pub fn from_content(c: &Content) -> std::result::Result<Option<Self>, String> {
+        let model = match c.metadata.get("tokenizer.ggml.model") {
+            None => return Ok(None),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err("`tokenizer.ggml.model` is not a string".into()),
+        };
+        if model != "gpt2" {
+            return Err(format!(
+                "tokenizer model `{model}` is not supported (codex reads byte-level BPE, `gpt2`)"
+            ));
+        }
+        let strings = |key: &str| -> std::result::Result<Vec<String>, String> {
+            match c.metadata.get(key) {
+                None => Ok(vec![]),
+                Some(Value::Array(xs)) if xs.len() <= MAX_TOKENS => xs
+                    .iter()
+                    .map(|x| match x {
+                        Value::String(s) => Ok(s.clone()),
+                        _ => Err(format!("`{key}` holds a non-string")),
+                    })
+                    .collect(),
+                Some(_) => Err(format!("`{key}` is not a list of strings")),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err("`tokenizer.ggml.tokens` is missing or empty".into());
+        }
+        let token_types = match c.metadata.get("tokenizer.ggml.token_type") {
+            None => vec![TOKEN_NORMAL; tokens.len()],
+            Some(Value::Array(xs)) if xs.len() == tokens.len() => xs
+                .iter()
+                .map(|x| match x {
+                    Value::I32(t) => Ok(*t),
+                    Value::U32(t) => i32::try_from(*t).map_err(|e| e.to_string()),
+                    _ => Err("`tokenizer.ggml.token_type` holds a non-integer".to_string()),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+            Some(_) => {
+                return Err("`tokenizer.ggml.token_type` does not have one entry per token".into());
+            }
+        };
+        let id = |key: &str| {
+            meta_u64(c, key)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let pre = match c.metadata.get("tokenizer.ggml.pre") {
+            Some(Value::String(s)) => s.clone(),
+            _ => "default".into(),
+        };
+        Ok(Some(Self {
+            model,
+            pre,
+            merges: strings("tokenizer.ggml.merges")?,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            tokens,
+            token_types,
+        }))
+    }
+}
+
+/// The tokenizer in a GGUF file's metadata (`None` when it has none).
+pub fn read_gguf_tokenizer(path: &Path) -> Result<Option<GgufTokenizer>> {
+    let bad = |msg: String| RegistryError::Gguf {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut f = std::io::BufReader::new(f);
+    let content = read_gguf_header(&mut f).map_err(bad)?;
+    GgufTokenizer::from_content(&content).map_err(bad)
+}
+
+#[cfg(test)]
+mod tokenizer_tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_json_round_trips_through_gguf_metadata() {
+        let tj = serde_json::json!({
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+            "added_tokens": [{"id": 4, "content": "<|endoftext|>", "special": true}],
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "Ġ": 3},
+                      "merges": [["a", "b"]]}
+        });
+        let mut t = GgufTokenizer::from_tokenizer_json(&tj, 6).unwrap();
+        assert_eq!(t.tokens, ["a", "b", "ab", "Ġ", "<|endoftext|>", "[PAD5]"]);
+        assert_eq!(t.token_types, [1, 1, 1, 1, 3, 5]);
+        assert_eq!(t.merges, ["a b"]);
+        assert_eq!(t.pre, "gpt-2");
+        t.eos = Some(4);
+        // Through a real GGUF stream and back.
+        let meta = t.metadata();
+        let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut buf = std::io::Cursor::new(Vec::new());
+        candle_core::quantized::gguf_file::write(&mut buf, &refs, &[]).unwrap();
+        buf.set_position(0);
+        let c = Content::read(&mut buf).unwrap();
+        assert_eq!(GgufTokenizer::from_content(&c).unwrap(), Some(t.clone()));
+        // As a file: `codex generate` stops at its eos.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.gguf");
+        std::fs::write(&path, buf.get_ref()).unwrap();
+        assert_eq!(read_gguf_tokenizer(&path).unwrap(), Some(t.clone()));
+        let src = crate::ModelSource::Gguf(path);
+        assert_eq!(crate::generate::eos_ids(&src).unwrap(), vec![4]);
+        // And the tokenizer.json it rebuilds encodes as the original vocabulary says.
+        let rebuilt = t.to_tokenizer_json().unwrap();
+        let mut other = t.clone();
+        other.pre = "smollm".into();
+        assert!(other.to_tokenizer_json().unwrap_err().contains("smollm"));
+        assert_eq!(rebuilt["model"]["vocab"]["ab"], 2);
+        assert_eq!(rebuilt["added_tokens"][0]["content"], "<|endoftext|>");
+        let bad = serde_json::json!({"normalizer": null, "model": {"type": "Unigram"}});
+        assert!(
+            GgufTokenizer::from_tokenizer_json(&bad, 4)
+                .unwrap_err()
+                .contains("Unigram")
+        );
+    }
+}

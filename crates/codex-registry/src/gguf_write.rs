@@ -91,6 +91,28 @@ fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// Writes `model`'s base weights (llama family; merge a LoRA adapter first) to `path` as GGUF. Norms and biases
 /// stay f32 (as llama.cpp keeps them); q8_0 needs rows that are whole blocks of 32.
 pub fn write_gguf(model: &Model, path: &Path, ty: GgufType, name: &str) -> Result<()> {
+    write_gguf_with(model, path, ty, name, None)
+}
+
+/// [`write_gguf`] with the tokenizer's `tokenizer.ggml.*` metadata, so that llama.cpp and
+/// `codex generate FILE.gguf` need no separate tokenizer. Its token count must equal the
+/// model's vocabulary.
+pub fn write_gguf_with(
+    model: &Model,
+    path: &Path,
+    ty: GgufType,
+    name: &str,
+    tokenizer: Option<&crate::gguf::GgufTokenizer>,
+) -> Result<()> {
+    if let Some(t) = tokenizer
+        && t.tokens.len() != model.vocab_size()
+    {
+        return Err(RegistryError::Invalid(format!(
+            "GGUF export: the tokenizer has {} tokens, the model's vocabulary {}",
+            t.tokens.len(),
+            model.vocab_size()
+        )));
+    }
     let ArchConfig::Llama(c) = model.config() else {
         return Err(RegistryError::Invalid(format!(
             "GGUF export supports the llama family (llama, qwen2); this model is {}",
@@ -133,7 +155,7 @@ pub fn write_gguf(model: &Model, path: &Path, ty: GgufType, name: &str) -> Resul
     }
     let u32v = |v: usize| Value::U32(v as u32);
     let key = |k: &str| format!("{arch}.{k}");
-    let meta: Vec<(String, Value)> = vec![
+    let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(name.into())),
         ("general.file_type".into(), Value::U32(ty.file_type())),
@@ -151,6 +173,7 @@ pub fn write_gguf(model: &Model, path: &Path, ty: GgufType, name: &str) -> Resul
         (key("rope.freq_base"), Value::F32(c.rope_theta as f32)),
         (key("rope.dimension_count"), u32v(c.head_dim())),
     ];
+    meta.extend(tokenizer.map(|t| t.metadata()).unwrap_or_default());
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut buf = std::io::Cursor::new(Vec::new());

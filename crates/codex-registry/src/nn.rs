@@ -117,12 +117,29 @@ impl Linear {
             // Frozen base (LoRA): backward needs dx only. On CPU f32 one op that skips the
             // weight-gradient GEMM candle's matmul would run and discard; candle elsewhere.
             let b = self.bias.as_ref().map(|b| f.w(b));
+            if let Some(l) = &self.lora
+                && l.merged_from.is_none()
+                && (l.dropout <= 0.0 || !f.train)
+            {
+                // Base and adapter in one op (no adapter dropout to draw).
+                return Ok(codex_ops::lora_linear(
+                    x,
+                    &w,
+                    b.as_ref(),
+                    l.a.as_tensor(),
+                    l.b.as_tensor(),
+                    l.scale,
+                    layout,
+                )?);
+            }
             let y = codex_ops::frozen_linear(x, &w, b.as_ref(), layout)?;
             return self.add_lora(x, y, f);
         }
-        if let (Some(bias), None) = (&self.bias, &self.lora) {
-            // Trainable weight and bias: one fused op on any leading shape.
-            return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?);
+        match (&self.bias, &self.lora) {
+            // Trainable weight (and bias): one fused op on any leading shape.
+            (Some(bias), None) => return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?),
+            (None, None) => return Ok(codex_ops::linear_no_bias(x, &w, layout)?),
+            _ => {}
         }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -237,8 +254,9 @@ pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 
 /// LM head `[B, T, d] x [V, d]^T -> [B, T, V]`. Frozen (LoRA), through
 /// [`codex_ops::frozen_linear`]: at a 49k vocabulary the weight gradient candle would compute and
-/// drop is the largest GEMM of the step. Trainable, as one 2-D matmul on `[B*T, d]`: a broadcast
-/// matmul would make backward compute a `[B, d, V]` weight gradient and sum it over `B`.
+/// drop is the largest GEMM of the step. Trainable, through [`codex_ops::linear_no_bias`] over the
+/// `[B*T, d]` rows: a broadcast matmul would make backward compute a `[B, d, V]` weight gradient
+/// and sum it over `B`.
 pub(crate) fn lm_head(h: &Tensor, head: &Tensor, f: &Fwd) -> Result<Tensor> {
     if f.frozen {
         return Ok(codex_ops::frozen_linear(
@@ -248,11 +266,11 @@ pub(crate) fn lm_head(h: &Tensor, head: &Tensor, f: &Fwd) -> Result<Tensor> {
             codex_ops::WeightLayout::OutIn,
         )?);
     }
-    let (b, t, d) = h.dims3()?;
-    let v = head.dim(0)?;
-    Ok(h.reshape((b * t, d))?
-        .matmul(&head.t()?)?
-        .reshape((b, t, v))?)
+    Ok(codex_ops::linear_no_bias(
+        h,
+        head,
+        codex_ops::WeightLayout::OutIn,
+    )?)
 }
 
 /// Masking used by [`attention`].

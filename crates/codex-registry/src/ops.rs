@@ -1,7 +1,7 @@
 //! The elementwise and normalisation ops of every forward pass, as free functions.
 //!
 //! This file is the seam for the fused CPU kernels of `codex-ops`: layer norm (with bias), GELU
-//! (tanh) and the causal softmax go through them, which on CPU f32 run one kernel forward and
+//! (tanh), RMSNorm, SwiGLU and the causal softmax go through them, which on CPU f32 run one kernel forward and
 //! one backward instead of five to ten allocating candle ops, and fall back to the same candle
 //! compositions on other devices and dtypes. Every op here must support backward (candle-nn's
 //! fused `layer_norm`/`rms_norm`/`softmax_last_dim` have none on CPU, hence the composed
@@ -37,6 +37,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
 
 /// RMSNorm over the last dim (statistics in f32), as in HF `LlamaRMSNorm`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return codex_ops::rms_norm(x, weight, eps as f32);
+    }
     let dtype = x.dtype();
     let xf = internal(x)?;
     let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -56,7 +59,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// SwiGLU: `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gate.silu()? * up
+    codex_ops::swiglu(gate, up)
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor> {

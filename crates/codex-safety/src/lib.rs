@@ -19,6 +19,7 @@
 //! name and loses its value).
 
 pub mod files;
+pub mod guard;
 pub mod mask;
 pub mod minhash;
 pub mod planted;

@@ -817,6 +817,42 @@ impl Validate for TrainConfig {
                 "must be in 1..=4096",
             ));
         }
+        // A run's config.toml is written with credential-looking values masked: resuming from
+        // it needs the real value again rather than the placeholder.
+        if let Ok(v) = toml::Value::try_from(self) {
+            masked_values(&v, "", issues);
+        }
+    }
+}
+
+/// An issue for every string holding codex's mask (`***`), named by its dotted key.
+fn masked_values(v: &toml::Value, key: &str, issues: &mut Vec<ConfigIssue>) {
+    let mask = codex_safety::mask::MASK;
+    match v {
+        toml::Value::String(s) if s.contains(mask) => issues.push(ConfigIssue::invalid(
+            key,
+            format!("{s:?}"),
+            format!(
+                "holds `{mask}`: codex masked a credential-looking value here when it wrote the \
+                 run's config.toml; give the real value again (`{key}=...` on the command line)"
+            ),
+        )),
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                masked_values(x, &sub, issues);
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                masked_values(x, &format!("{key}[{i}]"), issues);
+            }
+        }
+        _ => {}
     }
 }
 

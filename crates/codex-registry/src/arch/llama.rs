@@ -121,20 +121,35 @@ impl Architecture for Llama {
                 .expand((b, nkv, rep, t, hd))?
                 .reshape((b, nh, t, hd))?)
         };
+        // Without attention dropout, one fused op (RoPE, shared kv heads and the causal softmax
+        // inside; `codex_ops::rope_attention`) on the projections as they are.
+        let fused = !f.train || self.cfg.attention_dropout <= 0.0;
         for l in &self.layers {
             let a = l.input_ln.forward(&h, f)?;
-            let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
-            let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
-            let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
-            let y = attention(
-                &q,
-                &repeat(k)?,
-                &repeat(v)?,
-                Mask::Causal,
-                self.cfg.attention_dropout,
-                f,
-            )?;
-            h = (h + l.o.forward(&merge_heads(&y)?, f)?)?;
+            let y = if fused {
+                codex_ops::rope_attention(
+                    &l.q.forward(&a, f)?,
+                    &l.k.forward(&a, f)?,
+                    &l.v.forward(&a, f)?,
+                    nh,
+                    nkv,
+                    self.cfg.rope_theta,
+                )?
+            } else {
+                let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
+                let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
+                let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
+                let y = attention(
+                    &q,
+                    &repeat(k)?,
+                    &repeat(v)?,
+                    Mask::Causal,
+                    self.cfg.attention_dropout,
+                    f,
+                )?;
+                merge_heads(&y)?
+            };
+            h = (h + l.o.forward(&y, f)?)?;
             let m = l.post_ln.forward(&h, f)?;
             let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
             h = (h + l.down.forward(&m, f)?)?;

@@ -47,6 +47,11 @@ pub(super) fn write_record(
         earlier + 1
     };
     let config_file = format!("segments/config-{segment}.toml");
+    // Credential-looking values never reach the run directory: they are written as `***`, and
+    // a resume from this file must be given them again (`TrainConfig::validate` refuses `***`).
+    // `config_sha256` stays the hash of the config in force, unmasked.
+    let masked = codex_safety::mask::mask_toml(config_text);
+    let config_text = masked.as_str();
     write(&run.config(), config_text.as_bytes())?;
     let seg_path = run.root().join(&config_file);
     if let Some(parent) = seg_path.parent() {
@@ -66,8 +71,13 @@ pub(super) fn write_record(
         config_file,
         resumed_from: resumed_from.map(Path::to_path_buf),
     };
-    let inv_value = serde_json::to_value(&invocation)
+    let mut inv_value = serde_json::to_value(&invocation)
         .map_err(|e| Error::Internal(format!("cannot serialize the invocation: {e}")))?;
+    // The command line can carry a credential (`tracking.mlflow=https://u:p@…`): masked in
+    // provenance.json and in the `start` event alike.
+    codex_safety::mask::mask_json(&mut inv_value);
+    let invocation: Invocation = serde_json::from_value(inv_value.clone())
+        .map_err(|e| Error::Internal(format!("cannot read the masked invocation back: {e}")))?;
     if let Some((world, global_batch)) = ranks {
         // This segment's ranks (a resumed run may have had others before).
         let mut d = serde_json::to_value(world)
@@ -113,6 +123,10 @@ pub(super) fn data_summary(ds: &Dataset) -> DataSummary {
         tokenizer: ds.tokenizer_desc.clone(),
         vocab_size: ds.vocab_size as u64,
         cache_hit: ds.cache_hit,
+        safety: ds
+            .safety
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
     }
 }
 

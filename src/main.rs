@@ -1,16 +1,22 @@
 //! `codex`: tokenize, build or load a model, train it with persisted metrics and checksummed
 //! checkpoints, sample system telemetry, and audit the result.
 
+mod clidoc;
 mod commands;
+#[cfg(test)]
+mod configdoc;
 mod ctx;
 mod settings;
 mod sinks;
 mod track;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches as _, Parser, Subcommand};
 use ctx::{ColorChoice, Ctx};
 use std::io::Write;
 use std::process::ExitCode;
+
+/// The help section of the options every command takes.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,19 +28,19 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Only print errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, conflicts_with = "verbose")]
     quiet: bool,
     /// More log output (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// When to color output.
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// Never draw progress bars.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_progress: bool,
     #[command(subcommand)]
     command: Command,
@@ -46,8 +52,10 @@ enum Command {
     Tokenizer(commands::tokenizer::Args),
     /// List, inspect models; merge LoRA adapters.
     Model(commands::model::Args),
-    /// Train a model from a TOML config plus `a.b=c` overrides.
+    /// Train a model from a TOML config plus `--set KEY=VALUE` overrides.
     Train(commands::train::Args),
+    /// Run a grid, random or seed sweep of training trials, with pruning and a summary.
+    Sweep(commands::sweep::Args),
     /// Evaluate a model or checkpoint: loss, perplexity, token accuracy.
     Eval(commands::eval::Args),
     /// Sample text from a trained model (a run, checkpoint, HF directory or GGUF file).
@@ -73,6 +81,10 @@ enum Command {
     Compare(commands::compare::Args),
     /// Scan data for secrets and personal data, prepare datasets, list prepared ones.
     Data(commands::data::Args),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(clidoc::CompletionsArgs),
+    /// Write man pages (one per command) into a directory.
+    Man(clidoc::ManArgs),
 }
 
 /// candle's CPU barrier pool (elementwise ops) spins 25,000 iterations before parking after each
@@ -88,7 +100,10 @@ fn tune_candle_threads() {
 
 fn main() -> ExitCode {
     tune_candle_threads();
-    let cli = match Cli::try_parse() {
+    let parsed = clidoc::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             // --help and --version are not errors.
@@ -130,6 +145,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Tokenizer(args) => commands::tokenizer::run(ctx, args),
         Command::Model(args) => commands::model::run(ctx, args),
         Command::Train(args) => commands::train::run(ctx, args),
+        Command::Sweep(args) => commands::sweep::run(ctx, args),
         Command::Eval(args) => commands::eval::run(ctx, args),
         Command::Generate(args) => commands::generate::run(ctx, args),
         Command::Export(args) => commands::export::run(ctx, args),
@@ -142,6 +158,8 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Plot(args) => commands::plot::run(ctx, args),
         Command::Compare(args) => commands::compare::run(ctx, args),
         Command::Data(args) => commands::data::run(ctx, args),
+        Command::Completions(args) => clidoc::completions(&args),
+        Command::Man(args) => clidoc::man(ctx, &args),
     }
 }
 
@@ -184,5 +202,6 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::clidoc::command().debug_assert();
     }
 }

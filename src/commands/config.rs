@@ -20,25 +20,44 @@ pub enum ConfigCommand {
         /// TOML config; without it, the embedded default run.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Overrides such as `training.steps=50`.
-        #[arg(value_name = "KEY=VALUE")]
+        /// An override such as `training.steps=50` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::override_arg)]
+        set: Vec<String>,
+        /// Overrides without --set (the older spelling, still accepted).
+        #[arg(value_name = "KEY=VALUE", hide = true, value_parser = super::override_arg)]
         overrides: Vec<String>,
     },
     /// Check a training config without running it (its rules, the preset, that the data
     /// inputs exist); exit 1 listing every problem
     Validate {
         /// The TOML config to check.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// Overrides to apply before checking.
-        #[arg(value_name = "KEY=VALUE")]
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            required_unless_present = "file"
+        )]
+        config: Option<PathBuf>,
+        /// The config as a positional argument (the older spelling, still accepted).
+        #[arg(value_name = "FILE", hide = true)]
+        file: Option<PathBuf>,
+        /// An override to apply before checking (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::override_arg)]
+        set: Vec<String>,
+        /// Overrides without --set (the older spelling, still accepted).
+        #[arg(value_name = "KEY=VALUE", hide = true, value_parser = super::override_arg)]
         overrides: Vec<String>,
     },
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
     match args.command {
-        ConfigCommand::Show { config, overrides } => {
+        ConfigCommand::Show {
+            config,
+            set,
+            mut overrides,
+        } => {
+            overrides.extend(set);
             let cfg = load_config(config.as_deref(), &overrides)?;
             if ctx.json {
                 out_json(&cfg)?;
@@ -50,7 +69,27 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        ConfigCommand::Validate { file, overrides } => {
+        ConfigCommand::Validate {
+            config,
+            file,
+            set,
+            mut overrides,
+        } => {
+            // With -c, a first positional is an override, not the file.
+            let file = match (config, file) {
+                (Some(c), Some(f)) => {
+                    overrides.insert(0, f.display().to_string());
+                    c
+                }
+                (Some(c), None) | (None, Some(c)) => c,
+                (None, None) => {
+                    return Err(crate::ctx::with_hint(
+                        anyhow::anyhow!("no config to validate"),
+                        "pass it with -c FILE",
+                    ));
+                }
+            };
+            overrides.extend(set);
             match load_checked(&Base::File(file.clone()), &overrides, static_checks) {
                 Ok(_) => {
                     if ctx.json {

@@ -47,7 +47,13 @@ struct ScanArgs {
     redact: bool,
     /// Where redacted copies go: a directory (inputs keep their relative paths), or a file
     /// when DATA is one file.
-    #[arg(short = 'o', long = "out", value_name = "OUT", requires = "redact")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "out",
+        value_name = "OUT",
+        requires = "redact"
+    )]
     out: Option<PathBuf>,
     /// Print at most N findings (the summary always counts all); 0 = all.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -78,8 +84,11 @@ struct PrepareArgs {
     /// Training config (TOML); default: the embedded one.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// `a.b=c` overrides.
-    #[arg(value_name = "KEY=VALUE")]
+    /// An override such as `data.context_length=128` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::override_arg)]
+    set: Vec<String>,
+    /// Overrides without --set (the older spelling, still accepted).
+    #[arg(value_name = "KEY=VALUE", hide = true, value_parser = super::override_arg)]
     overrides: Vec<String>,
     /// Drop documents identical to an earlier one (sha256 of the text).
     #[arg(long)]
@@ -268,7 +277,8 @@ fn render_summary(t: &Tally) -> String {
 }
 
 fn prepare(ctx: &Ctx, a: PrepareArgs) -> anyhow::Result<u8> {
-    let cfg = crate::settings::load_config(a.config.as_deref(), &a.overrides)?;
+    let overrides: Vec<String> = a.overrides.iter().chain(&a.set).cloned().collect();
+    let cfg = crate::settings::load_config(a.config.as_deref(), &overrides)?;
     let cache = codex_train::data::cache_dir_for(&cfg, Path::new(&cfg.output.dir));
     let t0 = std::time::Instant::now();
     let opts = codex_train::data::DocOptions {

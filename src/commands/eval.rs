@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_batches: usize,
     /// Directory for eval.ndjson and eval.csv (default: `<run>/eval`, or ./eval).
-    #[arg(long, short = 'o', value_name = "DIR")]
+    #[arg(long = "output", short = 'o', alias = "out", value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 

@@ -21,31 +21,64 @@ pub struct Args {
 enum Cmd {
     /// Take one sample: CPU, memory, this process, every GPU (a table, or JSON with --json).
     Sample(GpuArgs),
-    /// Sample on a cadence: a live view on a terminal, NDJSON lines with --json or --out.
+    /// Sample on a cadence: a live view on a terminal, NDJSON lines with --json or --output.
     Watch(WatchArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct GpuArgs {
-    /// Require GPU metrics: warn on stderr when NVML is unavailable (by default GPUs are
-    /// sampled when present and the reason is recorded silently when not).
-    #[arg(long)]
+    /// What to sample, as `system_metrics.mode` and `train --system-metrics` name it: `cpu`
+    /// (host, memory, the process tree), `gpu` (also every GPU NVML sees; warns when NVML is
+    /// unavailable), `auto` (GPUs when present, the reason recorded when not).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+    /// Old spelling of `--mode gpu`.
+    #[arg(long, hide = true, conflicts_with_all = ["mode", "no_gpu"])]
     gpu: bool,
-    /// Do not sample GPUs.
-    #[arg(long, conflicts_with = "gpu")]
+    /// Old spelling of `--mode cpu`.
+    #[arg(long, hide = true, conflicts_with = "mode")]
     no_gpu: bool,
+    /// Attach to this process and its children (a job started elsewhere) instead of this
+    /// command's own process tree.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ModeArg {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl GpuArgs {
+    fn effective(&self) -> ModeArg {
+        match (self.gpu, self.no_gpu) {
+            (true, _) => ModeArg::Gpu,
+            (_, true) => ModeArg::Cpu,
+            _ => self.mode,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
 struct WatchArgs {
-    /// Seconds between samples (at least 0.2).
-    #[arg(long, value_name = "S", default_value_t = 1.0)]
-    interval: f64,
+    /// Milliseconds between samples (at least 200), as `system_metrics.interval_ms`.
+    #[arg(long, value_name = "MS", conflicts_with = "interval")]
+    interval_ms: Option<u64>,
+    /// Old spelling: seconds between samples.
+    #[arg(long, value_name = "S", hide = true)]
+    interval: Option<f64>,
     /// Stop after N samples (default: until Ctrl-C).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Append every sample as one NDJSON line to this file.
-    #[arg(long, value_name = "FILE.ndjson")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "out",
+        value_name = "FILE.ndjson"
+    )]
     out: Option<PathBuf>,
     #[command(flatten)]
     gpu: GpuArgs,
@@ -59,13 +92,20 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
 }
 
 fn mode(a: &GpuArgs) -> GpuMode {
-    if a.no_gpu { GpuMode::Cpu } else { GpuMode::Gpu }
+    if a.effective() == ModeArg::Cpu {
+        GpuMode::Cpu
+    } else {
+        GpuMode::Gpu
+    }
 }
 
 fn collector(ctx: &Ctx, a: &GpuArgs) -> anyhow::Result<Collector> {
-    let mut c = Collector::new(mode(a))?;
+    let mut c = match a.pid {
+        Some(pid) => Collector::for_pid(pid, mode(a))?,
+        None => Collector::new(mode(a))?,
+    };
     let warnings = c.take_warnings();
-    if a.gpu {
+    if a.effective() == ModeArg::Gpu {
         for w in warnings {
             ctx.warn(w);
         }
@@ -88,14 +128,19 @@ fn sample(ctx: &Ctx, a: &GpuArgs) -> anyhow::Result<u8> {
 }
 
 fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<u8> {
-    let interval = Duration::try_from_secs_f64(a.interval)
+    let secs = match (a.interval_ms, a.interval) {
+        (Some(ms), _) => ms as f64 / 1000.0,
+        (None, Some(s)) => s,
+        (None, None) => 1.0,
+    };
+    let interval = Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| *d >= MIN_INTERVAL)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--interval {} is invalid: it must be at least 0.2 seconds",
-                a.interval
-            )
+        .ok_or_else(|| match a.interval_ms {
+            Some(ms) => anyhow::anyhow!("--interval-ms {ms} is invalid: it must be at least 200"),
+            None => anyhow::anyhow!(
+                "--interval {secs} is invalid: it must be at least 0.2 seconds (--interval-ms 200)"
+            ),
         })?;
     if a.count == Some(0) {
         anyhow::bail!("--count 0 is invalid: it must be at least 1");

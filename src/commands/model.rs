@@ -67,12 +67,12 @@ pub enum LoraCommand {
         #[arg(long, value_name = "DIR")]
         adapter: PathBuf,
         /// Output directory (created; must not already hold a model unless --force).
-        #[arg(long, value_name = "DIR")]
+        #[arg(short = 'o', long = "output", alias = "out", value_name = "DIR")]
         out: PathBuf,
         /// dtype of the merged weights.
         #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
         dtype: String,
-        /// Overwrite a model already in --out.
+        /// Overwrite a model already in --output.
         #[arg(long)]
         force: bool,
     },

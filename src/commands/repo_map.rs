@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// Also write the JSON map to this file (atomically).
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'o', long = "output", alias = "json-path", value_name = "FILE")]
     pub json_path: Option<PathBuf>,
     /// Fit the text view into N tokens, most-referenced files and symbols first.
     #[arg(long, value_name = "N")]

@@ -66,8 +66,9 @@ enum PadArg {
 
 #[derive(clap::Args, Debug)]
 struct CorpusArgs {
-    /// Read inputs as JSON Lines and take the text from this field (`a.b` for nested fields).
-    #[arg(long, value_name = "FIELD")]
+    /// Read inputs as JSON Lines and take the text from this field (`a.b` for nested
+    /// fields), as `data.text_field` in a training config.
+    #[arg(long = "text-field", alias = "jsonl-field", value_name = "FIELD")]
     jsonl_field: Option<String>,
     /// Replace invalid UTF-8 with U+FFFD instead of failing.
     #[arg(long)]
@@ -98,14 +99,17 @@ struct TrainArgs {
     /// Corpus: files, directories (recursive) or glob patterns; one document per line.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<String>,
-    /// Output directory.
-    #[arg(short, long, value_name = "DIR")]
+    /// Output directory (tokenizer.json and manifest.json).
+    #[arg(short = 'o', long = "output", alias = "out", value_name = "DIR")]
     out: PathBuf,
+    /// The tokenizer model: byte-level BPE, WordPiece or Unigram.
     #[arg(long, value_enum, default_value = "bpe")]
     model: ModelArg,
-    #[arg(long, default_value_t = 8000)]
+    /// Vocabulary size to learn, special tokens included.
+    #[arg(long, value_name = "N", default_value_t = 8000)]
     vocab_size: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Keep only merges/pieces seen at least this many times.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     min_frequency: u64,
     /// Comma-separated; they get ids 0, 1, … in this order.
     #[arg(long, value_delimiter = ',', default_value = "[PAD],[UNK],[BOS],[EOS]")]
@@ -113,6 +117,7 @@ struct TrainArgs {
     /// Unknown token (WordPiece, Unigram).
     #[arg(long, default_value = "[UNK]")]
     unk_token: String,
+    /// Unicode normalization applied before tokenizing.
     #[arg(long, value_enum, default_value = "nfkc")]
     normalization: NormArg,
     /// Longest token in characters (BPE).
@@ -179,7 +184,8 @@ struct DecodeArgs {
     /// Token ids (default: --file, else stdin, one sequence per line).
     #[arg(conflicts_with = "file", value_name = "ID")]
     ids: Vec<String>,
-    #[arg(short, long)]
+    /// Read the ids from this file (one sequence per line).
+    #[arg(short, long, value_name = "FILE")]
     file: Option<PathBuf>,
     /// Leave out special tokens.
     #[arg(long)]

@@ -25,8 +25,12 @@ pub struct Args {
     /// --resume the run's own config.toml.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Overrides such as `training.steps=50` or `optimizer.lr=1e-3`, applied in order.
-    #[arg(value_name = "KEY=VALUE")]
+    /// An override such as `training.steps=50` or `optimizer.lr=1e-3` (repeatable, applied in
+    /// order).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::commands::override_arg)]
+    pub set: Vec<String>,
+    /// Overrides without --set (the older spelling, still accepted).
+    #[arg(value_name = "KEY=VALUE", hide = true, value_parser = crate::commands::override_arg)]
     pub overrides: Vec<String>,
     /// Continue from the newest valid checkpoint of the run directory.
     #[arg(long, conflicts_with = "resume_from")]
@@ -37,8 +41,12 @@ pub struct Args {
     /// Sample system metrics into system_metrics.ndjson beside the loop.
     #[arg(long, value_name = "MODE", value_parser = clap::builder::PossibleValuesParser::new(SystemMetricsMode::NAMES).map(|s| s.parse::<SystemMetricsMode>().unwrap_or_default()))]
     pub system_metrics: Option<SystemMetricsMode>,
-    /// Seconds between system-metrics samples (at least 0.2).
-    #[arg(long, value_name = "SECONDS")]
+    /// Milliseconds between system-metrics samples (at least 200), as
+    /// `system_metrics.interval_ms`.
+    #[arg(long, value_name = "MS", conflicts_with = "system_metrics_interval")]
+    pub system_metrics_interval_ms: Option<u64>,
+    /// Old spelling: seconds between system-metrics samples.
+    #[arg(long, value_name = "SECONDS", hide = true)]
     pub system_metrics_interval: Option<f64>,
     /// The run directory (same as `output.dir=…`).
     #[arg(long, short = 'o', value_name = "DIR")]
@@ -57,7 +65,12 @@ pub struct Args {
     pub nproc: Option<u32>,
 }
 
-pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<u8> {
+pub fn run(ctx: &Ctx, mut args: Args) -> anyhow::Result<u8> {
+    // One list, in command-line order within each spelling: positional first, then --set.
+    args.overrides.append(&mut args.set);
+    if let Some(ms) = args.system_metrics_interval_ms {
+        args.system_metrics_interval = Some(ms as f64 / 1000.0);
+    }
     if let Some(n) = args.nproc.filter(|&n| n > 1)
         && codex_dist::launcher_world().is_none()
     {
@@ -242,7 +255,7 @@ fn run_rank(ctx: &Ctx, args: Args, ranks: &Ranks) -> anyhow::Result<u8> {
             .map_err(|e| with_hint(e, config_hint))?,
     );
     if args.system_metrics_interval.is_some() && cfg.system_metrics.mode == SystemMetricsMode::Off {
-        ctx.warn("--system-metrics-interval has no effect while system metrics are off (add --system-metrics cpu)");
+        ctx.warn("--system-metrics-interval-ms has no effect while system metrics are off (add --system-metrics cpu)");
     }
     if resume == Resume::No && args.output.is_none() && !loaded.explicit_dir && world == 1 {
         // The default directory is versioned instead of refused: runs/default, runs/default-2…
@@ -429,7 +442,7 @@ fn restart_args(args: &Args) -> String {
         s.push_str(&format!(" -o {}", shell_quote(&o.display().to_string())));
     }
     for o in &args.overrides {
-        s.push(' ');
+        s.push_str(" --set ");
         s.push_str(&shell_quote(o));
     }
     s

@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod checkpoint;
+mod cli;
 mod config;
 mod data;
 mod dist;
@@ -23,6 +24,7 @@ mod model;
 mod plot;
 mod record;
 mod safety_generate;
+mod sweep;
 mod tokenizer;
 mod track;
 mod train;

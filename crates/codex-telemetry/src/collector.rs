@@ -28,7 +28,16 @@ impl Collector {
     /// Primes the CPU counters (that first reading is never reported) and, for
     /// [`GpuMode::Gpu`], opens NVML. A missing NVML is a warning, not an error.
     pub fn new(mode: GpuMode) -> Result<Self, TelemetryError> {
-        let cpu = CpuCollector::new()?;
+        Self::with_cpu(CpuCollector::new()?, mode)
+    }
+
+    /// [`Collector::new`] attached to another process tree (`codex metrics --pid`, as nvitop
+    /// attaches): the process fields and per-GPU process memory are that tree's.
+    pub fn for_pid(pid: u32, mode: GpuMode) -> Result<Self, TelemetryError> {
+        Self::with_cpu(CpuCollector::for_pid(pid)?, mode)
+    }
+
+    fn with_cpu(cpu: CpuCollector, mode: GpuMode) -> Result<Self, TelemetryError> {
         let mut warnings = Vec::new();
         let gpu = match mode {
             GpuMode::Gpu => match GpuCollector::new() {

@@ -44,9 +44,28 @@ impl CpuCollector {
     /// Creates the `System` and takes the priming refresh whose CPU numbers are meaningless
     /// (sysinfo needs two readings); it is never reported.
     pub(crate) fn new() -> Result<Self, TelemetryError> {
-        let sys = System::new().map_err(|e| TelemetryError::Platform(e.to_string()))?;
         let root =
             sysinfo::get_current_pid().map_err(|e| TelemetryError::Platform(e.to_string()))?;
+        Self::with_root(root)
+    }
+
+    /// Samples the tree of another process (a job started elsewhere) instead of this one.
+    pub(crate) fn for_pid(pid: u32) -> Result<Self, TelemetryError> {
+        let root = Pid::from_u32(pid);
+        let mut probe = System::new().map_err(|e| TelemetryError::Platform(e.to_string()))?;
+        probe.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[root]),
+            true,
+            ProcessRefreshKind::nothing(),
+        );
+        if probe.process(root).is_none() {
+            return Err(TelemetryError::NoProcess(pid));
+        }
+        Self::with_root(root)
+    }
+
+    fn with_root(root: Pid) -> Result<Self, TelemetryError> {
+        let sys = System::new().map_err(|e| TelemetryError::Platform(e.to_string()))?;
         let mut c = Self {
             sys,
             root,

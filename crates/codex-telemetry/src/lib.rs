@@ -53,4 +53,6 @@ pub enum TelemetryError {
     Platform(String),
     #[error("cannot start the sampler thread: {0}")]
     Spawn(std::io::Error),
+    #[error("no process with pid {0}")]
+    NoProcess(u32),
 }

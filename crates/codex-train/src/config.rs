@@ -65,10 +65,15 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LoraSection {
+    /// Train a LoRA adapter instead of every weight.
     pub enabled: bool,
+    /// Rank of the adapter matrices.
     pub r: usize,
+    /// Scaling numerator: updates are scaled by `alpha / r`.
     pub alpha: f64,
+    /// Dropout on the adapter's input.
     pub dropout: f64,
+    /// Modules that get adapters; empty = the architecture's defaults.
     pub target_modules: Vec<String>,
 }
 
@@ -147,11 +152,13 @@ pub enum TokenizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TokenizerSection {
+    /// `byte`, `load` (an HF tokenizer.json) or `train` (BPE on the corpus first).
     pub kind: TokenizerKind,
     /// `tokenizer.json` to load (kind = "load").
     pub path: String,
     /// Vocabulary size to train (kind = "train").
     pub vocab_size: usize,
+    /// Keep only merges seen at least this many times (kind = "train").
     pub min_frequency: u64,
 }
 
@@ -177,11 +184,15 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OptimizerSection {
+    /// `adamw` or `sgd`.
     pub name: OptimizerKind,
     /// Peak learning rate.
     pub lr: f64,
+    /// AdamW's first-moment decay.
     pub beta1: f64,
+    /// AdamW's second-moment decay.
     pub beta2: f64,
+    /// AdamW's denominator epsilon.
     pub eps: f64,
     /// Decoupled weight decay (AdamW) / L2 (SGD); never applied to biases and norms.
     pub weight_decay: f64,
@@ -215,6 +226,7 @@ pub enum ScheduleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ScheduleSection {
+    /// Learning-rate shape after warm-up: `constant`, `linear` or `cosine` decay.
     pub kind: ScheduleKind,
     /// Linear warm-up from 0 to `optimizer.lr` over this many steps.
     pub warmup_steps: u64,
@@ -233,12 +245,29 @@ impl Default for ScheduleSection {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Dtype {
     #[default]
     F32,
     /// bf16 weights and compute, fp32 master weights and moments in the optimizer.
     Bf16,
+}
+
+/// Parsed by hand only for the error: an f16 request is told why it is refused and what to use.
+impl TryFrom<String> for Dtype {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Err(format!(
+                "`{name}` is not supported: f16 overflows above 65504 and needs loss scaling, \
+                 which codex does not implement; use `bf16` (f32's range at half the memory) or \
+                 `f32`"
+            )),
+            _ => Err(format!("unknown dtype `{name}`, expected `f32` or `bf16`")),
+        }
+    }
 }
 
 /// A metric that early stopping or checkpoint retention can watch.
@@ -286,11 +315,13 @@ pub struct TrainingSection {
     pub grad_accum: usize,
     /// Clip the global gradient norm to this value; 0 = no clipping (the norm is still reported).
     pub clip_norm: f64,
+    /// Weights and compute: `f32`, or `bf16` (fp32 master weights in the optimizer).
     pub dtype: Dtype,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     /// Seed of weight initialisation.
     pub seed: u64,
+    /// Log a step event every N steps.
     pub log_every: u64,
     /// Evaluate every N steps (and always at the end); 0 = only at the end.
     pub eval_every: u64,
@@ -300,6 +331,7 @@ pub struct TrainingSection {
     pub eval_at_start: bool,
     /// Stop after this many evaluations without improvement; 0 = never.
     pub early_stopping_patience: u64,
+    /// The metric early stopping watches.
     pub early_stopping_monitor: Monitor,
     /// Stop (exit 1) after this many non-finite losses or gradients in a row.
     pub max_anomalies: u64,
@@ -335,7 +367,9 @@ pub use codex_core::mode::SystemMetricsMode;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SystemMetricsSection {
+    /// `off`, `cpu` (host, memory, this process tree) or `gpu` (also every GPU NVML sees).
     pub mode: SystemMetricsMode,
+    /// Milliseconds between samples (at least 200).
     pub interval_ms: u64,
 }
 
@@ -425,7 +459,9 @@ pub enum DistReduce {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DistributedSection {
+    /// Which engine exchanges gradients: `auto`, `mpi` or `nccl`.
     pub backend: DistBackend,
+    /// `ordered` (bit-identical to one process) or `native` (the library's all-reduce).
     pub reduce: DistReduce,
     /// Gradient bytes exchanged per collective call (bounds the receive buffers).
     pub bucket_mb: u64,

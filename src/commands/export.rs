@@ -21,8 +21,9 @@ pub struct Args {
     #[arg(value_name = "SOURCE")]
     pub source: String,
     /// Output directory (created; must not already hold a model unless --force).
-    #[arg(long, short = 'o', value_name = "DIR")]
+    #[arg(short = 'o', long = "output", alias = "out", value_name = "DIR")]
     pub out: PathBuf,
+    /// What to write: an HF model directory, or one GGUF file for llama.cpp.
     #[arg(long, value_enum, default_value_t = Format::Hf)]
     pub format: Format,
     /// Weights dtype (GGUF: f32, f16 or q8_0).

@@ -30,8 +30,10 @@ pub struct Args {
     /// hf-hub cache.
     #[arg(value_name = "SOURCE")]
     pub source: String,
+    /// The prompt text (else --prompt-file, else stdin).
     #[arg(long, short = 'p', value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
+    /// Read the prompt from a file (UTF-8).
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
     /// Most tokens to generate per sample (fewer if a stop string or the context ends it).
@@ -73,8 +75,10 @@ pub struct Args {
     /// Apply no safety policy (no prompt check, no output check, no banned-token mask).
     #[arg(long)]
     pub no_safety: bool,
+    /// Where to run: the CPU, or a CUDA GPU (builds with the `cuda` feature).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     pub device: String,
+    /// Weights dtype (on the CPU, bf16/f16 weights compute in f32).
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     pub dtype: String,
 }

@@ -115,6 +115,88 @@ const EXAMPLES: &[(&str, &str)] = &[
         "codex man -o target/man\n\
          man target/man/codex-train.1",
     ),
+    (
+        "tokenizer encode",
+        "codex tokenizer encode -t tok/tokenizer.json 'def f(x): return x'\n\
+         codex tokenizer encode -t tok/tokenizer.json -f corpus.txt --lines > ids.txt",
+    ),
+    (
+        "tokenizer decode",
+        "codex tokenizer decode -t tok/tokenizer.json 318 617 2124\n\
+         codex tokenizer decode -t tok/tokenizer.json -f ids.txt --skip-special-tokens",
+    ),
+    (
+        "tokenizer validate",
+        "codex tokenizer validate -t tok/tokenizer.json data/sample.txt\n\
+         codex tokenizer validate -t tok/tokenizer.json corpus.jsonl --text-field text --max-unk-rate 0.001",
+    ),
+    (
+        "model list",
+        "codex model list\n\
+         codex --json model list",
+    ),
+    (
+        "model show",
+        "codex model show gpt-tiny --lora-r 8\n\
+         codex model show runs/my@best\n\
+         codex model show ./SmolLM2.gguf --no-hash",
+    ),
+    (
+        "model lora merge",
+        "codex model lora merge --base runs/base --adapter runs/lora/adapter -o merged\n\
+         codex model lora merge --base ./hf-base --adapter ./lora --dtype bf16 -o merged-bf16",
+    ),
+    (
+        "checkpoint list",
+        "codex checkpoint list runs/my\n\
+         codex checkpoint list runs/my --verify",
+    ),
+    (
+        "checkpoint verify",
+        "codex checkpoint verify runs/my/checkpoints/step-00000200\n\
+         codex checkpoint verify runs/my",
+    ),
+    (
+        "checkpoint prune",
+        "codex checkpoint prune runs/my --keep-best 3 --keep-last 1 --dry-run\n\
+         codex checkpoint prune runs/my --delete-corrupt",
+    ),
+    (
+        "metrics sample",
+        "codex metrics sample\n\
+         codex --json metrics sample --mode cpu --pid 4242",
+    ),
+    (
+        "metrics watch",
+        "codex metrics watch --interval-ms 1000 --count 60 -o sys.ndjson\n\
+         codex metrics watch --pid 4242 --mode gpu",
+    ),
+    (
+        "config show",
+        "codex config show\n\
+         codex config show -c my.toml --set training.steps=50",
+    ),
+    (
+        "config validate",
+        "codex config validate -c my.toml\n\
+         codex config validate -c my.toml --set optimizer.lr=3e-4",
+    ),
+    (
+        "data scan",
+        "codex data scan data/\n\
+         codex data scan corpus.jsonl --policy policy.toml --json\n\
+         codex data scan data/ --redact -o data-clean/",
+    ),
+    (
+        "data prepare",
+        "codex data prepare -c my.toml\n\
+         codex data prepare -c my.toml --dedup --near-dup 0.8",
+    ),
+    (
+        "data list",
+        "codex data list\n\
+         codex data list ~/.cache/codex",
+    ),
 ];
 
 /// The whole command tree, with the examples.
@@ -258,10 +340,19 @@ mod tests {
                 }
             }
         }
-        // Every top-level command has examples.
+        // Every top-level command and every leaf command has examples.
         for sub in command().get_subcommands() {
             if sub.get_name() != "help" && !EXAMPLES.iter().any(|(p, _)| *p == sub.get_name()) {
                 missing.push(format!("codex {}: no examples", sub.get_name()));
+            }
+        }
+        for (name, cmd) in all_commands() {
+            let leaf = cmd.get_subcommands().all(|c| c.get_name() == "help");
+            let has = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().starts_with("Examples:"));
+            if leaf && name != "codex" && !has {
+                missing.push(format!("{name}: no examples"));
             }
         }
         assert!(missing.is_empty(), "undocumented:\n{}", missing.join("\n"));

@@ -138,7 +138,7 @@ print(json.dumps({"runs": len(runs), "status": r.info.status, "params": r.data.p
 
 /// The record's points per MLflow key: sorted (step, timestamp ms, value).
 fn expected_history(run: &Path) -> BTreeMap<String, Vec<Value>> {
-    const STEP: [(&str, &str); 8] = [
+    const STEP: [(&str, &str); 10] = [
         ("train/loss", "train_loss"),
         ("train/loss_mean", "train_loss_mean"),
         ("train/lr", "lr"),
@@ -147,6 +147,8 @@ fn expected_history(run: &Path) -> BTreeMap<String, Vec<Value>> {
         ("perf/step_time_ms", "step_time_ms"),
         ("progress/epoch", "epoch"),
         ("progress/tokens_seen", "tokens_seen"),
+        ("perf/mfu", "mfu"),
+        ("perf/joules_per_token", "joules_per_token"),
     ];
     const EVAL: [(&str, &str); 4] = [
         ("eval/loss", "val_loss"),
@@ -171,6 +173,8 @@ fn expected_history(run: &Path) -> BTreeMap<String, Vec<Value>> {
             // Non-finite values are strings in the record ("NaN", "inf"). MLflow keeps NaN
             // (read back as "nan") and stores ±infinity as ±f64::MAX (its SQL store's rule).
             let v = match &e[*field] {
+                // Null (no energy counter here): no point is sent.
+                Value::Null => continue,
                 Value::String(s) => match s.parse::<f64>().unwrap() {
                     x if x.is_nan() => Value::String("nan".into()),
                     x => Value::from(f64::MAX.copysign(x)),

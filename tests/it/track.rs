@@ -33,6 +33,19 @@ fn expected_points(run: &Path) -> BTreeMap<String, Vec<(i64, f32)>> {
                 .or_default()
                 .push((e["step"].as_i64().unwrap(), v as f32));
         }
+        // Optional step values: a point where the record has a number, none where it is null.
+        if e["event"] == "step" {
+            for (t, f) in [
+                ("perf/mfu", "mfu"),
+                ("perf/joules_per_token", "joules_per_token"),
+            ] {
+                if let Some(v) = e[f].as_f64() {
+                    out.entry(t.to_string())
+                        .or_default()
+                        .push((e["step"].as_i64().unwrap(), v as f32));
+                }
+            }
+        }
     }
     out
 }

@@ -450,3 +450,42 @@ fn fine_tunes_a_pretrained_hf_dir_fully_and_with_lora() {
         }
     }
 }
+
+#[test]
+fn step_events_carry_mfu_from_a_probed_or_configured_peak_and_never_a_zero_energy() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    for (name, extra) in [
+        ("probe", None),
+        ("config", Some("training.peak_tflops=2.5")),
+    ] {
+        let run = dir.path().join(name);
+        let mut args = tiny_args(&input, &run, &["training.steps=6", "training.log_every=2"]);
+        args.extend(extra.map(String::from));
+        codex().args(&args).assert().success();
+        let file = lines(&run.join("metrics.ndjson"));
+        let start = file.iter().find(|e| e["event"] == "start").unwrap();
+        let flops = &start["flops"];
+        assert_eq!(flops["peak_source"], name, "{start}");
+        let (per_token, peak) = (
+            flops["per_token"].as_f64().unwrap(),
+            flops["peak"].as_f64().unwrap(),
+        );
+        assert!(per_token > 0.0 && peak > 0.0, "{flops}");
+        if name == "config" {
+            assert_eq!(peak, 2.5e12);
+        }
+        let steps: Vec<&Value> = file.iter().filter(|e| e["event"] == "step").collect();
+        assert!(!steps.is_empty());
+        for s in steps {
+            // mfu is the record's own arithmetic: FLOPs per token × tokens/s ÷ peak.
+            let mfu = s["mfu"].as_f64().unwrap_or_else(|| panic!("no mfu in {s}"));
+            let want = per_token * s["tokens_per_s"].as_f64().unwrap() / peak;
+            assert!((mfu - want).abs() <= 1e-9 * want, "{mfu} vs {want}");
+            assert!(mfu > 0.0 && mfu < 2.0, "{mfu}");
+            // No energy counter is null, never 0 (RAPL/NVML where readable: positive).
+            let j = &s["joules_per_token"];
+            assert!(j.is_null() || j.as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+}

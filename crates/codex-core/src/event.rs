@@ -80,6 +80,9 @@ pub struct Start {
     /// (`training.dtype = "bf16"` on the CPU stores bf16 and computes in f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_dtype: Option<String>,
+    /// The FLOPs accounting behind the step events' `mfu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops: Option<FlopsInfo>,
     /// The checkpoint this segment continues, with what was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,
@@ -147,6 +150,29 @@ pub struct StepMetrics {
     pub epoch: u64,
     pub tokens_seen: u64,
     pub total_steps: u64,
+    /// Model FLOPs utilisation over the window: training FLOPs per token × tokens/s ÷ the
+    /// device's peak (the `start` event's `flops` says how each was found); null without a peak.
+    #[serde(default)]
+    pub mfu: Option<f64>,
+    /// Joules per token over the window from the hardware's energy counter (RAPL on the CPU,
+    /// NVML on a GPU); null where none is readable, never 0.
+    #[serde(default)]
+    pub joules_per_token: Option<f64>,
+}
+
+/// How a run's `mfu` is computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlopsInfo {
+    /// Training FLOPs per token of the architecture (6 per matmul weight, 4 for a frozen one,
+    /// plus attention's 12·layers·d·context).
+    pub per_token: f64,
+    /// The device's peak FLOP/s used as the denominator.
+    pub peak: f64,
+    /// Where the peak comes from: `probe` (a short matmul timed at start) or `config`.
+    pub peak_source: String,
+    /// The energy counter behind `joules_per_token` (`rapl`, `nvml`), absent if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_source: Option<String>,
 }
 
 /// Validation metrics at a step.

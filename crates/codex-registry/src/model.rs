@@ -357,6 +357,39 @@ impl Model {
         }
     }
 
+    /// Training FLOPs per token at context `t`, by nanoGPT's `estimate_mfu` (PaLM, appendix B):
+    /// 6 per weight of every matmul (2 forward, 4 backward) plus `12 · layers · d_attn · t` for
+    /// the attention scores and weighted values. A frozen base (LoRA) costs 4 per weight (no
+    /// weight gradient) and its adapters 6. Lookup-only embeddings (positions, an untied input
+    /// embedding) are not matmuls; a tied LM head is.
+    pub fn train_flops_per_token(&self, t: usize) -> f64 {
+        let pc = self.param_counts();
+        let (layers, d_attn, lookup) = match &self.config {
+            ArchConfig::Gpt2(c) => (c.n_layer, c.n_embd, c.n_positions * c.n_embd),
+            ArchConfig::Llama(c) => (
+                c.num_hidden_layers,
+                c.num_attention_heads * c.head_dim(),
+                if c.tie_word_embeddings {
+                    0
+                } else {
+                    c.vocab_size * c.hidden_size
+                },
+            ),
+            ArchConfig::Bert(c) => (
+                c.num_hidden_layers,
+                c.hidden_size,
+                (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * c.hidden_size,
+            ),
+        };
+        let base = pc.total.saturating_sub(pc.lora).saturating_sub(lookup) as f64;
+        let attn = 12.0 * layers as f64 * d_attn as f64 * t as f64;
+        if self.lora.is_some() {
+            4.0 * base + 6.0 * pc.lora as f64 + attn
+        } else {
+            6.0 * base + attn
+        }
+    }
+
     /// Seeds dropout and resets its counter. Presets have dropout 0, so this only matters for
     /// configs that enable it.
     pub fn set_dropout_state(&self, seed: u64, counter: u64) {
@@ -463,4 +496,40 @@ fn address_space_limit() -> Option<u64> {
         .first()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod flops_tests {
+    use crate::PresetOverrides;
+
+    /// nanoGPT's `estimate_mfu` for the same GPT-2: N = parameters without the position
+    /// embeddings, 6N + 12·L·d·T.
+    #[test]
+    fn train_flops_follow_nanogpt_and_lora_drops_the_weight_gradients() {
+        let o = PresetOverrides {
+            vocab_size: Some(256),
+            max_positions: Some(64),
+            ..Default::default()
+        };
+        let dev = candle_core::Device::Cpu;
+        let mut m = crate::build_preset("gpt-tiny", &o, &dev, candle_core::DType::F32, 1).unwrap();
+        let crate::config::ArchConfig::Gpt2(c) = m.config().clone() else {
+            panic!("gpt-tiny is a GPT-2")
+        };
+        let n = (m.param_counts().total - c.n_positions * c.n_embd) as f64;
+        let t = 64;
+        let attn = 12.0 * (c.n_layer * c.n_embd * t) as f64;
+        assert_eq!(m.train_flops_per_token(t), 6.0 * n + attn);
+        let lc = crate::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["c_attn".into()],
+            ..Default::default()
+        };
+        crate::lora::apply_lora(&mut m, lc, 2).unwrap();
+        let lora = m.param_counts().lora as f64;
+        assert!(lora > 0.0);
+        assert_eq!(m.train_flops_per_token(t), 4.0 * n + 6.0 * lora + attn);
+    }
 }

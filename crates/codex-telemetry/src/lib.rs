@@ -23,11 +23,13 @@
 
 mod collector;
 mod cpu;
+mod energy;
 pub mod gpu;
 pub mod sample;
 mod sampler;
 
 pub use collector::{Collector, sample_once};
+pub use energy::EnergyMeter;
 pub use sample::{GpuSample, GpuStatus, Sample, aggregate};
 pub use sampler::{
     DEFAULT_INTERVAL, MIN_INTERVAL, SUBSAMPLES_PER_WINDOW, Sampler, SamplerConfig, SamplerHandle,

@@ -20,6 +20,8 @@ pub const COLUMNS: &[&str] = &[
     "val_loss",
     "val_ppl",
     "val_token_acc",
+    "mfu",
+    "joules_per_token",
 ];
 
 /// One row per `step` event; an `eval` at the same step fills `val_*` on that row, an eval at
@@ -120,6 +122,13 @@ fn format_row(r: &Row) -> String {
         Some(e) => cells.extend([f(e.val_loss), f(e.val_ppl), f(e.val_token_acc)]),
         None => cells.extend(std::iter::repeat_n(String::new(), 3)),
     }
+    // Null in the record (no peak, no energy counter) is an empty cell, never 0.
+    let opt = |v: Option<f64>| v.map(f).unwrap_or_default();
+    let t = r.train.as_ref();
+    cells.extend([
+        opt(t.and_then(|m| m.mfu)),
+        opt(t.and_then(|m| m.joules_per_token)),
+    ]);
     // No cell can hold a comma, quote or newline (numbers and RFC 3339), so no quoting.
     let mut line = cells.join(",");
     line.push('\n');

@@ -165,8 +165,7 @@ impl EventSink for TensorBoardSink {
         let values = match &event.kind {
             EventKind::Step(m) => step_scalars(m)
                 .into_iter()
-                .zip(STEP_TAGS)
-                .map(|(v, t)| scalar(t, v))
+                .map(|(t, v)| scalar(t, v))
                 .collect(),
             EventKind::Eval(e) => [e.val_loss, e.val_ppl, e.val_token_acc, e.val_tokens as f64]
                 .into_iter()
@@ -230,9 +229,14 @@ pub fn read_scalars(path: &Path) -> std::io::Result<(Vec<ScalarPoint>, bool)> {
     Ok((out, clean))
 }
 
-/// A step event's values in the order of [`STEP_TAGS`].
-pub fn step_scalars(m: &codex_core::event::StepMetrics) -> [f64; 8] {
-    [
+/// The tags of a step event's optional values, present where the record has a number
+/// ([`step_scalars`]).
+pub const STEP_OPTIONAL_TAGS: &[&str] = &["perf/mfu", "perf/joules_per_token"];
+
+/// A step event's tagged values: [`STEP_TAGS`] in order, then those of
+/// [`STEP_OPTIONAL_TAGS`] that are not null.
+pub fn step_scalars(m: &codex_core::event::StepMetrics) -> Vec<(&'static str, f64)> {
+    let fixed = [
         m.train_loss,
         m.train_loss_mean,
         m.lr,
@@ -241,7 +245,17 @@ pub fn step_scalars(m: &codex_core::event::StepMetrics) -> [f64; 8] {
         m.step_time_ms,
         m.epoch as f64,
         m.tokens_seen as f64,
-    ]
+    ];
+    let optional = STEP_OPTIONAL_TAGS
+        .iter()
+        .zip([m.mfu, m.joules_per_token])
+        .filter_map(|(t, v)| v.map(|v| (*t, v)));
+    STEP_TAGS
+        .iter()
+        .copied()
+        .zip(fixed)
+        .chain(optional)
+        .collect()
 }
 
 fn scalar(tag: &str, v: f64) -> proto::Value {

@@ -31,6 +31,8 @@ fn step(step: u64, loss: f64) -> Event {
             epoch: 0,
             tokens_seen: step * 64,
             total_steps: 10,
+            mfu: Some(0.25),
+            joules_per_token: None,
         }),
     )
 }
@@ -139,7 +141,9 @@ fn tensorboard_records_decode_to_the_events() {
     let first = scalars(&events[1]);
     assert_eq!(events[1].step, 1);
     assert_eq!(events[1].wall_time, 1767225601.5);
-    assert_eq!(first.len(), codex_track::tensorboard::STEP_TAGS.len());
+    // The fixed tags, then `perf/mfu` (set) — `perf/joules_per_token` is null, so absent.
+    assert_eq!(first.len(), codex_track::tensorboard::STEP_TAGS.len() + 1);
+    assert_eq!(first[8], ("perf/mfu".into(), 0.25));
     assert_eq!(first[0], ("train/loss".into(), 2.5));
     assert_eq!(first[2], ("train/lr".into(), 1e-3f64 as f32));
     assert_eq!(first[7], ("progress/tokens_seen".into(), 64.0));

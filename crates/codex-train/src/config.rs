@@ -335,6 +335,9 @@ pub struct TrainingSection {
     pub early_stopping_monitor: Monitor,
     /// Stop (exit 1) after this many non-finite losses or gradients in a row.
     pub max_anomalies: u64,
+    /// The device's peak throughput in TFLOP/s, the denominator of the step events' `mfu`;
+    /// 0 = measure it once at start with a short matmul probe (the `start` event says which).
+    pub peak_tflops: f64,
 }
 
 impl Default for TrainingSection {
@@ -355,6 +358,7 @@ impl Default for TrainingSection {
             early_stopping_patience: 0,
             early_stopping_monitor: Monitor::ValLoss,
             max_anomalies: 3,
+            peak_tflops: 0.0,
         }
     }
 }
@@ -707,6 +711,13 @@ impl Validate for TrainConfig {
             limits::GRAD_ACCUM,
             "micro-batches per step",
         );
+        if !(tr.peak_tflops.is_finite() && tr.peak_tflops >= 0.0) {
+            issues.push(ConfigIssue::invalid(
+                "training.peak_tflops",
+                tr.peak_tflops,
+                "must be >= 0 (0 = measure with a matmul probe)",
+            ));
+        }
         if !(tr.clip_norm.is_finite() && tr.clip_norm >= 0.0) {
             issues.push(ConfigIssue::invalid(
                 "training.clip_norm",

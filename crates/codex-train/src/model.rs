@@ -45,6 +45,10 @@ pub trait TrainModel {
     }
     fn vocab_size(&self) -> usize;
     fn max_positions(&self) -> usize;
+    /// Training FLOPs per token at `context` (for `mfu`); `None` when unknown.
+    fn train_flops_per_token(&self, _context: usize) -> Option<f64> {
+        None
+    }
     /// Extra files a checkpoint carries beside the weights (LoRA: `adapter_config.json`).
     fn extra_files(&self) -> Vec<(String, Vec<u8>)> {
         Vec::new()
@@ -132,6 +136,9 @@ pub fn build_model(
 pub struct RegistryModel(pub codex_registry::Model);
 
 impl TrainModel for RegistryModel {
+    fn train_flops_per_token(&self, context: usize) -> Option<f64> {
+        Some(self.0.train_flops_per_token(context))
+    }
     fn forward(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.0
             .forward(ids, train)

@@ -7,7 +7,7 @@
 
 pub mod api;
 
-use crate::tensorboard::{EVAL_TAGS, STEP_TAGS, parse_ts, step_scalars, system_fields};
+use crate::tensorboard::{EVAL_TAGS, parse_ts, step_scalars, system_fields};
 use api::{ApiError, Client, KeyValue, Metric, RunRef, chunks, clip, limits};
 use codex_core::event::{Event, EventKind, EventSink, RunStatus, SinkError};
 use std::collections::{HashSet, VecDeque};
@@ -50,9 +50,8 @@ pub fn event_metrics(event: &Event) -> Vec<Metric> {
         step,
     };
     match &event.kind {
-        EventKind::Step(m) => STEP_TAGS
-            .iter()
-            .zip(step_scalars(m))
+        EventKind::Step(m) => step_scalars(m)
+            .into_iter()
             .map(|(t, v)| point(t, v))
             .collect(),
         EventKind::Eval(e) => EVAL_TAGS

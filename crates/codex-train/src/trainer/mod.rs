@@ -145,6 +145,10 @@ struct Live {
     config_hash: String,
     sampler: Option<codex_telemetry::SamplerHandle>,
     step_counter: Arc<AtomicU64>,
+    /// Training FLOPs per token and the device's peak FLOP/s, for `mfu` (root rank).
+    flops: Option<(f64, f64)>,
+    /// The hardware energy counter behind `joules_per_token`, where one is readable.
+    energy: Option<codex_telemetry::EnergyMeter>,
 }
 
 /// One process segment of a run.
@@ -413,6 +417,8 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 config_hash,
                 sampler: None,
                 step_counter,
+                flops: None,
+                energy: None,
             });
             return self.setup_ranks();
         }
@@ -428,6 +434,26 @@ impl<'a, 'c> Trainer<'a, 'c> {
             self.resumed_from.as_deref(),
             (world.world > 1).then_some((&world, per_step)),
         )?;
+        // Efficiency accounting: FLOPs per token of the architecture over the device's peak
+        // (given, or probed once), and the energy counter where the hardware has one.
+        let per_token = model.train_flops_per_token(cfg.data.context_length);
+        let (peak, peak_source) = if cfg.training.peak_tflops > 0.0 {
+            (Some(cfg.training.peak_tflops * 1e12), "config")
+        } else {
+            (probe_peak_flops(&device), "probe")
+        };
+        let energy = codex_telemetry::EnergyMeter::for_device(match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+            _ => None,
+        });
+        let flops = per_token
+            .zip(peak)
+            .map(|(per_token, peak)| codex_core::event::FlopsInfo {
+                per_token,
+                peak,
+                peak_source: peak_source.to_string(),
+                energy_source: energy.as_ref().map(|e| e.source().to_string()),
+            });
         // Half-precision parameters on the CPU are widened to f32 for compute (the registry's
         // `Model::computes_in_f32`): said here and in the `start` event, never silently.
         let compute_dtype = (cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu())
@@ -446,6 +472,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 global_batch: per_step,
                 trainable_params: trainable,
                 compute_dtype,
+                flops: flops.clone(),
                 resumed,
             }),
         );
@@ -460,6 +487,8 @@ impl<'a, 'c> Trainer<'a, 'c> {
             config_hash,
             sampler,
             step_counter,
+            flops: flops.as_ref().map(|f| (f.per_token, f.peak)),
+            energy,
         });
         self.setup_ranks()
     }
@@ -673,7 +702,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             c.window.2 + loss,
             c.window.3 + step_tokens,
         );
-        let live = self.live.as_ref().expect("setup ran");
+        let live = self.live.as_mut().expect("setup ran");
         let total_steps = live.total_steps;
         self.sinks.progress(&Progress {
             step: self.st.step,
@@ -684,16 +713,29 @@ impl<'a, 'c> Trainer<'a, 'c> {
         if self.st.step.is_multiple_of(tr.log_every) || self.st.step == total_steps {
             let (n, secs, loss_sum, tokens) = std::mem::take(&mut c.window);
             let epoch = live.ds.epoch_of(self.st.data_cursor.saturating_sub(1));
+            let tokens_per_s = tokens as f64 / secs.max(1e-9);
+            let mfu = live
+                .flops
+                .map(|(per_token, peak)| per_token * tokens_per_s / peak);
+            // Energy since the previous step event (the first window includes setup).
+            let joules_per_token = live
+                .energy
+                .as_mut()
+                .and_then(|e| e.joules_since_last())
+                .filter(|_| tokens > 0)
+                .map(|j| j / tokens as f64);
             let m = StepMetrics {
                 train_loss: loss,
                 train_loss_mean: loss_sum / n as f64,
                 lr,
                 grad_norm,
-                tokens_per_s: tokens as f64 / secs.max(1e-9),
+                tokens_per_s,
                 step_time_ms: 1e3 * secs / n as f64,
                 epoch,
                 tokens_seen: self.st.data_cursor * self.cfg.data.context_length as u64,
                 total_steps,
+                mfu,
+                joules_per_token,
             };
             self.sinks.emit(self.st.step, EventKind::Step(m));
         }
@@ -970,4 +1012,22 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The device's f32 matmul throughput, FLOP/s: a 512³ matmul (the kernels training uses) timed
+/// eight times after a warm-up, best of. About 10 ms on a CPU; `None` if the device fails it.
+fn probe_peak_flops(device: &Device) -> Option<f64> {
+    const N: usize = 512;
+    let a = candle_core::Tensor::ones((N, N), candle_core::DType::F32, device).ok()?;
+    let b = candle_core::Tensor::ones((N, N), candle_core::DType::F32, device).ok()?;
+    a.matmul(&b).ok()?;
+    device.synchronize().ok()?;
+    let mut best = f64::MAX;
+    for _ in 0..8 {
+        let t = std::time::Instant::now();
+        a.matmul(&b).ok()?;
+        device.synchronize().ok()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (best > 0.0).then(|| 2.0 * (N * N * N) as f64 / best)
 }

@@ -186,6 +186,31 @@ fn compare_shows_config_differences_and_metrics() {
         "{text}"
     );
     assert!(!text.contains("training.steps"), "{text}");
+
+    // `--plot`: the same curves as `codex plot`, both runs in the legend.
+    let svg = dir.path().join("compare.svg");
+    codex()
+        .arg("compare")
+        .arg(&a)
+        .arg(&b)
+        .arg("--plot")
+        .arg(&svg)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG is well-formed XML");
+    let lines_drawn = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "polyline")
+        .count();
+    assert!(lines_drawn >= 6, "{lines_drawn} polylines");
+    let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+    for name in ["lr-3e-3", "lr-1e-2", "val_loss"] {
+        assert!(
+            texts.iter().any(|t| t.contains(name)),
+            "{name} not in {texts:?}"
+        );
+    }
 }
 
 #[test]

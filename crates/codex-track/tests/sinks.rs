@@ -71,16 +71,18 @@ fn csv_merges_evals_into_their_step_row() {
     assert_eq!(rows.len(), 5, "{text}");
     assert_eq!(
         rows[1],
-        format!("0,2026-01-01T00:00:00.500Z,,,,,,,,,3,{},0.5", 3f64.exp())
+        format!("0,2026-01-01T00:00:00.500Z,,,,,,,,,3,{},0.5,,", 3f64.exp())
     );
     assert_eq!(
         rows[2],
-        "1,2026-01-01T00:00:01.500Z,2.5,3,0.001,0.25,1000,12.5,0,64,,,"
+        // mfu 0.25; joules_per_token null → an empty cell.
+        "1,2026-01-01T00:00:01.500Z,2.5,3,0.001,0.25,1000,12.5,0,64,,,,0.25,"
     );
     assert!(
-        rows[3].starts_with("2,") && rows[3].ends_with(&format!(",2.25,{},0.5", 2.25f64.exp()))
+        rows[3].starts_with("2,")
+            && rows[3].ends_with(&format!(",2.25,{},0.5,0.25,", 2.25f64.exp()))
     );
-    assert!(rows[4].starts_with("3,") && rows[4].ends_with(",,,"));
+    assert!(rows[4].starts_with("3,") && rows[4].ends_with(",,,,0.25,"));
     for r in &rows {
         assert_eq!(r.split(',').count(), codex_track::csv::COLUMNS.len());
     }

@@ -489,3 +489,89 @@ fn step_events_carry_mfu_from_a_probed_or_configured_peak_and_never_a_zero_energ
         }
     }
 }
+
+/// `training.blas`: OpenBLAS (the PyPI wheel `scipy-openblas32`, fetched by
+/// scripts/test-assets.sh) runs the large products: recorded in the `start` event, bitwise
+/// repeatable, and training the same model as the built-in GEMM up to float rounding.
+#[test]
+#[ignore = "needs CODEX_TEST_OPENBLAS"]
+fn openblas_runs_are_recorded_repeatable_and_match_the_builtin_gemm() {
+    let lib = crate::support::asset_var("CODEX_TEST_OPENBLAS");
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    // Wide enough that every linear is above the size OpenBLAS takes over at (2^21 MACs).
+    let sizes = [
+        "model.overrides.n_embd=128",
+        "data.context_length=64",
+        "training.batch_size=16",
+        "training.steps=6",
+        "training.eval_every=0",
+        "checkpoint.every=6",
+    ];
+    let blas = format!("training.blas={:?}", lib.display().to_string());
+    let train = |name: &str, extra: Option<&str>| {
+        let run = dir.path().join(name);
+        let mut args: Vec<&str> = sizes.to_vec();
+        args.extend(extra);
+        codex()
+            .args(tiny_args(&input, &run, &args))
+            .assert()
+            .success();
+        let events = lines(&run.join("metrics.ndjson"));
+        let weights =
+            std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+        (events, weights)
+    };
+    let (a, wa) = train("blas-a", Some(&blas));
+    let (_, wb) = train("blas-b", Some(&blas));
+    let (c, wc) = train("builtin", None);
+    assert!(wa == wb, "two OpenBLAS runs wrote different weights");
+    assert!(
+        wa != wc,
+        "the OpenBLAS run wrote the built-in GEMM's exact bytes: was it used?"
+    );
+    let start = a.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!(start["blas"]["path"], lib.display().to_string(), "{start}");
+    assert!(
+        start["blas"]["config"]
+            .as_str()
+            .unwrap()
+            .contains("OpenBLAS"),
+        "{start}"
+    );
+    let builtin_start = c.iter().find(|e| e["event"] == "start").unwrap();
+    assert!(builtin_start.get("blas").is_none(), "{builtin_start}");
+    let losses = |ev: &[Value]| -> Vec<f64> {
+        ev.iter()
+            .filter(|e| e["event"] == "step")
+            .map(|e| e["train_loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (la, lc) = (losses(&a), losses(&c));
+    assert_eq!(la.len(), 6);
+    for (x, y) in la.iter().zip(&lc) {
+        assert!(
+            (x - y).abs() < 1e-3 * y.abs(),
+            "losses {la:?} vs built-in {lc:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unusable_blas_is_exit_1_naming_the_key() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    for (lib, why) in [
+        ("/nonexistent/libopenblas.so", "cannot open shared object"),
+        ("libm.so.6", "not a CBLAS library"),
+    ] {
+        let run = dir.path().join(why.replace(' ', "-"));
+        let set = format!("training.blas={lib:?}");
+        let out = expect_exit(codex().args(tiny_args(&input, &run, &[&set])), 1);
+        assert!(
+            out.stderr.contains("training.blas") && out.stderr.contains(why),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -83,9 +83,22 @@ pub struct Start {
     /// The FLOPs accounting behind the step events' `mfu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flops: Option<FlopsInfo>,
+    /// The OpenBLAS the large CPU products ran on (`training.blas`); absent = the built-in GEMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blas: Option<Box<BlasInfo>>,
     /// The checkpoint this segment continues, with what was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,
+}
+
+/// A BLAS library loaded for training, as it describes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlasInfo {
+    pub path: String,
+    /// `openblas_get_config()`: version and build options.
+    pub config: String,
+    /// `openblas_get_corename()`: the kernels chosen for this CPU.
+    pub core: String,
 }
 
 /// One `codex train` invocation, as kept in `provenance.json` and the `start` event.

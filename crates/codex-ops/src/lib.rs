@@ -27,6 +27,7 @@
 mod adamw;
 mod alloc;
 mod attention;
+pub mod blas;
 mod gelu;
 mod linear;
 mod llama;

@@ -95,6 +95,14 @@ pub(crate) fn gemm_into(
         }
         return;
     }
+    if crate::blas::wants(dv.rows, dv.cols, av.cols)
+        && let Some(call) = blas_call(dst, dv, a, av, b, bv, scale, accumulate)
+    {
+        // SAFETY: the views were checked above; `blas_call` only accepts layouts CBLAS
+        // addresses exactly; exclusive access to `dv` is the caller's guarantee.
+        unsafe { crate::blas::run(call, threads) };
+        return;
+    }
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
@@ -125,6 +133,66 @@ pub(crate) fn gemm_into(
             par,
         );
     }
+}
+
+/// `(transposed, leading dimension)` of a view as a row-major CBLAS operand: unit column stride
+/// (as stored), or unit row stride (the transpose of a row-major matrix); `None` otherwise.
+fn cblas_operand(v: View) -> Option<(bool, usize)> {
+    let fits = |x: usize| x <= i32::MAX as usize;
+    if v.cs == 1 && (v.rows == 1 || v.rs >= v.cols) {
+        let ld = if v.rows == 1 { v.cols.max(1) } else { v.rs };
+        fits(ld).then_some((false, ld))
+    } else if v.rs == 1 && (v.cols == 1 || v.cs >= v.rows) {
+        let ld = if v.cols == 1 { v.rows.max(1) } else { v.cs };
+        fits(ld).then_some((true, ld))
+    } else {
+        None
+    }
+}
+
+/// The CBLAS form of `dst (+)= scale · a · b`, writing a column-major destination as the
+/// transposed product `dstᵀ = bᵀ · aᵀ`; `None` when a view has no unit stride.
+#[allow(clippy::too_many_arguments)]
+fn blas_call(
+    dst: *mut f32,
+    dv: View,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    scale: f32,
+    accumulate: bool,
+) -> Option<crate::blas::Call> {
+    let (dv, (av, a), (bv, b)) = if dv.cs == 1 {
+        (dv, (av, a), (bv, b))
+    } else {
+        (dv.t(), (bv.t(), b), (av.t(), a))
+    };
+    let (false, ldc) = cblas_operand(dv)? else {
+        return None;
+    };
+    let (trans_a, lda) = cblas_operand(av)?;
+    let (trans_b, ldb) = cblas_operand(bv)?;
+    let fits = |x: usize| x <= i32::MAX as usize;
+    if !(fits(dv.rows) && fits(dv.cols) && fits(av.cols)) {
+        return None;
+    }
+    Some(crate::blas::Call {
+        m: dv.rows,
+        n: dv.cols,
+        k: av.cols,
+        // SAFETY (the three offsets): inside their buffers, checked by `gemm_into`.
+        a: unsafe { a.as_ptr().add(av.offset) },
+        lda,
+        trans_a,
+        b: unsafe { b.as_ptr().add(bv.offset) },
+        ldb,
+        trans_b,
+        c: unsafe { dst.add(dv.offset) },
+        ldc,
+        alpha: scale,
+        beta: if accumulate { 1.0 } else { 0.0 },
+    })
 }
 
 /// A raw pointer that may cross threads; each user documents why its writes are disjoint.
@@ -200,6 +268,71 @@ mod tests {
         for (x, y) in out.iter().zip(&want) {
             assert!((x - 1.5 * y).abs() < 1e-5, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn cblas_forms_of_strided_views() {
+        let a = vec![0f32; 64];
+        let mut d = vec![0f32; 64];
+        let dp = d.as_mut_ptr();
+        // Row-major a (5×7, stride 10) times a transposed b: C row-major.
+        let call = blas_call(
+            dp,
+            View::rows(0, 5, 6, 6),
+            &a,
+            View::rows(3, 5, 7, 10),
+            &a,
+            View::rows(2, 6, 7, 9).t(),
+            0.5,
+            true,
+        )
+        .unwrap();
+        assert_eq!((call.m, call.n, call.k), (5, 6, 7));
+        assert_eq!(
+            (call.trans_a, call.lda, call.trans_b, call.ldb, call.ldc),
+            (false, 10, true, 9, 6)
+        );
+        assert_eq!((call.alpha, call.beta), (0.5, 1.0));
+        assert_eq!(call.a, a[3..].as_ptr());
+        // A column-major destination becomes the transposed product: Cᵀ = bᵀ · aᵀ.
+        let call = blas_call(
+            dp,
+            View::rows(1, 6, 5, 8).t(),
+            &a,
+            View::rows(0, 5, 7, 7),
+            &a,
+            View::rows(0, 7, 6, 6),
+            1.0,
+            false,
+        )
+        .unwrap();
+        assert_eq!((call.m, call.n, call.k), (6, 5, 7));
+        assert_eq!(
+            (call.trans_a, call.lda, call.trans_b, call.ldb, call.ldc),
+            (true, 6, true, 7, 8)
+        );
+        assert_eq!((call.c, call.beta), (dp.wrapping_add(1), 0.0));
+        // No unit stride anywhere in `a`: not expressible, the `gemm` crate takes it.
+        let strided = View {
+            offset: 0,
+            rows: 2,
+            cols: 2,
+            rs: 4,
+            cs: 2,
+        };
+        assert!(
+            blas_call(
+                dp,
+                View::rows(0, 2, 2, 2),
+                &a,
+                strided,
+                &a,
+                View::rows(0, 2, 2, 2),
+                1.0,
+                false
+            )
+            .is_none()
+        );
     }
 
     #[test]

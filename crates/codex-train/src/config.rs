@@ -338,6 +338,12 @@ pub struct TrainingSection {
     /// The device's peak throughput in TFLOP/s, the denominator of the step events' `mfu`;
     /// 0 = measure it once at start with a short matmul probe (the `start` event says which).
     pub peak_tflops: f64,
+    /// OpenBLAS for the large f32 products of CPU training: a path or a name the dynamic loader
+    /// finds (`libopenblas.so.0`; the PyPI wheel `scipy-openblas32`'s `libscipy_openblas.so`,
+    /// which is newer than most distributions' and knows recent CPUs). Empty = codex's built-in
+    /// GEMM (the `gemm` crate). Each is deterministic; they differ in the last bits, and the
+    /// `start` event records which ran.
+    pub blas: String,
 }
 
 impl Default for TrainingSection {
@@ -359,6 +365,7 @@ impl Default for TrainingSection {
             early_stopping_monitor: Monitor::ValLoss,
             max_anomalies: 3,
             peak_tflops: 0.0,
+            blas: String::new(),
         }
     }
 }

@@ -329,6 +329,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
     fn setup(&mut self, resume: Option<LoadedCheckpoint>, build: &Builder<'_>) -> Result<()> {
         let cfg = self.cfg;
         let device = crate::device::open_device(&cfg.training.device)?;
+        let blas = load_blas(&cfg.training.blas, &device)?;
         let root_rank = self.collective.rank() == 0;
         // Only rank 0 writes the run directory, the data cache included.
         let cache = data::cache_dir_for(cfg, self.run.root()).filter(|_| root_rank);
@@ -473,6 +474,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 trainable_params: trainable,
                 compute_dtype,
                 flops: flops.clone(),
+                blas,
                 resumed,
             }),
         );
@@ -1012,6 +1014,31 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// `training.blas`: loads OpenBLAS for the fused ops' large products (CPU only), logged and
+/// recorded in the `start` event. A library that cannot be used is the user's to fix (exit 1).
+fn load_blas(spec: &str, device: &Device) -> Result<Option<Box<codex_core::event::BlasInfo>>> {
+    if spec.is_empty() {
+        return Ok(None);
+    }
+    if !device.is_cpu() {
+        tracing::warn!("training.blas = {spec:?} is for CPU training; unused on this device");
+        return Ok(None);
+    }
+    let info = codex_ops::blas::load(std::path::Path::new(spec))
+        .map_err(|e| Error::Invalid(format!("training.blas: {e}")))?;
+    tracing::info!(
+        "GEMM: {} kernels of {} ({})",
+        info.core,
+        info.config,
+        info.path
+    );
+    Ok(Some(Box::new(codex_core::event::BlasInfo {
+        path: info.path,
+        config: info.config,
+        core: info.core,
+    })))
 }
 
 /// The device's f32 matmul throughput, FLOP/s: a 512³ matmul (the kernels training uses) timed

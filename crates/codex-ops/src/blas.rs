@@ -1,0 +1,318 @@
+//! An optional OpenBLAS for the large f32 products of the fused ops, loaded at run time.
+//!
+//! The `gemm` crate (candle's kernels, and the default here) reaches ~100–200 GFLOP/s on
+//! training shapes with a small inner dimension (k = 128–576) on a 2-core AVX-512 machine, where
+//! OpenBLAS 0.3.3x reaches ~270–320 (`bash benches/gemm_blas.sh`). OpenBLAS is loaded with
+//! `dlopen` (libloading) rather than linked so the default build needs no BLAS installed and
+//! one binary serves every machine: Debian's `libopenblas0`, or the self-contained
+//! `libscipy_openblas.so` of the PyPI wheel `scipy-openblas32` (its symbols carry a `scipy_`
+//! prefix, found here too).
+//!
+//! Determinism: OpenBLAS runs single-threaded (`openblas_set_num_threads(1)`, so its own pool
+//! never spins against rayon's); a product is split into a fixed number of row or column blocks
+//! by its shape and the thread count, one OpenBLAS call per block on rayon. Every output element
+//! is one call's dot product over the whole inner dimension, whose order OpenBLAS fixes, so
+//! results are bitwise repeatable at a given thread count and library (the run's `start` event
+//! names the library; weights trained with it differ in the last bits from the `gemm` crate's).
+
+use std::ffi::{CStr, c_char, c_int};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `cblas_sgemm` (LP64: 32-bit integers).
+type Sgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// What was loaded, for the run record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlasInfo {
+    /// The path given to [`load`].
+    pub path: String,
+    /// `openblas_get_config()`, e.g. `OpenBLAS 0.3.34 DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64`.
+    pub config: String,
+    /// `openblas_get_corename()`: the kernels OpenBLAS chose for this CPU, e.g. `SkylakeX`.
+    pub core: String,
+}
+
+struct Blas {
+    sgemm: Sgemm,
+    info: BlasInfo,
+    // Keeps the library mapped for the process's life (the function pointer above points into it).
+    _lib: libloading::Library,
+}
+
+static BLAS: OnceLock<Blas> = OnceLock::new();
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Why [`load`] refused a library.
+#[derive(Debug)]
+pub struct BlasError(pub String);
+
+impl std::fmt::Display for BlasError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BlasError {}
+
+/// Kernel names OpenBLAS falls back to when it does not recognise the CPU (Debian's 0.3.21 calls
+/// a Sapphire Rapids `Prescott`): SSE3-era kernels, several times slower than the `gemm` crate.
+const GENERIC_CORES: &[&str] = &[
+    "Prescott",
+    "Core2",
+    "Penryn",
+    "Dunnington",
+    "Nehalem",
+    "Katmai",
+];
+
+/// Loads OpenBLAS from `path` (a file, or a name `dlopen` resolves, e.g. `libopenblas.so.0`) and
+/// routes the large products of the fused ops through it for the rest of the process.
+///
+/// Refuses a library that is not OpenBLAS, one built with 64-bit integers, and one that picked
+/// generic pre-AVX kernels on a CPU with AVX2 (it would be slower than the default; newer
+/// OpenBLAS, or `OPENBLAS_CORETYPE=SkylakeX` in the environment, names the right kernels).
+/// Loading the same path again returns the same info; a different one is an error.
+pub fn load(path: &Path) -> Result<BlasInfo, BlasError> {
+    let wanted = path.display().to_string();
+    if let Some(b) = BLAS.get() {
+        return if b.info.path == wanted {
+            Ok(b.info.clone())
+        } else {
+            Err(BlasError(format!(
+                "{} is already loaded; one BLAS per process",
+                b.info.path
+            )))
+        };
+    }
+    let blas = open(path)?;
+    let info = blas.info.clone();
+    // A concurrent first load of the same path may have won; either way one library is active.
+    let active = BLAS.get_or_init(|| blas);
+    if active.info.path == wanted {
+        Ok(info)
+    } else {
+        Err(BlasError(format!(
+            "{} is already loaded; one BLAS per process",
+            active.info.path
+        )))
+    }
+}
+
+/// Products handed to the library so far (each split into per-thread blocks counts once).
+pub fn calls() -> u64 {
+    CALLS.load(Ordering::Relaxed)
+}
+
+/// The loaded library, if any.
+pub fn active() -> Option<&'static BlasInfo> {
+    BLAS.get().map(|b| &b.info)
+}
+
+fn open(path: &Path) -> Result<Blas, BlasError> {
+    let err = |m: String| BlasError(format!("BLAS {}: {m}", path.display()));
+    // SAFETY: loading runs the library's initialisers; OpenBLAS's only set up its tables and
+    // (when threaded) its thread pool, which `openblas_set_num_threads(1)` below keeps idle.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| err(e.to_string()))?;
+    // OpenBLAS proper, then the PyPI wheels' `scipy_`-prefixed build.
+    let prefix = ["", "scipy_"]
+        .into_iter()
+        .find(|p| {
+            // SAFETY: only probing whether the symbol exists; it is not called here.
+            unsafe { lib.get::<Sgemm>(format!("{p}cblas_sgemm\0").as_bytes()) }.is_ok()
+        })
+        .ok_or_else(|| err("has no cblas_sgemm (not a CBLAS library)".into()))?;
+    // SAFETY (the three lookups): the types are OpenBLAS's documented C signatures.
+    let sym = |name: &str| format!("{prefix}{name}\0").into_bytes();
+    let sgemm: Sgemm =
+        *unsafe { lib.get::<Sgemm>(&sym("cblas_sgemm")) }.map_err(|e| err(e.to_string()))?;
+    let set_threads =
+        *unsafe { lib.get::<unsafe extern "C" fn(c_int)>(&sym("openblas_set_num_threads")) }
+            .map_err(|_| err("is not OpenBLAS (no openblas_set_num_threads)".into()))?;
+    let get_config =
+        *unsafe { lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_config")) }
+            .map_err(|e| err(e.to_string()))?;
+    let get_core = *unsafe {
+        lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_corename"))
+    }
+    .map_err(|e| err(e.to_string()))?;
+    // SAFETY: both return pointers to static NUL-terminated strings inside the library.
+    let text = |f: unsafe extern "C" fn() -> *const c_char| unsafe {
+        let p = f();
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().trim().to_string()
+        }
+    };
+    let config = text(get_config);
+    let core = text(get_core);
+    if config.contains("USE64BITINT") {
+        return Err(err(format!(
+            "is built with 64-bit integers ({config}); codex calls the LP64 interface"
+        )));
+    }
+    if GENERIC_CORES.iter().any(|g| core.eq_ignore_ascii_case(g)) && has_avx2() {
+        return Err(err(format!(
+            "chose its generic `{core}` kernels on this AVX2/AVX-512 CPU (too old to recognise it): \
+             slower than codex's built-in GEMM; use a newer OpenBLAS (PyPI `scipy-openblas32`) or \
+             set OPENBLAS_CORETYPE (e.g. SkylakeX, Haswell)"
+        )));
+    }
+    // SAFETY: a plain setter; called before any GEMM goes through this library.
+    unsafe { set_threads(1) };
+    Ok(Blas {
+        sgemm,
+        info: BlasInfo {
+            path: path.display().to_string(),
+            config,
+            core,
+        },
+        _lib: lib,
+    })
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Products below this many multiply-adds stay on the `gemm` crate: per-call overhead dominates
+/// OpenBLAS on the attention blocks (32×64×128: ~40 vs ~165 GFLOP/s single-threaded).
+const MIN_MACS: usize = 1 << 21;
+
+/// One row-major `m × n` product `c = alpha·op(a)·op(b) + beta·c` as OpenBLAS sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct Call {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub lda: usize,
+    pub trans_a: bool,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub trans_b: bool,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+// SAFETY: a `Call` is only split into blocks that write disjoint rows or columns of `c`; the
+// inputs are read-only for its duration (the caller of `gemm_into` guarantees both).
+unsafe impl Send for Call {}
+// SAFETY: as above.
+unsafe impl Sync for Call {}
+
+/// Whether `gemm_into` should hand a product of this size to OpenBLAS.
+pub(crate) fn wants(m: usize, n: usize, k: usize) -> bool {
+    BLAS.get().is_some() && m.saturating_mul(n).saturating_mul(k) >= MIN_MACS
+}
+
+/// Runs `call` through OpenBLAS, split into `threads` blocks along its longer output side.
+///
+/// # Safety
+/// The pointers and leading dimensions of `call` describe valid buffers (checked by
+/// `gemm_into`), and no other thread touches `c`'s `m × n` block while this runs.
+pub(crate) unsafe fn run(call: Call, threads: usize) {
+    let blas = BLAS.get().expect("blas::run without a loaded library");
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    let parts = threads.max(1);
+    let split_rows = call.m >= call.n;
+    let len = if split_rows { call.m } else { call.n };
+    // Blocks of a multiple of 16 (the AVX-512 kernels' width), fixed by (len, parts) alone.
+    let per = len.div_ceil(parts).div_ceil(16) * 16;
+    let blocks: Vec<(usize, usize)> = (0..len)
+        .step_by(per.max(1))
+        .map(|s| (s, (s + per).min(len)))
+        .collect();
+    let one = |(s, e): (usize, usize)| {
+        let mut c = call;
+        if split_rows {
+            c.m = e - s;
+            // Row s of op(a): a row of a, or a column of a transposed one.
+            c.a = unsafe { call.a.add(if call.trans_a { s } else { s * call.lda }) };
+            c.c = unsafe { call.c.add(s * call.ldc) };
+        } else {
+            c.n = e - s;
+            c.b = unsafe { call.b.add(if call.trans_b { s * call.ldb } else { s }) };
+            c.c = unsafe { call.c.add(s) };
+        }
+        // SAFETY: the block lies inside the caller's checked views; blocks write disjoint parts.
+        unsafe { sgemm(blas.sgemm, c) };
+    };
+    if blocks.len() == 1 {
+        one(blocks[0]);
+    } else {
+        use rayon::prelude::*;
+        blocks.into_par_iter().for_each(one);
+    }
+}
+
+unsafe fn sgemm(f: Sgemm, c: Call) {
+    let t = |yes| if yes { TRANS } else { NO_TRANS };
+    // SAFETY: forwarded from `run`'s contract; sizes fit c_int (checked by `gemm_into`).
+    unsafe {
+        f(
+            ROW_MAJOR,
+            t(c.trans_a),
+            t(c.trans_b),
+            c.m as c_int,
+            c.n as c_int,
+            c.k as c_int,
+            c.alpha,
+            c.a,
+            c.lda as c_int,
+            c.b,
+            c.ldb as c_int,
+            c.beta,
+            c.c,
+            c.ldc as c_int,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_libraries_are_refused_with_the_reason() {
+        let e = open(Path::new("/nonexistent/libopenblas.so"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("/nonexistent/libopenblas.so"), "{e}");
+        let e = open(Path::new("libm.so.6")).err().unwrap();
+        assert!(e.to_string().contains("not a CBLAS library"), "{e}");
+        // Nothing was loaded by the failures.
+        assert!(active().is_none());
+        assert!(!wants(4096, 4096, 4096));
+    }
+}

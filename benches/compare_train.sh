@@ -4,6 +4,7 @@
 #   bash benches/compare_train.sh                 # small and medium, 30 timed steps each
 #   STEPS=20 WARMUP=3 CONFIGS=small bash benches/compare_train.sh
 #   DTYPE=bf16 bash benches/compare_train.sh      # PyTorch autocast bf16 vs codex training.dtype=bf16
+#   BLAS=wheel bash benches/compare_train.sh      # codex on OpenBLAS (training.blas; benches/blas.sh)
 #
 # For each config: PyTorch (benches/pytorch_gpt.py, torch.set_num_threads(THREADS)) and
 # `codex train --config configs/bench-<config>.toml` (release build, RAYON_NUM_THREADS=THREADS)
@@ -28,6 +29,8 @@ DATA=data/cpython-stdlib.txt
 echo "building codex (release)..." >&2
 cargo build --release --quiet --bin codex
 CODEX=(target/release/codex --no-progress -q train)
+# shellcheck source=benches/blas.sh
+. benches/blas.sh
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -48,7 +51,7 @@ for cfg in $CONFIGS; do
     out="$work/run-$cfg"
     RAYON_NUM_THREADS=$THREADS /usr/bin/time -v -o "$work/cx.time" "${CODEX[@]}" \
         --config "configs/bench-$cfg.toml" --output "$out" \
-        "training.steps=$((STEPS + WARMUP))" "training.dtype=$DTYPE" > /dev/null
+        "training.steps=$((STEPS + WARMUP))" "training.dtype=$DTYPE" "${BLAS_ARGS[@]}" > /dev/null
     end=$(jq -c 'select(.event == "end")' "$out/metrics.ndjson" | tail -n 1)
     [ -n "$end" ] || { echo "error: no end event in $out/metrics.ndjson" >&2; exit 1; }
     cx_tps=$(jq -r .tokens_per_s <<< "$end")
@@ -61,7 +64,7 @@ for cfg in $CONFIGS; do
             c, pt, ct, ct / pt, pr / 1024, cr / 1024, cr / pr, pl, cl }')")
 done
 
-echo "codex: ${CODEX[*]}"
+echo "codex: ${CODEX[*]} ${BLAS_ARGS[*]} (GEMM: $BLAS_NAME)"
 echo "dtype: $DTYPE, steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| config | pytorch tok/s | codex tok/s | speed ratio | pytorch RSS MiB | codex RSS MiB | RSS ratio | pytorch loss | codex loss |"
 echo "|---|---|---|---|---|---|---|---|---|"

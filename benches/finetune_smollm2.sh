@@ -6,6 +6,7 @@
 #   bash benches/finetune_smollm2.sh                  # lora and full, 20 timed steps after 3
 #   STEPS=10 MODES=lora bash benches/finetune_smollm2.sh
 #   REFERENCE=0 bash benches/finetune_smollm2.sh      # codex only (no torch install)
+#   BLAS=wheel bash benches/finetune_smollm2.sh       # codex on OpenBLAS (training.blas; benches/blas.sh)
 #
 # Not part of CI: the reference installs torch, transformers, peft and gguf from PyPI into
 # target/bench-venv (about 3 GB, once; REFERENCE=0 installs only gguf + tokenizers). The
@@ -88,6 +89,8 @@ tokenizer="$WORK/tokenizer/tokenizer.json"
 echo "building codex (release)..." >&2
 cargo build --release --quiet --bin codex
 CODEX=${CODEX:-target/release/codex}
+# shellcheck source=benches/blas.sh
+. benches/blas.sh
 
 rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 
@@ -138,7 +141,7 @@ EOF
     out="$WORK/run-$mode"
     rm -rf "$out"
     RAYON_NUM_THREADS=$THREADS /usr/bin/time -v -o "$WORK/cx-$mode.time" \
-        "$CODEX" --no-progress -q train --config "$cfg" --output "$out" > /dev/null
+        "$CODEX" --no-progress -q train --config "$cfg" --output "$out" "${BLAS_ARGS[@]}" > /dev/null
     # Training steps after the warm-up only: tokens over the summed step times.
     cx_tps=$(jq -s --argjson w "$WARMUP" '[.[] | select(.event == "step" and .step > $w)]
         | (map(.tokens_per_s * .step_time_ms / 1000) | add) / (map(.step_time_ms / 1000) | add)' \
@@ -168,7 +171,7 @@ EOF
 done
 
 echo "SmolLM2-135M-Instruct ($(basename "$gguf"), f32), context 128, batch 4, AdamW, LoRA r=8 alpha=16 q_proj,v_proj"
-echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg), codex GEMM: $BLAS_NAME"
 echo "| mode | pytorch tok/s | codex tok/s | speed ratio | pytorch RSS MiB | codex RSS MiB | RSS ratio | pytorch loss | codex loss |"
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

@@ -10,7 +10,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::matmul::{View, gemm_into};
+use crate::matmul::{View, gemm_into, gemm_new};
 use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, sum_in_order, with_f32};
 
 /// How the weight is stored.
@@ -84,10 +84,13 @@ fn w_in_out(layout: WeightLayout, d: &Dims) -> View {
 
 /// `y = x · W (+ b)`, `n × o`: the bias seeds the rows that the product accumulates into.
 fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let threads = rayon::current_num_threads();
+    let xv = View::rows(0, d.n, d.i, d.i);
+    let Some(b) = b else {
+        return gemm_new(d.n, d.o, x, xv, w, w_in_out(layout, d), 1.0, threads);
+    };
     let mut y = vec![0f32; d.n * d.o];
-    if let Some(b) = b
-        && d.o > 0
-    {
+    if d.o > 0 {
         y.par_chunks_mut(d.o * 64)
             .for_each(|c| c.chunks_exact_mut(d.o).for_each(|r| r.copy_from_slice(b)));
     }
@@ -97,68 +100,30 @@ fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32
         len,
         View::rows(0, d.n, d.o, d.o),
         x,
-        View::rows(0, d.n, d.i, d.i),
+        xv,
         w,
         w_in_out(layout, d),
         1.0,
-        b.is_some(),
-        rayon::current_num_threads(),
+        true,
+        threads,
     );
     y
 }
 
 /// `dx = dy · Wᵀ` (`n × o · o × i`).
 fn grad_x(d: &Dims, layout: WeightLayout, g: &[f32], w: &[f32], threads: usize) -> Vec<f32> {
-    let mut dx = vec![0f32; d.n * d.i];
-    let len = dx.len();
-    gemm_into(
-        dx.as_mut_ptr(),
-        len,
-        View::rows(0, d.n, d.i, d.i),
-        g,
-        View::rows(0, d.n, d.o, d.o),
-        w,
-        w_in_out(layout, d).t(),
-        1.0,
-        false,
-        threads,
-    );
-    dx
+    let gv = View::rows(0, d.n, d.o, d.o);
+    gemm_new(d.n, d.i, g, gv, w, w_in_out(layout, d).t(), 1.0, threads)
 }
 
 /// dW in the weight's own layout: `xᵀ · dy` (in × out) or `dyᵀ · x` (out × in).
 fn grad_w(d: &Dims, layout: WeightLayout, xs: &[f32], g: &[f32], threads: usize) -> Vec<f32> {
     let gv = View::rows(0, d.n, d.o, d.o);
     let xv = View::rows(0, d.n, d.i, d.i);
-    let mut dw = vec![0f32; d.i * d.o];
-    let len = dw.len();
     match layout {
-        WeightLayout::InOut => gemm_into(
-            dw.as_mut_ptr(),
-            len,
-            View::rows(0, d.i, d.o, d.o),
-            xs,
-            xv.t(),
-            g,
-            gv,
-            1.0,
-            false,
-            threads,
-        ),
-        WeightLayout::OutIn => gemm_into(
-            dw.as_mut_ptr(),
-            len,
-            View::rows(0, d.o, d.i, d.i),
-            g,
-            gv.t(),
-            xs,
-            xv,
-            1.0,
-            false,
-            threads,
-        ),
+        WeightLayout::InOut => gemm_new(d.i, d.o, xs, xv.t(), g, gv, 1.0, threads),
+        WeightLayout::OutIn => gemm_new(d.o, d.i, g, gv.t(), xs, xv, 1.0, threads),
     }
-    dw
 }
 
 /// [`Affine`] without a bias.
@@ -509,20 +474,8 @@ impl CustomOp3 for LoraFrozen {
                         let (xv, gv) = (View::rows(0, d.n, d.i, d.i), View::rows(0, d.n, d.o, d.o));
                         let rv = View::rows(0, d.n, r, r);
                         // gb = dy·B, n × r.
-                        let mut gb = vec![0f32; d.n * r];
-                        let len = gb.len();
-                        gemm_into(
-                            gb.as_mut_ptr(),
-                            len,
-                            rv,
-                            g,
-                            gv,
-                            bm,
-                            View::rows(0, d.o, r, r),
-                            1.0,
-                            false,
-                            threads,
-                        );
+                        let gb =
+                            gemm_new(d.n, r, g, gv, bm, View::rows(0, d.o, r, r), 1.0, threads);
                         let len = dx.len();
                         gemm_into(
                             dx.as_mut_ptr(),
@@ -536,35 +489,9 @@ impl CustomOp3 for LoraFrozen {
                             true,
                             threads,
                         );
-                        let mut da = vec![0f32; r * d.i];
-                        let len = da.len();
-                        gemm_into(
-                            da.as_mut_ptr(),
-                            len,
-                            View::rows(0, r, d.i, d.i),
-                            &gb,
-                            rv.t(),
-                            xs,
-                            xv,
-                            s,
-                            false,
-                            threads,
-                        );
+                        let da = gemm_new(r, d.i, &gb, rv.t(), xs, xv, s, threads);
                         let h = x_at(&d, r, xs, a, threads);
-                        let mut db = vec![0f32; d.o * r];
-                        let len = db.len();
-                        gemm_into(
-                            db.as_mut_ptr(),
-                            len,
-                            View::rows(0, d.o, r, r),
-                            g,
-                            gv.t(),
-                            &h,
-                            rv,
-                            s,
-                            false,
-                            threads,
-                        );
+                        let db = gemm_new(d.o, r, g, gv.t(), &h, rv, s, threads);
                         Ok((dx, da, db))
                     })
                 })
@@ -580,21 +507,17 @@ impl CustomOp3 for LoraFrozen {
 
 /// `h = x·Aᵀ`, `n × r`.
 fn x_at(d: &Dims, r: usize, x: &[f32], a: &[f32], threads: usize) -> Vec<f32> {
-    let mut h = vec![0f32; d.n * r];
-    let len = h.len();
-    gemm_into(
-        h.as_mut_ptr(),
-        len,
-        View::rows(0, d.n, r, r),
+    let xv = View::rows(0, d.n, d.i, d.i);
+    gemm_new(
+        d.n,
+        r,
         x,
-        View::rows(0, d.n, d.i, d.i),
+        xv,
         a,
         View::rows(0, r, d.i, d.i).t(),
         1.0,
-        false,
         threads,
-    );
-    h
+    )
 }
 
 /// A frozen base linear (`W`, `b` constants, as [`frozen_linear`]) plus a trainable LoRA adapter

@@ -135,6 +135,42 @@ pub(crate) fn gemm_into(
     }
 }
 
+/// `scale · a · b` as a new row-major `rows × cols` buffer, never zero-filled: the product
+/// writes every element, and a fill first would be a memset as large as the result (several
+/// percent of a training step).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_new(
+    rows: usize,
+    cols: usize,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    scale: f32,
+    threads: usize,
+) -> Vec<f32> {
+    let n = rows * cols;
+    let mut out = Vec::with_capacity(n);
+    gemm_into(
+        out.as_mut_ptr(),
+        n,
+        View::rows(0, rows, cols, cols),
+        a,
+        av,
+        b,
+        bv,
+        scale,
+        false,
+        threads,
+    );
+    // SAFETY: the capacity is `n`, and with `accumulate = false` `gemm_into` wrote every element
+    // of the `rows × cols` view, which is all of `out[..n]`: the `gemm` crate does not read the
+    // destination then, OpenBLAS with beta = 0 stores zeros before it accumulates, and an empty
+    // inner dimension stores zeros. (It returns early, writing nothing, only when n = 0.)
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `(transposed, leading dimension)` of a view as a row-major CBLAS operand: unit column stride
 /// (as stored), or unit row stride (the transpose of a row-major matrix); `None` otherwise.
 fn cblas_operand(v: View) -> Option<(bool, usize)> {

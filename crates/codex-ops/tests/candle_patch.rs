@@ -44,3 +44,21 @@ fn a_tensor_feeding_several_ops_sums_its_gradients() -> Result<()> {
     assert_eq!(vec(g.get(&a).unwrap())?, want);
     Ok(())
 }
+
+#[test]
+fn strided_first_gradients_are_stored_contiguous() -> Result<()> {
+    // a's gradient arrives through a transpose (a strided view), and the transposed intermediate
+    // feeds a matmul whose backward needs a contiguous gradient for it.
+    let a = Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu)?;
+    let w = Tensor::new(&[[1f32, -1.], [0.5, 2.]], &Device::Cpu)?;
+    let at = a.as_tensor().t()?;
+    let y = at.matmul(&w)?.matmul(&w.t()?)?;
+    let g = y.sum_all()?.backward()?;
+    let ga = g.get(&a).unwrap();
+    assert!(ga.is_contiguous(), "{:?}", ga.layout());
+    // d/da of sum((aᵀ W) Wᵀ) = (W Wᵀ 1)ᵀ broadcast: row i of ga is (W Wᵀ)·1 summed per row of W.
+    let wwt1: Vec<f32> = vec(&w.matmul(&w.t()?)?.sum(1)?)?;
+    let want = [[wwt1[0]; 3], [wwt1[1]; 3]].concat();
+    assert_eq!(vec(ga)?, want);
+    Ok(())
+}

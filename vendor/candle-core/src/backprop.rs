@@ -745,7 +745,8 @@ impl GradStore {
     /// gradient of an intermediate tensor is stored as it is instead of being added into a fresh
     /// zero-filled tensor (an allocation, a memset and an add per graph edge, most of candle's
     /// backward time outside the matmuls); a variable's first gradient is copied, so no two
-    /// variables' gradients ever share storage (optimizers and clipping update them in place).
+    /// variables' gradients ever share storage (optimizers and clipping update them in place);
+    /// a strided first gradient is made contiguous.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -753,10 +754,12 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                let first = if tensor.is_variable() {
-                    grad.copy()?
-                } else {
-                    grad.clone()
+                // Stored gradients stay contiguous, as the zero-filled sums were (some backward
+                // rules, e.g. matmul's, refuse other strides).
+                let first = match (tensor.is_variable(), grad.is_contiguous()) {
+                    (true, true) => grad.copy()?,
+                    (_, false) => grad.contiguous()?,
+                    (false, true) => grad.clone(),
                 };
                 entry.insert(first);
             }

@@ -306,8 +306,8 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(ArchConfig, HashMap<String, Tens
 pub struct GgufTokenizer {
     /// `tokenizer.ggml.model`; codex writes and reads `gpt2` only.
     pub model: String,
-    /// `tokenizer.ggml.pre`: `gpt-2` (GPT-2's split regex) or `default` (written only for a
-    /// merge-less vocabulary, where any split gives the same ids).
+    /// `tokenizer.ggml.pre`: llama.cpp's name for the split before BPE, one of
+    /// [`PRE_TOKENIZERS`].
     pub pre: String,
     pub tokens: Vec<String>,
     /// llama.cpp's `LLAMA_TOKEN_TYPE_*`: 1 normal, 3 control, 4 user-defined, 5 unused.
@@ -316,6 +316,92 @@ pub struct GgufTokenizer {
     pub merges: Vec<String>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+}
+
+/// Llama 3's split (llama.cpp `llama-bpe`): case-insensitive contractions, letters with one
+/// leading non-letter, numbers in runs of up to three digits.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split (llama.cpp `qwen2`): Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The llama.cpp pre-tokenizers (`tokenizer.ggml.pre`) codex reads and writes, each the exact
+/// HF pre-tokenizer llama.cpp's split regexes implement (llama.cpp `llama-vocab.cpp`; the names
+/// `convert_hf_to_gguf.py` gives the HF tokenizers): `gpt-2` GPT-2's regex; `smollm` (also
+/// `starcoder`, `refact`, `codeshell`, one regex list in llama.cpp) every digit alone, then
+/// GPT-2's regex; `llama-bpe` and `qwen2` their `Split` regex, then bytes; `default` no split,
+/// accepted only without merges (where the split cannot change the ids).
+pub const PRE_TOKENIZERS: &[&str] = &[
+    "gpt-2",
+    "smollm",
+    "starcoder",
+    "refact",
+    "codeshell",
+    "llama-bpe",
+    "qwen2",
+    "default",
+];
+
+fn byte_level(use_regex: bool) -> serde_json::Value {
+    serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                       "use_regex": use_regex})
+}
+
+fn split_then_bytes(regex: &str) -> serde_json::Value {
+    serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+        byte_level(false)]})
+}
+
+/// The HF `pre_tokenizer` of a llama.cpp pre-tokenizer name (`None`: not one codex rebuilds).
+fn pre_tokenizer_json(name: &str, has_merges: bool) -> Option<serde_json::Value> {
+    Some(match name {
+        "gpt-2" => byte_level(true),
+        "smollm" | "starcoder" | "refact" | "codeshell" => serde_json::json!({
+            "type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "llama-bpe" => split_then_bytes(LLAMA3_SPLIT),
+        "qwen2" => split_then_bytes(QWEN2_SPLIT),
+        "default" if !has_merges => byte_level(false),
+        _ => return None,
+    })
+}
+
+/// The llama.cpp name of an HF `pre_tokenizer`, which must be one of [`PRE_TOKENIZERS`]'s exactly
+/// (`trim_offsets` aside: it changes offsets, not ids); anything else is refused with the reason.
+fn pre_tokenizer_name(
+    pre: &serde_json::Value,
+    has_merges: bool,
+) -> std::result::Result<&'static str, String> {
+    // Compare what decides the ids: drop `trim_offsets`, and default `use_regex` to true.
+    fn key(v: &serde_json::Value) -> serde_json::Value {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("trim_offsets");
+            if o.get("type").and_then(|t| t.as_str()) == Some("ByteLevel") {
+                o.entry("use_regex")
+                    .or_insert(serde_json::Value::Bool(true));
+            }
+            if let Some(serde_json::Value::Array(ps)) = o.get_mut("pretokenizers") {
+                ps.iter_mut().for_each(|p| *p = key(p));
+            }
+        }
+        v
+    }
+    if pre["type"] == "ByteLevel" && pre["add_prefix_space"] == true {
+        return Err("the ByteLevel pre-tokenizer adds a prefix space".into());
+    }
+    let want = key(pre);
+    PRE_TOKENIZERS
+        .iter()
+        .find(|name| pre_tokenizer_json(name, has_merges).is_some_and(|j| key(&j) == want))
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "the pre-tokenizer {pre} has no llama.cpp equivalent codex writes ({}); a GGUF \
+                 reader could not reproduce its ids",
+                PRE_TOKENIZERS.join(", ")
+            )
+        })
 }
 
 /// Token types (llama.cpp's `llama_token_type`).
@@ -345,16 +431,6 @@ impl GgufTokenizer {
         if !v["normalizer"].is_null() {
             return Err("the tokenizer has a normalizer (llama.cpp's gpt2 model has none)".into());
         }
-        let pre = &v["pre_tokenizer"];
-        if pre["type"] != "ByteLevel" {
-            return Err(format!(
-                "the pre-tokenizer is {}, not ByteLevel",
-                pre["type"]
-            ));
-        }
-        if pre["add_prefix_space"] == true {
-            return Err("the ByteLevel pre-tokenizer adds a prefix space".into());
-        }
         let merges: Vec<String> = match model["merges"].as_array() {
             None => vec![],
             Some(ms) => ms
@@ -370,17 +446,7 @@ impl GgufTokenizer {
                 })
                 .collect::<std::result::Result<_, _>>()?,
         };
-        let pre = if pre["use_regex"] != false {
-            "gpt-2"
-        } else if merges.is_empty() {
-            "default"
-        } else {
-            return Err(
-                "a byte-level BPE with merges but without GPT-2's split has no llama.cpp \
-                 pre-tokenizer"
-                    .into(),
-            );
-        };
+        let pre = pre_tokenizer_name(&v["pre_tokenizer"], !merges.is_empty())?;
         let mut slots: Vec<Option<(String, i32)>> = vec![None; vocab];
         let mut put = |id: u64, tok: &str, ty: i32| -> std::result::Result<(), String> {
             let i = usize::try_from(id).ok().filter(|&i| i < MAX_TOKENS);
@@ -427,19 +493,19 @@ impl GgufTokenizer {
     }
 
     /// The HF `tokenizer.json` these metadata describe (byte-level BPE; control and
-    /// user-defined tokens as added tokens), so a GGUF file needs no `--tokenizer`. Only the
-    /// pre-tokenizers codex writes are rebuilt (`gpt-2`, and `default` without merges, where the
-    /// split cannot change the ids); another (`llama-bpe`, `smollm`, …) splits differently and
+    /// user-defined tokens as added tokens), so a GGUF file needs no `--tokenizer`. The
+    /// pre-tokenizers of [`PRE_TOKENIZERS`] are rebuilt exactly; another splits differently and
     /// is refused rather than approximated.
     pub fn to_tokenizer_json(&self) -> std::result::Result<serde_json::Value, String> {
         use serde_json::json;
-        if !(self.pre == "gpt-2" || (self.pre == "default" && self.merges.is_empty())) {
-            return Err(format!(
-                "the GGUF tokenizer's pre-tokenizer `{}` is not one codex rebuilds (gpt-2, or \
-                 default without merges)",
-                self.pre
-            ));
-        }
+        let pre_tokenizer =
+            pre_tokenizer_json(&self.pre, !self.merges.is_empty()).ok_or_else(|| {
+                format!(
+                    "the GGUF tokenizer's pre-tokenizer `{}` is not one codex rebuilds ({})",
+                    self.pre,
+                    PRE_TOKENIZERS.join(", ")
+                )
+            })?;
         let vocab: serde_json::Map<String, serde_json::Value> = self
             .tokens
             .iter()
@@ -458,16 +524,14 @@ impl GgufTokenizer {
                        "special": *ty == TOKEN_CONTROL})
             })
             .collect();
-        let regex = self.pre != "default";
         Ok(json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
-                              "trim_offsets": true, "use_regex": regex},
+            "pre_tokenizer": pre_tokenizer,
             "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": false,
-                        "trim_offsets": true, "use_regex": regex},
+                        "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
                       "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
@@ -584,6 +648,83 @@ pub fn read_gguf_tokenizer(path: &Path) -> Result<Option<GgufTokenizer>> {
 mod tokenizer_tests {
     use super::*;
 
+    /// A byte-level BPE over the bytes of `text` plus `merges`, with the given pre-tokenizer name.
+    fn bpe(pre: &str, merges: &[&str]) -> tokenizers::Tokenizer {
+        let mut tokens: Vec<String> = (b'!'..=b'~').map(|b| (b as char).to_string()).collect();
+        tokens.push("Ġ".into());
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        let t = GgufTokenizer {
+            model: "gpt2".into(),
+            pre: pre.into(),
+            token_types: vec![TOKEN_NORMAL; tokens.len()],
+            tokens,
+            merges: merges.iter().map(|m| m.to_string()).collect(),
+            bos: None,
+            eos: None,
+        };
+        let json = t.to_tokenizer_json().unwrap();
+        json.to_string().parse().unwrap()
+    }
+
+    fn pieces(t: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
+        t.encode(text, false).unwrap().get_tokens().to_vec()
+    }
+
+    #[test]
+    fn llama_cpp_pre_tokenizers_split_as_their_regexes_say() {
+        let merges = ["2 0", "20 2", "4 5", "1 2", "12 3"];
+        // GPT-2 keeps a run of digits together, so merges cross digits.
+        assert_eq!(
+            pieces(&bpe("gpt-2", &merges), "x 2024"),
+            ["x", "Ġ", "202", "4"]
+        );
+        // SmolLM/StarCoder split every digit first: no merge can join two.
+        assert_eq!(
+            pieces(&bpe("smollm", &merges), "x 2024"),
+            ["x", "Ġ", "2", "0", "2", "4"]
+        );
+        // Llama 3 splits numbers into runs of at most three digits.
+        assert_eq!(pieces(&bpe("llama-bpe", &merges), "12345"), ["123", "45"]);
+        // Qwen2: single digits again.
+        assert_eq!(
+            pieces(&bpe("qwen2", &merges), "12345"),
+            ["1", "2", "3", "4", "5"]
+        );
+    }
+
+    #[test]
+    fn pre_tokenizers_round_trip_between_gguf_names_and_tokenizer_json() {
+        for name in PRE_TOKENIZERS {
+            let has_merges = *name != "default";
+            let json = pre_tokenizer_json(name, has_merges).unwrap();
+            let back = pre_tokenizer_name(&json, has_merges).unwrap();
+            // Aliases (one regex list in llama.cpp) come back as the first name of their group.
+            assert_eq!(
+                pre_tokenizer_json(back, has_merges),
+                Some(json),
+                "{name} -> {back}"
+            );
+        }
+        // `trim_offsets` and a missing `use_regex` do not change the ids.
+        let plain = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false});
+        assert_eq!(pre_tokenizer_name(&plain, true).unwrap(), "gpt-2");
+        // Anything else is refused with the reason, not approximated.
+        let whitespace = serde_json::json!({"type": "Whitespace"});
+        let e = pre_tokenizer_name(&whitespace, true).unwrap_err();
+        assert!(e.contains("no llama.cpp equivalent"), "{e}");
+        let no_split = byte_level(false);
+        assert!(pre_tokenizer_name(&no_split, true).is_err());
+        assert_eq!(pre_tokenizer_name(&no_split, false).unwrap(), "default");
+        let prefix = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true});
+        assert!(
+            pre_tokenizer_name(&prefix, true)
+                .unwrap_err()
+                .contains("prefix space")
+        );
+    }
+
     #[test]
     fn tokenizer_json_round_trips_through_gguf_metadata() {
         let tj = serde_json::json!({
@@ -617,8 +758,8 @@ mod tokenizer_tests {
         // And the tokenizer.json it rebuilds encodes as the original vocabulary says.
         let rebuilt = t.to_tokenizer_json().unwrap();
         let mut other = t.clone();
-        other.pre = "smollm".into();
-        assert!(other.to_tokenizer_json().unwrap_err().contains("smollm"));
+        other.pre = "falcon".into();
+        assert!(other.to_tokenizer_json().unwrap_err().contains("falcon"));
         assert_eq!(rebuilt["model"]["vocab"]["ab"], 2);
         assert_eq!(rebuilt["added_tokens"][0]["content"], "<|endoftext|>");
         let bad = serde_json::json!({"normalizer": null, "model": {"type": "Unigram"}});

@@ -22,6 +22,17 @@ pub enum WeightLayout {
     InOut,
 }
 
+impl WeightLayout {
+    /// `x · W` for 2-D `x` through candle's matmul (the composition the fused ops replace, and
+    /// their fallback off the CPU).
+    pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            WeightLayout::InOut => x.matmul(w),
+            WeightLayout::OutIn => x.matmul(&w.t()?),
+        }
+    }
+}
+
 struct Affine {
     layout: WeightLayout,
 }
@@ -307,12 +318,9 @@ pub fn linear_no_bias(x: &Tensor, w: &Tensor, layout: WeightLayout) -> Result<Te
         x.contiguous()?
             .apply_op2(&w.contiguous()?, AffineNoBias { layout })
     } else {
-        let x2 = x.reshape((d.n, d.i))?;
-        let y = match layout {
-            WeightLayout::InOut => x2.matmul(w)?,
-            WeightLayout::OutIn => x2.matmul(&w.t()?)?,
-        };
-        y.reshape(out_shape(x.shape(), d.o))
+        layout
+            .matmul(&x.reshape((d.n, d.i))?, w)?
+            .reshape(out_shape(x.shape(), d.o))
     }
 }
 
@@ -323,11 +331,7 @@ pub fn linear_reference(
     b: &Tensor,
     layout: WeightLayout,
 ) -> Result<Tensor> {
-    let y = match layout {
-        WeightLayout::InOut => x.matmul(w)?,
-        WeightLayout::OutIn => x.matmul(&w.t()?)?,
-    };
-    y.broadcast_add(b)
+    layout.matmul(x, w)?.broadcast_add(b)
 }
 
 /// `x · W (+ b)` with `W` and `b` held constant: backward gives `dx` only (no weight-gradient
@@ -363,11 +367,7 @@ pub fn frozen_linear_reference(
 ) -> Result<Tensor> {
     let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
     let x2 = x.reshape((d.n, d.i))?;
-    let w = w.detach();
-    let mut y = match layout {
-        WeightLayout::InOut => x2.matmul(&w)?,
-        WeightLayout::OutIn => x2.matmul(&w.t()?)?,
-    };
+    let mut y = layout.matmul(&x2, &w.detach())?;
     if let Some(b) = b {
         y = y.broadcast_add(&b.detach())?;
     }
@@ -749,11 +749,7 @@ mod tests {
             let probe = rand(33, &[2, 19, 20], 1.0)?;
             let y1 = linear_no_bias(&x, &w, layout)?;
             let x2 = x.reshape((38, 24))?;
-            let y2 = match layout {
-                WeightLayout::InOut => x2.matmul(&w)?,
-                WeightLayout::OutIn => x2.matmul(&w.t()?)?,
-            }
-            .reshape((2, 19, 20))?;
+            let y2 = layout.matmul(&x2, &w)?.reshape((2, 19, 20))?;
             assert_close(&y1, &y2, 1e-5, "linear_no_bias forward")?;
             let g1 = (y1 * &probe)?.sum_all()?.backward()?;
             let g2 = (y2 * &probe)?.sum_all()?.backward()?;

@@ -130,13 +130,7 @@ fn fused_linears_on_openblas_match_candle_and_repeat_bitwise() -> Result<()> {
                 "linear_no_bias",
                 vec![x.clone(), w.clone()],
                 Box::new(move |v| codex_ops::linear_no_bias(&v[0], &v[1], layout)),
-                Box::new(move |v| {
-                    let w = match layout {
-                        WeightLayout::InOut => v[1].as_tensor().clone(),
-                        WeightLayout::OutIn => v[1].t()?,
-                    };
-                    flat(&v[0])?.matmul(&w)?.reshape((3, n / 3, o))
-                }),
+                Box::new(move |v| layout.matmul(&flat(&v[0])?, &v[1])?.reshape((3, n / 3, o))),
             ),
             (
                 "frozen_linear",

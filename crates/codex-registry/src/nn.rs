@@ -165,11 +165,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_dim))?;
-        let y = if self.conv1d {
-            x2.matmul(&w)?
-        } else {
-            x2.matmul(&w.t()?)?
-        };
+        let y = layout.matmul(&x2, &w)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.out_dim;

@@ -112,27 +112,10 @@ fn config_of(run: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("{} is not TOML", path.display()))?;
-    let mut out = BTreeMap::new();
-    flatten("", &toml::Value::Table(table), &mut out);
-    Ok(out)
-}
-
-fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
+    Ok(codex_core::config::leaves(&table, false)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect())
 }
 
 /// The keys whose values are not the same in every run (a missing key counts as different),

@@ -153,6 +153,39 @@ pub fn read_toml_file(path: &Path) -> Result<toml::Table, ConfigError> {
     parse_toml(&text, &name)
 }
 
+/// The leaves of a TOML table as dotted keys (`a.b.c`), in the table's order: what trackers log
+/// as a run's parameters and `codex compare` diffs. With `split_arrays`, a non-empty array's items
+/// become keys of their own (`a.0`, `a.1`); otherwise an array is one leaf.
+pub fn leaves(table: &toml::Table, split_arrays: bool) -> Vec<(String, &toml::Value)> {
+    fn walk<'a>(
+        prefix: &str,
+        v: &'a toml::Value,
+        split: bool,
+        out: &mut Vec<(String, &'a toml::Value)>,
+    ) {
+        let key = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        match v {
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk(&key(k), v, split, out)),
+            toml::Value::Array(items) if split && !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .for_each(|(i, v)| walk(&key(&i.to_string()), v, split, out)),
+            leaf => out.push((prefix.to_string(), leaf)),
+        }
+    }
+    let mut out = Vec::new();
+    table
+        .iter()
+        .for_each(|(k, v)| walk(k, v, split_arrays, &mut out));
+    out
+}
+
 /// Deep-merges `top` into `base`: tables merge key by key, anything else replaces.
 pub fn merge(base: &mut toml::Table, top: toml::Table) {
     for (k, v) in top {
@@ -443,6 +476,45 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn leaves_are_dotted_keys_in_order_with_arrays_split_on_request() {
+        let t: toml::Table = "a = 1\n[b]\nc = \"x\"\nd = [1, 2]\ne = []\n[b.f]\ng = true\n"
+            .parse()
+            .unwrap();
+        let keys = |split| -> Vec<(String, String)> {
+            leaves(&t, split)
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        };
+        let pairs = |xs: &[(&str, &str)]| -> Vec<(String, String)> {
+            xs.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            keys(false),
+            pairs(&[
+                ("a", "1"),
+                ("b.c", "\"x\""),
+                ("b.d", "[1, 2]"),
+                ("b.e", "[]"),
+                ("b.f.g", "true")
+            ])
+        );
+        assert_eq!(
+            keys(true),
+            pairs(&[
+                ("a", "1"),
+                ("b.c", "\"x\""),
+                ("b.d.0", "1"),
+                ("b.d.1", "2"),
+                ("b.e", "[]"),
+                ("b.f.g", "true")
+            ])
+        );
+    }
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     #[serde(default)]

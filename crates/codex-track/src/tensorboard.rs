@@ -371,7 +371,9 @@ fn hparams_value(tag: &str, data: HParamsData) -> proto::Value {
 fn hparams_start(toml_text: &str, run_id: &str, wall: f64) -> proto::Value {
     let mut hparams = BTreeMap::new();
     if let Ok(table) = toml_text.parse::<toml::Table>() {
-        flatten("", &toml::Value::Table(table), &mut hparams);
+        for (key, v) in codex_core::config::leaves(&table, false) {
+            hparams.insert(key, hparam(v));
+        }
     }
     hparams_value(
         "_hparams_/session_start_info",
@@ -398,27 +400,16 @@ fn hparams_end(status: RunStatus, wall: f64) -> proto::Value {
     )
 }
 
-/// Dotted keys to scalar hparams; arrays become their TOML text (HParams has no lists).
-fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, ProtoValue>) {
+/// A config leaf as an hparam value; arrays become their TOML text (HParams has no lists).
+fn hparam(v: &toml::Value) -> ProtoValue {
     let kind = match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-            return;
-        }
         toml::Value::String(s) => ProtoKind::Str(s.clone()),
         toml::Value::Integer(i) => ProtoKind::Number(*i as f64),
         toml::Value::Float(f) => ProtoKind::Number(*f),
         toml::Value::Boolean(b) => ProtoKind::Bool(*b),
         other => ProtoKind::Str(other.to_string()),
     };
-    out.insert(prefix.to_string(), ProtoValue { kind: Some(kind) });
+    ProtoValue { kind: Some(kind) }
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp.

@@ -104,39 +104,19 @@ pub fn config_params(toml_text: &str) -> Result<Vec<KeyValue>, String> {
     let table: toml::Table = toml_text
         .parse()
         .map_err(|e| format!("config is not TOML: {e}"))?;
-    let mut out = Vec::new();
-    flatten("", &toml::Value::Table(table), &mut out);
-    Ok(out)
-}
-
-fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<KeyValue>) {
-    let join = |k: &str| {
-        if prefix.is_empty() {
-            k.to_string()
-        } else {
-            format!("{prefix}.{k}")
-        }
-    };
-    let value = match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                flatten(&join(k), v, out);
+    Ok(codex_core::config::leaves(&table, true)
+        .into_iter()
+        .map(|(key, v)| {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            KeyValue {
+                key,
+                value: clip(&value, limits::PARAM_VALUE),
             }
-            return;
-        }
-        toml::Value::Array(items) if !items.is_empty() => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(&join(&i.to_string()), v, out);
-            }
-            return;
-        }
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    out.push(KeyValue {
-        key: prefix.to_string(),
-        value: clip(&value, limits::PARAM_VALUE),
-    });
+        })
+        .collect())
 }
 
 /// MLflow's run status for how a segment ended.

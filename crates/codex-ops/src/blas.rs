@@ -1,8 +1,9 @@
 //! An optional OpenBLAS for the large f32 products of the fused ops, loaded at run time.
 //!
-//! The `gemm` crate (candle's kernels, and the default here) reaches ~100–200 GFLOP/s on
-//! training shapes with a small inner dimension (k = 128–576) on a 2-core AVX-512 machine, where
-//! OpenBLAS 0.3.3x reaches ~270–320 (`bash benches/gemm_blas.sh`). OpenBLAS is loaded with
+//! Measured on the 2-core AVX-512 development machine, OpenBLAS 0.3.34 beat the `gemm` crate
+//! (candle's kernels, the default here) on isolated products at the training shapes, but inside
+//! a training step both ran at ~200 GFLOP/s and end-to-end runs were within noise; compare on
+//! another CPU with `BLAS=wheel bash benches/compare_train.sh`. OpenBLAS is loaded with
 //! `dlopen` (libloading) rather than linked so the default build needs no BLAS installed and
 //! one binary serves every machine: Debian's `libopenblas0`, or the self-contained
 //! `libscipy_openblas.so` of the PyPI wheel `scipy-openblas32` (its symbols carry a `scipy_`

@@ -62,3 +62,28 @@ fn strided_first_gradients_are_stored_contiguous() -> Result<()> {
     assert_eq!(vec(ga)?, want);
     Ok(())
 }
+
+#[test]
+fn a_bf16_variable_widened_twice_gets_the_sum_of_both_gradients_in_bf16() -> Result<()> {
+    // codex widens bf16 parameters to f32 on use (a `to_dtype` node per use); the patch routes
+    // that node's backward through `accumulate` too (upstream: a zero-filled bf16 tensor plus a
+    // bf16 add per parameter per step). A tied weight is widened at two places.
+    use candle_core::DType;
+    let w =
+        Var::from_tensor(&Tensor::new(&[1f32, -2., 0.5], &Device::Cpu)?.to_dtype(DType::BF16)?)?;
+    let a = w.as_tensor().to_dtype(DType::F32)?;
+    let b = w.as_tensor().to_dtype(DType::F32)?;
+    let y = ((&a * 3.0)? + (&b * &b)?)?;
+    let g = y.sum_all()?.backward()?;
+    let gw = g.get(&w).unwrap();
+    assert_eq!(gw.dtype(), DType::BF16);
+    // d/dw = 3 + 2w, exact in bf16 for these values.
+    assert_eq!(vec(&gw.to_dtype(DType::F32)?)?, [5., -1., 4.]);
+    // A variable's first gradient is its own copy, not the cast's output shared elsewhere.
+    let single = w.as_tensor().to_dtype(DType::F32)?.sum_all()?.backward()?;
+    assert_eq!(
+        vec(&single.get(&w).unwrap().to_dtype(DType::F32)?)?,
+        [1., 1., 1.]
+    );
+    Ok(())
+}

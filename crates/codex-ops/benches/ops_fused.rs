@@ -1,7 +1,7 @@
 //! Fused codex-ops kernels vs the plain candle compositions they replace, forward + backward at
 //! the shapes of the gpt-small benchmark (batch 16, context 128, d=128, 4 heads, vocab 256), a
 //! frozen (LoRA base) linear and the Llama block's RMSNorm, SwiGLU and grouped-query RoPE
-//! attention at SmolLM2-135M's shapes, and
+//! attention and the LM head fused with the loss at SmolLM2-135M's shapes, and
 //! the fused AdamW vs `candle_nn::AdamW` on 262k parameters (PERFORMANCE.md's probe).
 //!
 //!     cargo bench -p codex-ops --bench ops_fused
@@ -141,6 +141,22 @@ fn ops(c: &mut Criterion) {
             &[2048, 256],
             &|x| codex_ops::cross_entropy(x, &t),
             &|x| candle_nn::loss::cross_entropy(x, &t),
+        )?;
+        // SmolLM2-135M's tied LM head under LoRA (frozen, [49152, 576]) and the loss over
+        // batch 4 x context 128: fused (logits a chunk of rows at a time, gradients in the same
+        // pass) vs the frozen linear's full logits, then the cross-entropy.
+        let w = (rand(&[49_152, 576], 12)? * 0.05)?;
+        let t: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % 49_152).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
+        pair(
+            c,
+            "linear_cross_entropy 512x576 -> 49152 (frozen head)",
+            &[512, 576],
+            &|x| codex_ops::linear_cross_entropy(x, &w, &t, true),
+            &|x| {
+                let logits = codex_ops::frozen_linear(x, &w, None, codex_ops::WeightLayout::OutIn)?;
+                codex_ops::cross_entropy(&logits, &t)
+            },
         )?;
         Ok(())
     };

@@ -52,4 +52,6 @@ pub use llama::{
 };
 pub use norm::{layer_norm, layer_norm_reference};
 pub use softmax::{causal_softmax, causal_softmax_reference};
-pub use xent::{cross_entropy, cross_entropy_reference};
+pub use xent::{
+    cross_entropy, cross_entropy_reference, linear_cross_entropy, linear_cross_entropy_reference,
+};

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::matmul::{View, gemm_into};
 use crate::simd::{self, with_avx2};
 use crate::util::{ROWS_PER_TASK, cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 
@@ -151,6 +152,256 @@ pub fn cross_entropy_reference(logits: &Tensor, targets: &Tensor) -> Result<Tens
     picked.mean_all()?.neg()
 }
 
+/// Logits computed per chunk of rows are at most this large (32 MiB of f32): the LM head of a
+/// 49,152-token vocabulary over 512 tokens would otherwise be a 100 MB logits tensor plus a
+/// 100 MB gradient, allocated (and page-faulted) every step.
+const LOGITS_CHUNK_FLOATS: usize = 8 << 20;
+
+/// Rows per chunk of at most `floats` logits for a vocabulary of `v`: a multiple of 64 (the
+/// GEMM's AVX-512 row block) when at least 64 fit, else of [`ROWS_PER_TASK`] when that many fit
+/// (so the per-row-group loss partials are those of [`cross_entropy`]); never more than `n`.
+fn chunk_rows(n: usize, v: usize, floats: usize) -> usize {
+    let c = (floats / v.max(1)).max(1);
+    let c = match c {
+        64.. => c / 64 * 64,
+        ROWS_PER_TASK.. => c / ROWS_PER_TASK * ROWS_PER_TASK,
+        _ => c,
+    };
+    c.min(n).max(1)
+}
+
+/// Gradients of [`linear_cross_entropy`] for an upstream gradient of 1, computed in the forward
+/// (the loss is the end of the graph, so nothing downstream can change them) and handed out by
+/// the backward, scaled.
+type XentGrads = (Option<Tensor>, Option<Tensor>);
+
+struct LinearCrossEntropy {
+    targets: Vec<u32>,
+    need_dx: bool,
+    need_dw: bool,
+    chunk_floats: usize,
+    grads: std::sync::Mutex<Option<XentGrads>>,
+}
+
+fn head_dims(h: &Shape, w: &Shape, n_targets: usize) -> Result<(usize, usize, usize)> {
+    match (h.dims(), w.dims()) {
+        (&[n, d], &[v, d2]) if d == d2 && n == n_targets && n > 0 && v > 0 => Ok((n, d, v)),
+        (h, w) => bail!(
+            "linear_cross_entropy: expected hidden (N, D), weight (V, D) and N > 0 targets, got \
+             {h:?}, {w:?} and {n_targets} targets"
+        ),
+    }
+}
+
+impl CustomOp2 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "codex-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d, v) = head_dims(l1.shape(), l2.shape(), self.targets.len())?;
+        let h = f32_slice(s1, l1, "linear_cross_entropy (hidden)")?;
+        let w = f32_slice(s2, l2, "linear_cross_entropy (weight)")?;
+        let threads = rayon::current_num_threads();
+        let c = chunk_rows(n, v, self.chunk_floats);
+        let grads = self.need_dx || self.need_dw;
+        let inv_n = 1.0 / n as f32;
+        // One logits buffer for every chunk; the GEMM writes all of it before it is read.
+        let mut logits: Vec<f32> = Vec::with_capacity(c * v);
+        let mut dx: Vec<f32> = Vec::with_capacity(if self.need_dx { n * d } else { 0 });
+        let mut dw: Vec<f32> = Vec::with_capacity(if self.need_dw { v * d } else { 0 });
+        let wt = View::rows(0, v, d, d).t();
+        let mut partials: Vec<f64> = Vec::with_capacity(n.div_ceil(ROWS_PER_TASK));
+        for r0 in (0..n).step_by(c) {
+            let m = c.min(n - r0);
+            let hv = View::rows(r0 * d, m, d, d);
+            gemm_into(
+                logits.as_mut_ptr(),
+                c * v,
+                View::rows(0, m, v, v),
+                h,
+                hv,
+                w,
+                wt,
+                1.0,
+                false,
+                threads,
+            );
+            // SAFETY: capacity c·v ≥ m·v, and with `accumulate = false` the GEMM wrote every one
+            // of the first m·v elements (see `gemm_new`).
+            unsafe { logits.set_len(m * v) };
+            let t = &self.targets[r0..r0 + m];
+            // Per row: the loss, and with gradients dlogits = (softmax − onehot) / N in place.
+            let chunk: Vec<f64> = logits
+                .par_chunks_mut(v * ROWS_PER_TASK)
+                .zip(t.par_chunks(ROWS_PER_TASK))
+                .map(|(x, t)| {
+                    with_avx2(
+                        #[inline(always)]
+                        || {
+                            let mut acc = 0f64;
+                            for (x, &t) in x.chunks_exact_mut(v).zip(t) {
+                                let t = check_target(t, v)?;
+                                let lse = log_sum_exp(x);
+                                acc += f64::from(lse - x[t]);
+                                if grads {
+                                    for e in x.iter_mut() {
+                                        *e = simd::exp(*e - lse) * inv_n;
+                                    }
+                                    x[t] -= inv_n;
+                                }
+                            }
+                            Ok(acc)
+                        },
+                    )
+                })
+                .collect::<Result<_>>()?;
+            partials.extend(chunk);
+            let gv = View::rows(0, m, v, v);
+            if self.need_dx {
+                // dx rows r0..r0+m = dlogits · W.
+                gemm_into(
+                    dx.as_mut_ptr(),
+                    n * d,
+                    View::rows(r0 * d, m, d, d),
+                    &logits,
+                    gv,
+                    w,
+                    View::rows(0, v, d, d),
+                    1.0,
+                    false,
+                    threads,
+                );
+            }
+            if self.need_dw {
+                // dW (+)= dlogitsᵀ · h, accumulated over the chunks in order.
+                gemm_into(
+                    dw.as_mut_ptr(),
+                    v * d,
+                    View::rows(0, v, d, d),
+                    &logits,
+                    gv.t(),
+                    h,
+                    hv,
+                    1.0,
+                    r0 > 0,
+                    threads,
+                );
+            }
+        }
+        let total: f64 = partials.iter().sum(); // row-group order: reproducible
+        if grads {
+            // SAFETY: the dx GEMMs wrote rows 0..n (every chunk, accumulate = false), and the
+            // first dW GEMM (r0 = 0, accumulate = false) wrote all of dW before later ones added.
+            unsafe {
+                if self.need_dx {
+                    dx.set_len(n * d);
+                }
+                if self.need_dw {
+                    dw.set_len(v * d);
+                }
+            }
+            let dx = self
+                .need_dx
+                .then(|| cpu_tensor(dx, l1.shape()))
+                .transpose()?;
+            let dw = self
+                .need_dw
+                .then(|| cpu_tensor(dw, l2.shape()))
+                .transpose()?;
+            *self.grads.lock().unwrap_or_else(|e| e.into_inner()) = Some((dx, dw));
+        }
+        Ok((
+            CpuStorage::F32(vec![(total / n as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        _w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some((dx, dw)) = self.grads.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            bail!("linear_cross_entropy: backward of a loss built without gradients (grad = false)")
+        };
+        let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let scale = |t: Option<Tensor>| match t {
+            Some(t) if g != 1.0 => t.affine(f64::from(g), 0.0).map(Some),
+            t => Ok(t),
+        };
+        Ok((scale(dx)?, scale(dw)?))
+    }
+}
+
+/// Mean cross-entropy of the logits `h · Wᵀ` (`h` `(N, D)`, the LM head `W` `(V, D)`, as
+/// `nn.Linear` stores it) against `targets` (N, u32), without materializing the `(N, V)` logits:
+/// on CPU f32 they are computed a chunk of rows at a time (at most 32 MiB), and with `grad` the
+/// gradients are computed in the same pass — `dx = dlogits · W` per chunk, `dW = Σ dlogitsᵀ · h`
+/// over the chunks in order, only for the inputs that track gradients (a frozen head gets none) —
+/// and handed out, scaled, by the backward. For a 49,152-token vocabulary this removes two
+/// 100 MB buffers per step of 512 tokens. The loss equals [`cross_entropy`] over
+/// [`crate::linear_no_bias`]'s logits bit for bit (same GEMM per row, same per-row sums, summed
+/// in the same order). Elsewhere, or without `grad`, the composition (without `grad` on CPU:
+/// chunked, loss only).
+pub fn linear_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    grad: bool,
+) -> Result<Tensor> {
+    linear_cross_entropy_chunked(h, w, targets, grad, LOGITS_CHUNK_FLOATS)
+}
+
+fn linear_cross_entropy_chunked(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    grad: bool,
+    chunk_floats: usize,
+) -> Result<Tensor> {
+    let n_targets = match targets.dims() {
+        &[n] => n,
+        d => bail!("linear_cross_entropy: expected targets (N), got {d:?}"),
+    };
+    head_dims(h.shape(), w.shape(), n_targets)?;
+    if is_cpu_f32(h) && is_cpu_f32(w) && targets.device().is_cpu() && targets.dtype() == DType::U32
+    {
+        let op = LinearCrossEntropy {
+            targets: targets.to_vec1::<u32>()?,
+            need_dx: grad && h.track_op(),
+            need_dw: grad && w.track_op(),
+            chunk_floats,
+            grads: std::sync::Mutex::new(None),
+        };
+        if grad {
+            h.contiguous()?.apply_op2(&w.contiguous()?, op)
+        } else {
+            h.detach()
+                .contiguous()?
+                .apply_op2_no_bwd(&w.detach().contiguous()?, &op)
+        }
+    } else {
+        cross_entropy(&h.matmul(&w.t()?)?, targets)
+    }
+}
+
+/// The composition [`linear_cross_entropy`] replaces: the full logits, then [`cross_entropy`].
+pub fn linear_cross_entropy_reference(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    cross_entropy(
+        &crate::linear_no_bias(h, w, crate::WeightLayout::OutIn)?,
+        targets,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +435,69 @@ mod tests {
         let err = cross_entropy(&x, &t).unwrap_err();
         assert!(err.to_string().contains("target id 4"), "{err}");
         Ok(())
+    }
+
+    /// The fused head + loss against the composition it replaces (full logits through
+    /// `linear_no_bias`, then `cross_entropy`): loss bit for bit, gradients within f32 rounding,
+    /// for one chunk and for several (with a ragged last chunk), a frozen and a trainable head,
+    /// and an upstream gradient other than 1.
+    #[test]
+    fn linear_cross_entropy_matches_the_composition() -> Result<()> {
+        let (n, d, v) = (70, 24, 300);
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 11) % v as u32).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
+        // 70 rows: one chunk; 16·300 floats: chunks of 16 rows (the last one 6).
+        for chunk in [LOGITS_CHUNK_FLOATS, 16 * v] {
+            for frozen in [false, true] {
+                let h = Var::from_tensor(&rand(3, &[n, d], 1.0)?)?;
+                let w = Var::from_tensor(&rand(4, &[v, d], 0.5)?)?;
+                let wt = if frozen {
+                    w.as_tensor().detach()
+                } else {
+                    w.as_tensor().clone()
+                };
+                let fused = linear_cross_entropy_chunked(h.as_tensor(), &wt, &t, true, chunk)?;
+                let reference = linear_cross_entropy_reference(h.as_tensor(), &wt, &t)?;
+                assert_eq!(
+                    fused.to_scalar::<f32>()?.to_bits(),
+                    reference.to_scalar::<f32>()?.to_bits(),
+                    "loss, chunk {chunk}, frozen {frozen}"
+                );
+                let g1 = (fused * 0.25)?.backward()?;
+                let g2 = (reference * 0.25)?.backward()?;
+                assert_close(g1.get(&h).unwrap(), g2.get(&h).unwrap(), 1e-6, "dx")?;
+                if frozen {
+                    assert!(g1.get(&w).is_none(), "a frozen head got a gradient");
+                } else {
+                    assert_close(g1.get(&w).unwrap(), g2.get(&w).unwrap(), 1e-6, "dW")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_cross_entropy_without_grad_is_the_loss_alone() -> Result<()> {
+        let h = Var::from_tensor(&rand(5, &[9, 8], 1.0)?)?;
+        let w = rand(6, &[40, 8], 1.0)?;
+        let t = Tensor::new(&[1u32, 2, 3, 4, 5, 6, 7, 8, 39], &Device::Cpu)?;
+        let a = linear_cross_entropy(h.as_tensor(), &w, &t, false)?;
+        let b = linear_cross_entropy_reference(h.as_tensor(), &w, &t)?;
+        assert_eq!(a.to_scalar::<f32>()?, b.to_scalar::<f32>()?);
+        assert!(!a.track_op(), "an evaluation loss must not hold a graph");
+        let bad = Tensor::new(&[40u32; 9], &Device::Cpu)?;
+        let err = linear_cross_entropy(h.as_tensor(), &w, &bad, true).unwrap_err();
+        assert!(err.to_string().contains("target id 40"), "{err}");
+        let err = linear_cross_entropy(h.as_tensor(), &w.t()?, &t, true).unwrap_err();
+        assert!(err.to_string().contains("expected hidden (N, D)"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_are_row_blocks_that_fit() {
+        assert_eq!(chunk_rows(512, 49_152, LOGITS_CHUNK_FLOATS), 128);
+        assert_eq!(chunk_rows(2048, 256, LOGITS_CHUNK_FLOATS), 2048);
+        assert_eq!(chunk_rows(100, 300, 16 * 300), 16);
+        assert_eq!(chunk_rows(5, 1 << 30, LOGITS_CHUNK_FLOATS), 1);
     }
 }

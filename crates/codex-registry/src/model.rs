@@ -140,6 +140,23 @@ impl Model {
         self.arch.forward(input_ids, &self.fwd(train))
     }
 
+    /// A causal LM's mean next-token cross-entropy of `input_ids` `[B, T]` against `targets`
+    /// `[B, T]` (u32), as a scalar tensor. The LM head and the loss are one op
+    /// (`codex_ops::linear_cross_entropy`): the `[B·T, V]` logits are never materialized, and
+    /// with `train` (dropout on, gradients wanted) the head's gradients are computed in the same
+    /// pass. Equal to `cross_entropy(forward(..))` (the same GEMMs and per-row sums).
+    pub fn loss(&self, input_ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_ids(input_ids)?;
+        let (h, head) = self.arch.hidden(input_ids, &self.fwd(train))?;
+        let (b, t, d) = h.dims3()?;
+        Ok(codex_ops::linear_cross_entropy(
+            &h.reshape((b * t, d))?,
+            &head,
+            &targets.flatten_all()?,
+            train,
+        )?)
+    }
+
     /// Causal LM logits `[B, T, V]` for `input_ids` at positions `cache.len()..`, reusing the
     /// cached keys and values of the earlier positions and appending the new ones
     /// (inference: no dropout). An empty cache gives the same logits as [`Model::forward`].

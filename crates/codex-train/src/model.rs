@@ -11,6 +11,12 @@ use candle_core::{DType, Device, Tensor, Var};
 pub trait TrainModel {
     /// Logits for `ids`; `train` enables dropout.
     fn forward(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+    /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`, u32) as
+    /// a scalar; `train` enables dropout. This default goes through [`TrainModel::forward`]'s
+    /// logits; the registry's causal LMs fuse the LM head with the loss instead.
+    fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        loss_from_logits(&self.forward(ids, train)?, targets)
+    }
     /// The parameters the optimizer updates, with stable names (HF names, or LoRA adapter names).
     fn named_trainable(&self) -> Vec<(String, Var)>;
     /// The tensors a checkpoint's `model.safetensors` holds (for LoRA: the adapter only).
@@ -132,6 +138,19 @@ pub fn build_model(
     Ok(Box::new(RegistryModel(model)))
 }
 
+/// Mean cross-entropy of logits `[batch, time, vocab]` (any float dtype, computed in f32)
+/// against `targets` `[batch, time]`.
+pub fn loss_from_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let (bs, t, v) = logits.dims3()?;
+    let flat = logits.reshape((bs * t, v))?;
+    let flat = if flat.dtype() == DType::F32 {
+        flat
+    } else {
+        flat.to_dtype(DType::F32)?
+    };
+    codex_ops::cross_entropy(&flat, &targets.flatten_all()?)
+}
+
 /// The registry's model as a [`TrainModel`].
 pub struct RegistryModel(pub codex_registry::Model);
 
@@ -142,6 +161,14 @@ impl TrainModel for RegistryModel {
     fn forward(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.0
             .forward(ids, train)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+    fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if !self.0.is_causal_lm() {
+            return loss_from_logits(&self.forward(ids, train)?, targets);
+        }
+        self.0
+            .loss(ids, targets, train)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
     fn named_trainable(&self) -> Vec<(String, candle_core::Var)> {

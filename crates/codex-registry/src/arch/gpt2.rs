@@ -92,6 +92,11 @@ impl Gpt2 {
 
 impl Architecture for Gpt2 {
     fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (h, head) = self.hidden(ids, f)?;
+        lm_head(&h, &head, f)
+    }
+
+    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
         let (_, t) = ids.dims2()?;
         let wte = f.w(&self.wte);
         let pos = f.w(&self.wpe).narrow(0, 0, t)?;
@@ -130,7 +135,7 @@ impl Architecture for Gpt2 {
             Some(w) => f.w(w),
             None => wte,
         };
-        lm_head(&h, &head, f)
+        Ok((h, head))
     }
 
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {

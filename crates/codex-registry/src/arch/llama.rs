@@ -103,6 +103,11 @@ impl Llama {
 
 impl Architecture for Llama {
     fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (h, head) = self.hidden(ids, f)?;
+        lm_head(&h, &head, f)
+    }
+
+    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let emb = f.w(&self.embed);
         let mut h = embed(&emb, ids)?;
@@ -159,7 +164,7 @@ impl Architecture for Llama {
             Some(w) => f.w(w),
             None => emb,
         };
-        lm_head(&h, &head, f)
+        Ok((h, head))
     }
 
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {

@@ -20,6 +20,15 @@ pub(crate) trait Architecture: Send + Sync {
     /// `[B, T, H]` with every token attended.
     fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor>;
 
+    /// A causal LM's last hidden state `[B, T, D]` (after the final norm) and the LM head
+    /// weight `[V, D]` its logits come from — what [`Architecture::forward`] multiplies — so the
+    /// loss can fuse the head with the cross-entropy.
+    fn hidden(&self, _ids: &Tensor, _f: &Fwd) -> Result<(Tensor, Tensor)> {
+        Err(RegistryError::Invalid(
+            "this architecture is not a causal language model; it has no LM loss".into(),
+        ))
+    }
+
     /// Causal LM logits `[B, T, V]` for `ids` at positions `cache.len()..`, attending to the
     /// cached keys and values and appending the new ones (inference only: no dropout).
     fn forward_cached(&self, _ids: &Tensor, _cache: &mut KvCache, _f: &Fwd) -> Result<Tensor> {

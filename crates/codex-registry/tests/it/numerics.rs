@@ -185,3 +185,65 @@ fn minilm_sentence_embeddings_match_reference() {
         .unwrap();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5));
 }
+
+/// `Model::loss` fuses the LM head with the cross-entropy (`codex_ops::linear_cross_entropy`):
+/// the same loss, bit for bit, as `cross_entropy` over `forward`'s logits, and the same
+/// gradients within f32 rounding — for a trainable head (full fine-tune) and, under LoRA, a
+/// frozen one that gets no gradient.
+#[test]
+fn fused_lm_loss_equals_the_loss_of_the_logits() {
+    for (base, lora) in [
+        ("gpt2-tiny", false),
+        ("llama-tiny", false),
+        ("llama-tiny", true),
+    ] {
+        let mut m = load(base);
+        if lora {
+            load_adapter(&mut m, &fixture(&format!("{base}-lora"))).unwrap();
+        }
+        let all = ids(&expected(base)["input_ids"]);
+        let t = all.dim(1).unwrap();
+        let (x, y) = (
+            all.narrow(1, 0, t - 1).unwrap(),
+            all.narrow(1, 1, t - 1).unwrap(),
+        );
+        let fused = m.loss(&x, &y, true).unwrap();
+        let logits = m.forward(&x, true).unwrap();
+        let (b, t, v) = logits.dims3().unwrap();
+        let reference = codex_ops::cross_entropy(
+            &logits.reshape((b * t, v)).unwrap(),
+            &y.flatten_all().unwrap(),
+        )
+        .unwrap();
+        let (lf, lr) = (
+            fused.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        assert_eq!(
+            lf.to_bits(),
+            lr.to_bits(),
+            "{base} lora={lora}: {lf} vs {lr}"
+        );
+        let (gf, gr) = (fused.backward().unwrap(), reference.backward().unwrap());
+        let trainable = m.named_trainable();
+        assert!(!trainable.is_empty());
+        for (name, var) in trainable {
+            let (a, r) = (gf.get(&var).unwrap(), gr.get(&var).unwrap());
+            let scale = r
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(a, r);
+            assert!(
+                d <= 1e-5 * scale.max(1e-3),
+                "{base} lora={lora} {name}: {d} (max {scale})"
+            );
+        }
+        // Evaluation: the loss alone, no graph.
+        let eval = m.loss(&x, &y, false).unwrap();
+        assert!(!eval.track_op());
+    }
+}

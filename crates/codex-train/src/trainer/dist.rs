@@ -48,15 +48,7 @@ pub(super) fn accumulate(
             tr.batch_size,
             &live.device,
         )?;
-        let logits = live.model.forward(&b.inputs, true)?;
-        let (bs, t, v) = logits.dims3()?;
-        let flat = logits.reshape((bs * t, v))?;
-        let flat = if flat.dtype() == DType::F32 {
-            flat
-        } else {
-            flat.to_dtype(DType::F32)?
-        };
-        let loss = codex_ops::cross_entropy(&flat, &b.targets.flatten_all()?)?;
+        let loss = live.model.loss(&b.inputs, &b.targets, true)?;
         losses.push(f64::from(loss.to_scalar::<f32>()?));
         let scaled = if micro > 1 {
             (loss / micro as f64)?

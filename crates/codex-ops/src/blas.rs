@@ -96,22 +96,16 @@ const GENERIC_CORES: &[&str] = &[
 /// Loading the same path again returns the same info; a different one is an error.
 pub fn load(path: &Path) -> Result<BlasInfo, BlasError> {
     let wanted = path.display().to_string();
-    if let Some(b) = BLAS.get() {
-        return if b.info.path == wanted {
-            Ok(b.info.clone())
-        } else {
-            Err(BlasError(format!(
-                "{} is already loaded; one BLAS per process",
-                b.info.path
-            )))
-        };
-    }
-    let blas = open(path)?;
-    let info = blas.info.clone();
-    // A concurrent first load of the same path may have won; either way one library is active.
-    let active = BLAS.get_or_init(|| blas);
+    let active = match BLAS.get() {
+        Some(b) => b,
+        None => {
+            let blas = open(path)?;
+            // A concurrent first load may have won; either way one library is active.
+            BLAS.get_or_init(|| blas)
+        }
+    };
     if active.info.path == wanted {
-        Ok(info)
+        Ok(active.info.clone())
     } else {
         Err(BlasError(format!(
             "{} is already loaded; one BLAS per process",

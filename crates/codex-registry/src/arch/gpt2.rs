@@ -90,36 +90,39 @@ impl Gpt2 {
     }
 }
 
-impl Architecture for Gpt2 {
-    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.hidden(ids, f)?;
-        lm_head(&h, &head, f)
-    }
-
-    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
+impl Gpt2 {
+    /// The last hidden state (after `ln_f`) and the LM head weight for `ids`; with a cache, at
+    /// positions `cache.len()..`, attending to the cached keys and values and appending the new
+    /// ones (one path for training, evaluation and generation).
+    fn run(
+        &self,
+        ids: &Tensor,
+        f: &Fwd,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
         let (_, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
         let wte = f.w(&self.wte);
-        let pos = f.w(&self.wpe).narrow(0, 0, t)?;
+        let pos = f.w(&self.wpe).narrow(0, offset, t)?;
         let mut h = embed(&wte, ids)?.broadcast_add(&pos)?;
         h = f.dropout(&h, self.cfg.embd_pdrop)?;
         let heads = self.cfg.n_head;
         let d = self.cfg.n_embd;
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let a = blk.ln_1.forward(&h, f)?;
             let qkv = blk.c_attn.forward(&a, f)?;
-            let y = if f.train && self.cfg.attn_pdrop > 0.0 {
-                // Dropout on the attention probabilities needs them materialised.
+            let y = if cache.is_some() || (f.train && self.cfg.attn_pdrop > 0.0) {
+                // With a cache, or with dropout on the attention probabilities (which needs
+                // them materialised), the heads one by one.
                 let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, heads)?;
                 let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, heads)?;
                 let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, heads)?;
-                merge_heads(&attention(
-                    &q,
-                    &k,
-                    &v,
-                    Mask::Causal,
-                    self.cfg.attn_pdrop,
-                    f,
-                )?)?
+                let (k, v) = match cache.as_deref_mut() {
+                    Some(c) => c.append(i, k, v)?,
+                    None => (k, v),
+                };
+                let p = self.cfg.attn_pdrop;
+                merge_heads(&attention(&q, &k, &v, Mask::Causal, p, f)?)?
             } else {
                 ops::causal_attention(&qkv, heads)?
             };
@@ -130,6 +133,9 @@ impl Architecture for Gpt2 {
             let m = blk.mlp_proj.forward(&m, f)?;
             h = (h + f.dropout(&m, self.cfg.resid_pdrop)?)?;
         }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
         let h = self.ln_f.forward(&h, f)?;
         let head = match &self.lm_head {
             Some(w) => f.w(w),
@@ -137,34 +143,20 @@ impl Architecture for Gpt2 {
         };
         Ok((h, head))
     }
+}
+
+impl Architecture for Gpt2 {
+    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (h, head) = self.hidden(ids, f)?;
+        lm_head(&h, &head, f)
+    }
+
+    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
+        self.run(ids, f, None)
+    }
 
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
-        let offset = cache.len();
-        let wte = f.w(&self.wte);
-        let pos = f.w(&self.wpe).narrow(0, offset, t)?;
-        let mut h = embed(&wte, ids)?.broadcast_add(&pos)?;
-        let heads = self.cfg.n_head;
-        let d = self.cfg.n_embd;
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let a = blk.ln_1.forward(&h, f)?;
-            let qkv = blk.c_attn.forward(&a, f)?;
-            let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, heads)?;
-            let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, heads)?;
-            let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, heads)?;
-            let (k, v) = cache.append(i, k, v)?;
-            let y = merge_heads(&attention(&q, &k, &v, Mask::Causal, 0.0, f)?)?;
-            h = (h + blk.attn_proj.forward(&y, f)?)?;
-            let m = blk.ln_2.forward(&h, f)?;
-            let m = self.act(&blk.c_fc.forward(&m, f)?)?;
-            h = (h + blk.mlp_proj.forward(&m, f)?)?;
-        }
-        cache.advance(t);
-        let h = self.ln_f.forward(&h, f)?;
-        let head = match &self.lm_head {
-            Some(w) => f.w(w),
-            None => wte,
-        };
+        let (h, head) = self.run(ids, f, Some(cache))?;
         lm_head(&h, &head, f)
     }
 

@@ -101,35 +101,42 @@ impl Llama {
     }
 }
 
-impl Architecture for Llama {
-    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.hidden(ids, f)?;
-        lm_head(&h, &head, f)
-    }
-
-    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
+impl Llama {
+    /// The last hidden state (after the final norm) and the LM head weight for `ids`; with a
+    /// cache, at positions `cache.len()..`, attending to the cached keys and values and
+    /// appending the new ones (one path for training, evaluation and generation).
+    fn run(
+        &self,
+        ids: &Tensor,
+        f: &Fwd,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
         let emb = f.w(&self.embed);
         let mut h = embed(&emb, ids)?;
-        let (cos, sin) = self.rope_tables(0, t, h.device(), h.dtype())?;
+        let (cos, sin) = self.rope_tables(offset, t, h.device(), h.dtype())?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
             self.cfg.head_dim(),
         );
         let rep = nh / nkv;
+        // Keys and values hold the kv heads once (also in the cache); repeated for the query
+        // heads where the attention is composed.
         let repeat = |x: Tensor| -> Result<Tensor> {
             if rep == 1 {
                 return Ok(x);
             }
+            let s = x.dim(2)?;
             Ok(x.unsqueeze(2)?
-                .expand((b, nkv, rep, t, hd))?
-                .reshape((b, nh, t, hd))?)
+                .expand((b, nkv, rep, s, hd))?
+                .reshape((b, nh, s, hd))?)
         };
-        // Without attention dropout, one fused op (RoPE, shared kv heads and the causal softmax
-        // inside; `codex_ops::rope_attention`) on the projections as they are.
-        let fused = !f.train || self.cfg.attention_dropout <= 0.0;
-        for l in &self.layers {
+        // Without a cache or attention dropout, one fused op (RoPE, shared kv heads and the
+        // causal softmax inside; `codex_ops::rope_attention`) on the projections as they are.
+        let fused = cache.is_none() && (!f.train || self.cfg.attention_dropout <= 0.0);
+        for (i, l) in self.layers.iter().enumerate() {
             let a = l.input_ln.forward(&h, f)?;
             let y = if fused {
                 codex_ops::rope_attention(
@@ -144,20 +151,27 @@ impl Architecture for Llama {
                 let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
                 let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
                 let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
-                let y = attention(
+                let (k, v) = match cache.as_deref_mut() {
+                    Some(c) => c.append(i, k, v)?,
+                    None => (k, v),
+                };
+                let p = self.cfg.attention_dropout;
+                merge_heads(&attention(
                     &q,
                     &repeat(k)?,
                     &repeat(v)?,
                     Mask::Causal,
-                    self.cfg.attention_dropout,
+                    p,
                     f,
-                )?;
-                merge_heads(&y)?
+                )?)?
             };
             h = (h + l.o.forward(&y, f)?)?;
             let m = l.post_ln.forward(&h, f)?;
             let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
             h = (h + l.down.forward(&m, f)?)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         let h = self.norm.forward(&h, f)?;
         let head = match &self.lm_head {
@@ -166,47 +180,20 @@ impl Architecture for Llama {
         };
         Ok((h, head))
     }
+}
+
+impl Architecture for Llama {
+    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (h, head) = self.hidden(ids, f)?;
+        lm_head(&h, &head, f)
+    }
+
+    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
+        self.run(ids, f, None)
+    }
 
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let offset = cache.len();
-        let emb = f.w(&self.embed);
-        let mut h = embed(&emb, ids)?;
-        let (cos, sin) = self.rope_tables(offset, t, h.device(), h.dtype())?;
-        let (nh, nkv, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.kv_heads(),
-            self.cfg.head_dim(),
-        );
-        let rep = nh / nkv;
-        // The cache holds the kv heads once; they are repeated for the query heads per step.
-        let repeat = |x: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(x);
-            }
-            let s = x.dim(2)?;
-            Ok(x.unsqueeze(2)?
-                .expand((b, nkv, rep, s, hd))?
-                .reshape((b, nh, s, hd))?)
-        };
-        for (i, l) in self.layers.iter().enumerate() {
-            let a = l.input_ln.forward(&h, f)?;
-            let q = ops::rope(&split_heads(&l.q.forward(&a, f)?, nh)?, &cos, &sin)?;
-            let k = ops::rope(&split_heads(&l.k.forward(&a, f)?, nkv)?, &cos, &sin)?;
-            let v = split_heads(&l.v.forward(&a, f)?, nkv)?;
-            let (k, v) = cache.append(i, k, v)?;
-            let y = attention(&q, &repeat(k)?, &repeat(v)?, Mask::Causal, 0.0, f)?;
-            h = (h + l.o.forward(&merge_heads(&y)?, f)?)?;
-            let m = l.post_ln.forward(&h, f)?;
-            let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
-            h = (h + l.down.forward(&m, f)?)?;
-        }
-        cache.advance(t);
-        let h = self.norm.forward(&h, f)?;
-        let head = match &self.lm_head {
-            Some(w) => f.w(w),
-            None => emb,
-        };
+        let (h, head) = self.run(ids, f, Some(cache))?;
         lm_head(&h, &head, f)
     }
 

@@ -6,7 +6,7 @@ use crate::arch::{self, Architecture};
 use crate::config::{ArchConfig, LoraConfig};
 use crate::error::{RegistryError, Result};
 use crate::kv::KvCache;
-use crate::nn::{DropoutGen, Fwd, Linear};
+use crate::nn::{DropoutGen, Fwd, Linear, lm_head};
 use crate::params::Builder;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
@@ -147,7 +147,7 @@ impl Model {
     /// pass. Equal to `cross_entropy(forward(..))` (the same GEMMs and per-row sums).
     pub fn loss(&self, input_ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         self.check_ids(input_ids)?;
-        let (h, head) = self.arch.hidden(input_ids, &self.fwd(train))?;
+        let (h, head) = self.arch.causal(input_ids, &self.fwd(train), None)?;
         let (b, t, d) = h.dims3()?;
         Ok(codex_ops::linear_cross_entropy(
             &h.reshape((b * t, d))?,
@@ -170,7 +170,9 @@ impl Model {
                 self.max_positions()
             )));
         }
-        self.arch.forward_cached(input_ids, cache, &self.fwd(false))
+        let f = self.fwd(false);
+        let (h, head) = self.arch.causal(input_ids, &f, Some(cache))?;
+        lm_head(&h, &head, &f)
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<()> {

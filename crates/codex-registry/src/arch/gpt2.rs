@@ -4,7 +4,7 @@ use super::Architecture;
 use crate::config::GptConfig;
 use crate::error::Result;
 use crate::kv::KvCache;
-use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads};
+use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, merge_heads, split_heads};
 use crate::ops;
 use crate::params::{Builder, Init};
 use candle_core::{D, Tensor, Var};
@@ -90,11 +90,8 @@ impl Gpt2 {
     }
 }
 
-impl Gpt2 {
-    /// The last hidden state (after `ln_f`) and the LM head weight for `ids`; with a cache, at
-    /// positions `cache.len()..`, attending to the cached keys and values and appending the new
-    /// ones (one path for training, evaluation and generation).
-    fn run(
+impl Architecture for Gpt2 {
+    fn causal(
         &self,
         ids: &Tensor,
         f: &Fwd,
@@ -142,22 +139,6 @@ impl Gpt2 {
             None => wte,
         };
         Ok((h, head))
-    }
-}
-
-impl Architecture for Gpt2 {
-    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.hidden(ids, f)?;
-        lm_head(&h, &head, f)
-    }
-
-    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
-        self.run(ids, f, None)
-    }
-
-    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.run(ids, f, Some(cache))?;
-        lm_head(&h, &head, f)
     }
 
     fn linears(&self) -> Vec<&Linear> {

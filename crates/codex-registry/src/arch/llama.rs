@@ -5,7 +5,7 @@ use super::Architecture;
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::kv::KvCache;
-use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, lm_head, merge_heads, split_heads};
+use crate::nn::{Fwd, Linear, Mask, Norm, attention, embed, merge_heads, split_heads};
 use crate::ops;
 use crate::params::{Builder, Init};
 use candle_core::{DType, Device, Tensor, Var};
@@ -101,11 +101,8 @@ impl Llama {
     }
 }
 
-impl Llama {
-    /// The last hidden state (after the final norm) and the LM head weight for `ids`; with a
-    /// cache, at positions `cache.len()..`, attending to the cached keys and values and
-    /// appending the new ones (one path for training, evaluation and generation).
-    fn run(
+impl Architecture for Llama {
+    fn causal(
         &self,
         ids: &Tensor,
         f: &Fwd,
@@ -179,22 +176,6 @@ impl Llama {
             None => emb,
         };
         Ok((h, head))
-    }
-}
-
-impl Architecture for Llama {
-    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.hidden(ids, f)?;
-        lm_head(&h, &head, f)
-    }
-
-    fn hidden(&self, ids: &Tensor, f: &Fwd) -> Result<(Tensor, Tensor)> {
-        self.run(ids, f, None)
-    }
-
-    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, f: &Fwd) -> Result<Tensor> {
-        let (h, head) = self.run(ids, f, Some(cache))?;
-        lm_head(&h, &head, f)
     }
 
     fn linears(&self) -> Vec<&Linear> {

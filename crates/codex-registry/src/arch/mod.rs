@@ -18,22 +18,26 @@ use std::collections::HashMap;
 pub(crate) trait Architecture: Send + Sync {
     /// Causal LM logits `[B, T, V]` for `[B, T]` u32 ids; an encoder's last hidden state
     /// `[B, T, H]` with every token attended.
-    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor>;
-
-    /// A causal LM's last hidden state `[B, T, D]` (after the final norm) and the LM head
-    /// weight `[V, D]` its logits come from — what [`Architecture::forward`] multiplies — so the
-    /// loss can fuse the head with the cross-entropy.
-    fn hidden(&self, _ids: &Tensor, _f: &Fwd) -> Result<(Tensor, Tensor)> {
-        Err(RegistryError::Invalid(
-            "this architecture is not a causal language model; it has no LM loss".into(),
-        ))
+    fn forward(&self, ids: &Tensor, f: &Fwd) -> Result<Tensor> {
+        let (h, head) = self.causal(ids, f, None)?;
+        crate::nn::lm_head(&h, &head, f)
     }
 
-    /// Causal LM logits `[B, T, V]` for `ids` at positions `cache.len()..`, attending to the
-    /// cached keys and values and appending the new ones (inference only: no dropout).
-    fn forward_cached(&self, _ids: &Tensor, _cache: &mut KvCache, _f: &Fwd) -> Result<Tensor> {
+    /// A causal LM's last hidden state `[B, T, D]` (after the final norm) and the LM head
+    /// weight `[V, D]` its logits come from — so the loss can fuse the head with the
+    /// cross-entropy. With a cache: for `ids` at positions `cache.len()..`, attending to the
+    /// cached keys and values and appending the new ones (inference only: no dropout). One path
+    /// for training, evaluation and generation.
+    fn causal(
+        &self,
+        _ids: &Tensor,
+        _f: &Fwd,
+        _cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
         Err(RegistryError::Invalid(
-            "this architecture is not a causal language model; it cannot generate".into(),
+            "this architecture is not a causal language model: it has no LM head to generate or \
+             train with"
+                .into(),
         ))
     }
 

@@ -387,11 +387,7 @@ fn encode_batches(
     let mut stats = StreamStats::default();
     let json = opts.format == OutputFormat::Json;
     // Ids only: the byte-level BPE fast path where the tokenizer allows it (same ids).
-    let fast = if json {
-        None
-    } else {
-        crate::fast::FastBpe::new(tokenizer)
-    };
+    let fast = Some(crate::fast::Encoder::new(tokenizer)).filter(|e| !json && e.is_fast());
     for batch in rx {
         let batch = batch?;
         if codex_core::signal::interrupted() {
@@ -408,15 +404,11 @@ fn encode_batches(
                     let mut tokens = 0u64;
                     for t in texts {
                         ids.clear();
-                        if !fast.encode_into(t, &mut ids) {
-                            let enc = tokenizer
-                                .encode_fast(t.as_str(), opts.add_special_tokens)
-                                .map_err(|e| TokenizerError::Encode {
-                                    at: at(),
-                                    message: e.to_string(),
-                                })?;
-                            ids.extend_from_slice(enc.get_ids());
-                        }
+                        fast.encode_into(t, opts.add_special_tokens, &mut ids)
+                            .map_err(|e| TokenizerError::Encode {
+                                at: at(),
+                                message: e.to_string(),
+                            })?;
                         tokens += ids.len() as u64;
                         format_ids(&ids, &mut out);
                     }

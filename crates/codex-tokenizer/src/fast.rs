@@ -17,11 +17,10 @@
 //!
 //! Anything outside that configuration is not taken over: [`FastBpe::new`] returns `None`, and a
 //! document that contains an added token's text (a special token such as `<|endoftext|>`) is
-//! encoded by `tokenizers` itself ([`Encoder::encode`] falls back). The regex crate's Unicode
+//! encoded by `tokenizers` itself ([`Encoder::encode_into`] falls back). The regex crate's Unicode
 //! tables may lag or lead Oniguruma's by a Unicode version for newly assigned letters; the
 //! parity tests below compare against `tokenizers` on random Unicode text.
 
-use crate::error::{Result, TokenizerError};
 use foldhash::HashMap;
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -494,15 +493,17 @@ fn next_pretoken(s: &str, i: usize) -> usize {
     if j == s.len() || last == i { j } else { last }
 }
 
-/// A tokenizer with the fast path where it applies and `tokenizers` everywhere else.
-pub struct Encoder {
-    pub tokenizer: Tokenizer,
+/// A tokenizer with the fast path where it applies and `tokenizers` everywhere else: the one
+/// place the fallback is written (`codex tokenizer encode` and `codex train`'s data preparation
+/// both encode through it).
+pub struct Encoder<'a> {
+    pub tokenizer: &'a Tokenizer,
     fast: Option<FastBpe>,
 }
 
-impl Encoder {
-    pub fn new(tokenizer: Tokenizer) -> Encoder {
-        let fast = FastBpe::new(&tokenizer);
+impl<'a> Encoder<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Encoder<'a> {
+        let fast = FastBpe::new(tokenizer);
         Encoder { tokenizer, fast }
     }
 
@@ -511,20 +512,21 @@ impl Encoder {
         self.fast.is_some()
     }
 
-    /// Appends the ids of `text` (no special tokens added) to `out`.
-    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    /// Appends the ids of `text` to `out`. The fast path applies only to tokenizers whose
+    /// post-processor adds nothing ([`FastBpe::new`]), so `add_special_tokens` changes nothing
+    /// there; `tokenizers` handles it everywhere else.
+    pub fn encode_into(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        out: &mut Vec<u32>,
+    ) -> tokenizers::Result<()> {
         if let Some(fast) = &self.fast
             && fast.encode_into(text, out)
         {
             return Ok(());
         }
-        let enc = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| TokenizerError::Encode {
-                at: String::new(),
-                message: e.to_string(),
-            })?;
+        let enc = self.tokenizer.encode_fast(text, add_special_tokens)?;
         out.extend_from_slice(enc.get_ids());
         Ok(())
     }
@@ -677,10 +679,10 @@ mod tests {
         let special = tok.token_to_id("<|x|>").unwrap();
         let mut json: serde_json::Value =
             serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
-        let enc = Encoder::new(tok);
+        let enc = Encoder::new(&tok);
         assert!(enc.is_fast());
         let mut ids = Vec::new();
-        enc.encode_into("hello<|x|>world", &mut ids).unwrap();
+        enc.encode_into("hello<|x|>world", false, &mut ids).unwrap();
         let want = enc.tokenizer.encode("hello<|x|>world", false).unwrap();
         assert_eq!(ids, want.get_ids());
         assert!(ids.contains(&special));

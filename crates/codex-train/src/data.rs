@@ -69,17 +69,17 @@ const ENCODE_BATCH_BYTES: usize = 8 << 20;
 /// The data pipeline's encoder: the byte-level BPE fast path of `codex_tokenizer::fast` where
 /// the tokenizer allows it (ids identical to `tokenizers`), in parallel across documents.
 struct DocumentEncoder<'a> {
-    tokenizer: &'a TextTokenizer,
-    fast: Option<codex_tokenizer::fast::FastBpe>,
+    /// `None` for the byte tokenizer.
+    hf: Option<codex_tokenizer::fast::Encoder<'a>>,
 }
 
 impl<'a> DocumentEncoder<'a> {
     fn new(tokenizer: &'a TextTokenizer) -> Self {
-        let fast = match tokenizer {
-            TextTokenizer::Hf(t) => codex_tokenizer::fast::FastBpe::new(t),
+        let hf = match tokenizer {
+            TextTokenizer::Hf(t) => Some(codex_tokenizer::fast::Encoder::new(t)),
             TextTokenizer::Byte => None,
         };
-        DocumentEncoder { tokenizer, fast }
+        DocumentEncoder { hf }
     }
 
     /// Appends the ids of `docs`, in order, to `out`.
@@ -90,9 +90,11 @@ impl<'a> DocumentEncoder<'a> {
             .map(|d| {
                 let mut ids = Vec::new();
                 let text = d.as_ref();
-                match &self.fast {
-                    Some(fast) if fast.encode_into(text, &mut ids) => {}
-                    _ => self.tokenizer.encode_into(text, &mut ids)?,
+                match &self.hf {
+                    Some(enc) => enc
+                        .encode_into(text, false, &mut ids)
+                        .map_err(|e| Error::Encode(e.to_string()))?,
+                    None => ids.extend(text.bytes().map(u32::from)),
                 }
                 Ok(ids)
             })

@@ -77,22 +77,169 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-/// `s[r0..r1, 0..r1] = scale · q[r0..r1] · k[0..r1]ᵀ`.
-fn scores(s: &mut [f32], dm: &Dims, qkv: &[f32], q: View, k: View, r0: usize, r1: usize) {
-    let sv = View::rows(0, dm.t, dm.t, dm.t).sub(r0, r1, 0, r1);
-    let (n, hd) = (s.len(), dm.hd);
+/// One head's `t × hd` operand: its buffer and where the head lies in it.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub buf: &'a [f32],
+    pub view: View,
+}
+
+/// One head's `t × hd` destination in a buffer shared by parallel tasks (`len` elements at
+/// `ptr`); the caller guarantees that no other task writes `view` meanwhile.
+#[derive(Clone, Copy)]
+pub(crate) struct Dest {
+    pub ptr: SharedMut,
+    pub len: usize,
+    pub view: View,
+}
+
+/// `p[r0..r1, 0..r1] = scale · q[r0..r1] · k[0..r1]ᵀ` (`p` is `t × t`).
+fn scores(p: &mut [f32], t: usize, scale: f32, q: Operand, k: Operand, r0: usize, r1: usize) {
+    let hd = q.view.cols;
+    let n = p.len();
     gemm_into(
-        s.as_mut_ptr(),
+        p.as_mut_ptr(),
         n,
-        sv,
-        qkv,
-        q.sub(r0, r1, 0, hd),
-        qkv,
-        k.sub(0, r1, 0, hd).t(),
-        dm.scale,
+        View::rows(0, t, t, t).sub(r0, r1, 0, r1),
+        q.buf,
+        q.view.sub(r0, r1, 0, hd),
+        k.buf,
+        k.view.sub(0, r1, 0, hd).t(),
+        scale,
         false,
         1,
     );
+}
+
+/// One head's causal attention, `y = softmax(scale · q kᵀ + mask) v`, block by block of query
+/// rows (block `[r0, r1)` only multiplies keys `0..r1`), saving each row's log-sum-exp in `lse`
+/// (`t`) for the backward. `p` is `t × t` scratch.
+pub(crate) fn head_forward(
+    p: &mut [f32],
+    scale: f32,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    y: Dest,
+    lse: &mut [f32],
+) {
+    let (t, hd) = (q.view.rows, q.view.cols);
+    for (r0, r1) in blocks(t) {
+        scores(p, t, scale, q, k, r0, r1);
+        for i in r0..r1 {
+            let row = &mut p[i * t..i * t + r1];
+            let (vis, masked) = row.split_at_mut(i + 1);
+            let max = simd::max(vis);
+            vis.iter_mut().for_each(|x| *x = simd::exp(*x - max));
+            let sum = simd::sum(vis);
+            let inv = 1.0 / sum;
+            vis.iter_mut().for_each(|x| *x *= inv);
+            masked.fill(0.0);
+            lse[i] = max + sum.ln();
+        }
+        // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1].
+        gemm_into(
+            y.ptr.get(),
+            y.len,
+            y.view.sub(r0, r1, 0, hd),
+            p,
+            View::rows(0, t, t, t).sub(r0, r1, 0, r1),
+            v.buf,
+            v.view.sub(0, r1, 0, hd),
+            1.0,
+            false,
+            1,
+        );
+    }
+}
+
+/// The backward of [`head_forward`] for one head: recomputes P from the saved log-sum-exp (as
+/// FlashAttention does), writes dq, and writes (or, with `accumulate_kv`, adds to — several query
+/// heads sharing one kv head) dk and dv. `y` and `dy` are the output and its gradient, laid out
+/// as `y_view` in both buffers; `p` and `ds` are `t × t` scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_backward(
+    (p, ds): (&mut [f32], &mut [f32]),
+    scale: f32,
+    (q, k, v): (Operand, Operand, Operand),
+    (y, dy, y_view): (&[f32], &[f32], View),
+    lse: &[f32],
+    (dq, dk, dv): (Dest, Dest, Dest),
+    accumulate_kv: bool,
+) {
+    let (t, hd) = (q.view.rows, q.view.cols);
+    let full = View::rows(0, t, t, t);
+    for (r0, r1) in blocks(t) {
+        // P again from the saved log-sum-exp, then dP = dY · vᵀ.
+        scores(p, t, scale, q, k, r0, r1);
+        let ds_len = ds.len();
+        gemm_into(
+            ds.as_mut_ptr(),
+            ds_len,
+            full.sub(r0, r1, 0, r1),
+            dy,
+            y_view.sub(r0, r1, 0, hd),
+            v.buf,
+            v.view.sub(0, r1, 0, hd).t(),
+            1.0,
+            false,
+            1,
+        );
+        for i in r0..r1 {
+            let yo = y_view.offset + i * y_view.rs;
+            // Σ_j P_ij dP_ij = dY_i · Y_i (the softmax backward's dot).
+            let dot = simd::dot(&dy[yo..yo + hd], &y[yo..yo + hd]);
+            let prow = &mut p[i * t..i * t + r1];
+            let dsrow = &mut ds[i * t..i * t + r1];
+            let li = lse[i];
+            for (pij, dsij) in prow[..=i].iter_mut().zip(&mut dsrow[..=i]) {
+                *pij = simd::exp(*pij - li);
+                *dsij = scale * *pij * (*dsij - dot);
+            }
+            prow[i + 1..].fill(0.0);
+            dsrow[i + 1..].fill(0.0);
+        }
+        // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
+        gemm_into(
+            dq.ptr.get(),
+            dq.len,
+            dq.view.sub(r0, r1, 0, hd),
+            ds,
+            full.sub(r0, r1, 0, r1),
+            k.buf,
+            k.view.sub(0, r1, 0, hd),
+            1.0,
+            false,
+            1,
+        );
+    }
+    // Keys j0..j1 receive from queries j0..t (entries above the diagonal were zeroed above).
+    for (j0, j1) in blocks(t) {
+        gemm_into(
+            dk.ptr.get(),
+            dk.len,
+            dk.view.sub(j0, j1, 0, hd),
+            ds,
+            full.sub(j0, t, j0, j1).t(),
+            q.buf,
+            q.view.sub(j0, t, 0, hd),
+            1.0,
+            accumulate_kv,
+            1,
+        );
+        gemm_into(
+            dv.ptr.get(),
+            dv.len,
+            dv.view.sub(j0, j1, 0, hd),
+            p,
+            full.sub(j0, t, j0, j1).t(),
+            dy,
+            y_view.sub(j0, t, 0, hd),
+            1.0,
+            accumulate_kv,
+            1,
+        );
+    }
 }
 
 impl CustomOp1 for CausalAttention {
@@ -114,36 +261,15 @@ impl CustomOp1 for CausalAttention {
                 with_avx2(
                     #[inline(always)]
                     || {
+                        // Task (b, h) alone writes the columns of head h in the rows of batch b.
                         let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                        for (r0, r1) in blocks(t) {
-                            scores(p, &dm, qkv, q, k, r0, r1);
-                            for i in r0..r1 {
-                                let row = &mut p[i * t..i * t + r1];
-                                let (vis, masked) = row.split_at_mut(i + 1);
-                                let max = simd::max(vis);
-                                vis.iter_mut().for_each(|x| *x = simd::exp(*x - max));
-                                let sum = simd::sum(vis);
-                                let inv = 1.0 / sum;
-                                vis.iter_mut().for_each(|x| *x *= inv);
-                                masked.fill(0.0);
-                                lse[i] = max + sum.ln();
-                            }
-                            // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1]. Task (b, h) alone writes the
-                            // columns of head h in the rows of batch b.
-                            let pv = View::rows(0, t, t, t).sub(r0, r1, 0, r1);
-                            gemm_into(
-                                yp.get(),
-                                y_len,
-                                yv.sub(r0, r1, 0, dm.hd),
-                                p,
-                                pv,
-                                qkv,
-                                v.sub(0, r1, 0, dm.hd),
-                                1.0,
-                                false,
-                                1,
-                            );
-                        }
+                        let op = |view| Operand { buf: qkv, view };
+                        let y = Dest {
+                            ptr: yp,
+                            len: y_len,
+                            view: yv,
+                        };
+                        head_forward(p, dm.scale, op(q), op(k), op(v), y, lse);
                     },
                 )
             },
@@ -164,7 +290,7 @@ impl CustomOp1 for CausalAttention {
         if lse.len() != dm.b * dm.heads * dm.t {
             bail!("causal_attention backward: the forward pass did not run on the CPU");
         }
-        let (t, hd) = (dm.t, dm.hd);
+        let t = dm.t;
         let op = "causal_attention backward";
         let dqkv = with_f32(arg, op, |qkv| {
             with_f32(res, op, |y| {
@@ -178,82 +304,24 @@ impl CustomOp1 for CausalAttention {
                             with_avx2(
                                 #[inline(always)]
                                 || {
+                                    // Task (b, h) alone writes head h's q, k and v columns of
+                                    // batch b's rows of dqkv.
                                     let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                                    let full = View::rows(0, t, t, t);
-                                    for (r0, r1) in blocks(t) {
-                                        // P again from the saved log-sum-exp, then dP = dY · vᵀ.
-                                        scores(p, &dm, qkv, q, k, r0, r1);
-                                        let ds_len = ds.len();
-                                        gemm_into(
-                                            ds.as_mut_ptr(),
-                                            ds_len,
-                                            full.sub(r0, r1, 0, r1),
-                                            dy,
-                                            yv.sub(r0, r1, 0, hd),
-                                            qkv,
-                                            v.sub(0, r1, 0, hd).t(),
-                                            1.0,
-                                            false,
-                                            1,
-                                        );
-                                        for i in r0..r1 {
-                                            let yo = yv.offset + i * yv.rs;
-                                            // Σ_j P_ij dP_ij = dY_i · Y_i (the softmax backward's dot).
-                                            let dot = simd::dot(&dy[yo..yo + hd], &y[yo..yo + hd]);
-                                            let prow = &mut p[i * t..i * t + r1];
-                                            let dsrow = &mut ds[i * t..i * t + r1];
-                                            let li = lse[i];
-                                            for (pij, dsij) in
-                                                prow[..=i].iter_mut().zip(&mut dsrow[..=i])
-                                            {
-                                                *pij = simd::exp(*pij - li);
-                                                *dsij = dm.scale * *pij * (*dsij - dot);
-                                            }
-                                            prow[i + 1..].fill(0.0);
-                                            dsrow[i + 1..].fill(0.0);
-                                        }
-                                        // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
-                                        gemm_into(
-                                            dp.get(),
-                                            n,
-                                            q.sub(r0, r1, 0, hd),
-                                            ds,
-                                            full.sub(r0, r1, 0, r1),
-                                            qkv,
-                                            k.sub(0, r1, 0, hd),
-                                            1.0,
-                                            false,
-                                            1,
-                                        );
-                                    }
-                                    // Keys j0..j1 receive from queries j0..t (entries above the
-                                    // diagonal were zeroed above).
-                                    for (j0, j1) in blocks(t) {
-                                        gemm_into(
-                                            dp.get(),
-                                            n,
-                                            k.sub(j0, j1, 0, hd),
-                                            ds,
-                                            full.sub(j0, t, j0, j1).t(),
-                                            qkv,
-                                            q.sub(j0, t, 0, hd),
-                                            1.0,
-                                            false,
-                                            1,
-                                        );
-                                        gemm_into(
-                                            dp.get(),
-                                            n,
-                                            v.sub(j0, j1, 0, hd),
-                                            p,
-                                            full.sub(j0, t, j0, j1).t(),
-                                            dy,
-                                            yv.sub(j0, t, 0, hd),
-                                            1.0,
-                                            false,
-                                            1,
-                                        );
-                                    }
+                                    let op = |view| Operand { buf: qkv, view };
+                                    let dest = |view| Dest {
+                                        ptr: dp,
+                                        len: n,
+                                        view,
+                                    };
+                                    head_backward(
+                                        (p, ds),
+                                        dm.scale,
+                                        (op(q), op(k), op(v)),
+                                        (y, dy, yv),
+                                        lse,
+                                        (dest(q), dest(k), dest(v)),
+                                        false,
+                                    );
                                 },
                             )
                         },

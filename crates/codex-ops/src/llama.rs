@@ -18,7 +18,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::matmul::{SharedMut, View, gemm_into};
+use crate::attention::{Dest, Operand, head_backward, head_forward};
+use crate::matmul::{SharedMut, View};
 use crate::simd::{self, with_avx2};
 use crate::util::{ROWS_PER_TASK, cpu_tensor, f32_slice, is_cpu_f32, rows_cols, with_f32};
 
@@ -327,9 +328,6 @@ fn rotate(
 // ---------------------------------------------------------------------------------------------
 // Grouped-query causal attention with RoPE
 
-/// Query rows per block: block `[r0, r1)` only multiplies keys `0..r1`.
-const BLOCK: usize = 32;
-
 #[derive(Clone, Copy, Debug)]
 struct Gqa {
     b: usize,
@@ -393,12 +391,6 @@ impl Gqa {
     }
 }
 
-fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t)
-        .step_by(BLOCK)
-        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
-}
-
 struct RopeAttention {
     heads: usize,
     kv_heads: usize,
@@ -417,25 +409,6 @@ impl RopeAttention {
         rotate(&mut kr, dm.kv_heads * dm.hd, dm.t, dm.hd, &cos, &sin, false);
         (qr, kr)
     }
-}
-
-/// `p[r0..r1, 0..r1] = scale · q[r0..r1] · k[0..r1]ᵀ` for one (query head, kv head) pair.
-#[allow(clippy::too_many_arguments)]
-fn scores(p: &mut [f32], dm: &Gqa, qr: &[f32], q: View, kr: &[f32], k: View, r0: usize, r1: usize) {
-    let t = dm.t;
-    let n = p.len();
-    gemm_into(
-        p.as_mut_ptr(),
-        n,
-        View::rows(0, t, t, t).sub(r0, r1, 0, r1),
-        qr,
-        q.sub(r0, r1, 0, dm.hd),
-        kr,
-        k.sub(0, r1, 0, dm.hd).t(),
-        dm.scale,
-        false,
-        1,
-    );
 }
 
 impl CustomOp3 for RopeAttention {
@@ -463,7 +436,7 @@ impl CustomOp3 for RopeAttention {
         let k = f32_slice(s2, l2, "rope_attention (k)")?;
         let v = f32_slice(s3, l3, "rope_attention (v)")?;
         let (qr, kr) = self.rotated(&dm, q, k);
-        let (t, hd) = (dm.t, dm.hd);
+        let t = dm.t;
         let mut y = vec![0f32; q.len()];
         let mut lse = vec![0f32; dm.b * dm.heads * t];
         let y_len = y.len();
@@ -474,36 +447,22 @@ impl CustomOp3 for RopeAttention {
                 with_avx2(
                     #[inline(always)]
                     || {
+                        // Task (b, h) alone writes head h's columns of batch b's rows.
                         let (bi, h) = (u / dm.heads, u % dm.heads);
                         let (qv, kv) = (dm.qv(bi, h), dm.kvv(bi, h / dm.rep()));
-                        for (r0, r1) in blocks(t) {
-                            scores(p, &dm, &qr, qv, &kr, kv, r0, r1);
-                            for i in r0..r1 {
-                                let row = &mut p[i * t..i * t + r1];
-                                let (vis, masked) = row.split_at_mut(i + 1);
-                                let max = simd::max(vis);
-                                vis.iter_mut().for_each(|x| *x = simd::exp(*x - max));
-                                let sum = simd::sum(vis);
-                                let inv = 1.0 / sum;
-                                vis.iter_mut().for_each(|x| *x *= inv);
-                                masked.fill(0.0);
-                                lse[i] = max + sum.ln();
-                            }
-                            // y[r0..r1] = P[r0..r1, 0..r1] · v[0..r1]: task (b, h) alone writes
-                            // head h's columns of batch b's rows.
-                            gemm_into(
-                                yp.get(),
-                                y_len,
-                                qv.sub(r0, r1, 0, hd),
-                                p,
-                                View::rows(0, t, t, t).sub(r0, r1, 0, r1),
-                                v,
-                                kv.sub(0, r1, 0, hd),
-                                1.0,
-                                false,
-                                1,
-                            );
-                        }
+                        head_forward(
+                            p,
+                            dm.scale,
+                            Operand { buf: &qr, view: qv },
+                            Operand { buf: &kr, view: kv },
+                            Operand { buf: v, view: kv },
+                            Dest {
+                                ptr: yp,
+                                len: y_len,
+                                view: qv,
+                            },
+                            lse,
+                        );
                     },
                 )
             },
@@ -559,89 +518,37 @@ impl CustomOp3 for RopeAttention {
                                         || {
                                             let (bi, g) = (u / dm.kv_heads, u % dm.kv_heads);
                                             let kv = dm.kvv(bi, g);
-                                            let full = View::rows(0, t, t, t);
                                             for h in g * rep..(g + 1) * rep {
                                                 let qv = dm.qv(bi, h);
-                                                let lse = &lse[(bi * dm.heads + h) * t..][..t];
-                                                for (r0, r1) in blocks(t) {
-                                                    // P again from the saved log-sum-exp, then
-                                                    // dP = dY · vᵀ.
-                                                    scores(p, &dm, &qr, qv, &kr, kv, r0, r1);
-                                                    let ds_len = ds.len();
-                                                    gemm_into(
-                                                        ds.as_mut_ptr(),
-                                                        ds_len,
-                                                        full.sub(r0, r1, 0, r1),
-                                                        dy,
-                                                        qv.sub(r0, r1, 0, hd),
-                                                        v,
-                                                        kv.sub(0, r1, 0, hd).t(),
-                                                        1.0,
-                                                        false,
-                                                        1,
-                                                    );
-                                                    for i in r0..r1 {
-                                                        let yo = qv.offset + i * qv.rs;
-                                                        // Σ_j P_ij dP_ij = dY_i · Y_i.
-                                                        let dot = simd::dot(
-                                                            &dy[yo..yo + hd],
-                                                            &y[yo..yo + hd],
-                                                        );
-                                                        let prow = &mut p[i * t..i * t + r1];
-                                                        let dsrow = &mut ds[i * t..i * t + r1];
-                                                        let li = lse[i];
-                                                        for (pij, dsij) in prow[..=i]
-                                                            .iter_mut()
-                                                            .zip(&mut dsrow[..=i])
-                                                        {
-                                                            *pij = simd::exp(*pij - li);
-                                                            *dsij = dm.scale * *pij * (*dsij - dot);
-                                                        }
-                                                        prow[i + 1..].fill(0.0);
-                                                        dsrow[i + 1..].fill(0.0);
-                                                    }
-                                                    // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
-                                                    gemm_into(
-                                                        dqp.get(),
-                                                        nq,
-                                                        qv.sub(r0, r1, 0, hd),
-                                                        ds,
-                                                        full.sub(r0, r1, 0, r1),
-                                                        &kr,
-                                                        kv.sub(0, r1, 0, hd),
-                                                        1.0,
-                                                        false,
-                                                        1,
-                                                    );
-                                                }
-                                                // Keys j0..j1 receive from queries j0..t (entries
-                                                // above the diagonal were zeroed above).
-                                                for (j0, j1) in blocks(t) {
-                                                    gemm_into(
-                                                        dkp.get(),
-                                                        nk,
-                                                        kv.sub(j0, j1, 0, hd),
-                                                        ds,
-                                                        full.sub(j0, t, j0, j1).t(),
-                                                        &qr,
-                                                        qv.sub(j0, t, 0, hd),
-                                                        1.0,
-                                                        true,
-                                                        1,
-                                                    );
-                                                    gemm_into(
-                                                        dvp.get(),
-                                                        nk,
-                                                        kv.sub(j0, j1, 0, hd),
-                                                        p,
-                                                        full.sub(j0, t, j0, j1).t(),
-                                                        dy,
-                                                        qv.sub(j0, t, 0, hd),
-                                                        1.0,
-                                                        true,
-                                                        1,
-                                                    );
-                                                }
+                                                head_backward(
+                                                    (p, ds),
+                                                    dm.scale,
+                                                    (
+                                                        Operand { buf: &qr, view: qv },
+                                                        Operand { buf: &kr, view: kv },
+                                                        Operand { buf: v, view: kv },
+                                                    ),
+                                                    (y, dy, qv),
+                                                    &lse[(bi * dm.heads + h) * t..][..t],
+                                                    (
+                                                        Dest {
+                                                            ptr: dqp,
+                                                            len: nq,
+                                                            view: qv,
+                                                        },
+                                                        Dest {
+                                                            ptr: dkp,
+                                                            len: nk,
+                                                            view: kv,
+                                                        },
+                                                        Dest {
+                                                            ptr: dvp,
+                                                            len: nk,
+                                                            view: kv,
+                                                        },
+                                                    ),
+                                                    true,
+                                                );
                                             }
                                         },
                                     )

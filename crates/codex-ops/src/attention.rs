@@ -94,6 +94,7 @@ pub(crate) struct Dest {
 }
 
 /// `p[r0..r1, 0..r1] = scale · q[r0..r1] · k[0..r1]ᵀ` (`p` is `t × t`).
+#[inline(always)]
 fn scores(p: &mut [f32], t: usize, scale: f32, q: Operand, k: Operand, r0: usize, r1: usize) {
     let hd = q.view.cols;
     let n = p.len();
@@ -113,7 +114,9 @@ fn scores(p: &mut [f32], t: usize, scale: f32, q: Operand, k: Operand, r0: usize
 
 /// One head's causal attention, `y = softmax(scale · q kᵀ + mask) v`, block by block of query
 /// rows (block `[r0, r1)` only multiplies keys `0..r1`), saving each row's log-sum-exp in `lse`
-/// (`t`) for the backward. `p` is `t × t` scratch.
+/// (`t`) for the backward. `p` is `t × t` scratch. Always inlined: callers run it inside
+/// [`with_avx2`], which compiles it with AVX2 and FMA.
+#[inline(always)]
 pub(crate) fn head_forward(
     p: &mut [f32],
     scale: f32,
@@ -156,8 +159,10 @@ pub(crate) fn head_forward(
 /// The backward of [`head_forward`] for one head: recomputes P from the saved log-sum-exp (as
 /// FlashAttention does), writes dq, and writes (or, with `accumulate_kv`, adds to — several query
 /// heads sharing one kv head) dk and dv. `y` and `dy` are the output and its gradient, laid out
-/// as `y_view` in both buffers; `p` and `ds` are `t × t` scratch.
+/// as `y_view` in both buffers; `p` and `ds` are `t × t` scratch. Always inlined, as
+/// [`head_forward`].
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn head_backward(
     (p, ds): (&mut [f32], &mut [f32]),
     scale: f32,

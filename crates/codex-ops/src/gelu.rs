@@ -1,10 +1,8 @@
 //! GELU, tanh approximation (GPT-2's `gelu_new`, PyTorch's `approximate="tanh"`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use crate::simd::with_avx2;
-use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, with_f32};
+use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, par_collect, with_f32};
 
 const CHUNK: usize = 4096;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -51,36 +49,19 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                with_avx2(
-                    #[inline(always)]
-                    || y.iter_mut().zip(x).for_each(|(y, &x)| *y = fwd(x)),
-                )
-            });
+        let y = par_collect(x.len(), CHUNK, |r| x[r].iter().map(|&x| fwd(x)));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(arg, "gelu backward", |x| {
             with_f32(grad_res, "gelu backward", |dy| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK))
-                    .zip(dy.par_chunks(CHUNK))
-                    .for_each(|((dx, x), dy)| {
-                        with_avx2(
-                            #[inline(always)]
-                            || {
-                                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                                    *dx = dy * dfdx(x);
-                                }
-                            },
-                        )
-                    });
-                Ok(dx)
+                Ok(par_collect(x.len(), CHUNK, |r| {
+                    x[r.clone()]
+                        .iter()
+                        .zip(&dy[r])
+                        .map(|(&x, &dy)| dy * dfdx(x))
+                }))
             })
         })?;
         Ok(Some(cpu_tensor(dx, arg.shape())?))

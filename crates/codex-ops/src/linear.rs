@@ -11,7 +11,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::matmul::{View, gemm_into, gemm_new};
-use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, sum_in_order, with_f32};
+use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, par_collect, sum_in_order, with_f32};
 
 /// How the weight is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,11 +100,8 @@ fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32
     let Some(b) = b else {
         return gemm_new(d.n, d.o, x, xv, w, w_in_out(layout, d), 1.0, threads);
     };
-    let mut y = vec![0f32; d.n * d.o];
-    if d.o > 0 {
-        y.par_chunks_mut(d.o * 64)
-            .for_each(|c| c.chunks_exact_mut(d.o).for_each(|r| r.copy_from_slice(b)));
-    }
+    // Every row starts as the bias: one row per chunk, a plain copy.
+    let mut y = par_collect(d.n * d.o, d.o, |_| b.iter().copied());
     let len = y.len();
     gemm_into(
         y.as_mut_ptr(),

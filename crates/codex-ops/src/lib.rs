@@ -25,6 +25,7 @@
 //! to plain candle ops otherwise (other dtypes, CUDA), so callers never need to branch.
 
 mod adamw;
+mod add;
 mod alloc;
 mod attention;
 pub mod blas;
@@ -39,6 +40,7 @@ mod util;
 mod xent;
 
 pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scale_inplace};
+pub use add::add;
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
 pub use gelu::{gelu, gelu_reference};

@@ -124,11 +124,11 @@ impl Architecture for Gpt2 {
                 ops::causal_attention(&qkv, heads)?
             };
             let y = blk.attn_proj.forward(&y, f)?;
-            h = (h + f.dropout(&y, self.cfg.resid_pdrop)?)?;
+            h = codex_ops::add(&h, &f.dropout(&y, self.cfg.resid_pdrop)?)?;
             let m = blk.ln_2.forward(&h, f)?;
             let m = self.act(&blk.c_fc.forward(&m, f)?)?;
             let m = blk.mlp_proj.forward(&m, f)?;
-            h = (h + f.dropout(&m, self.cfg.resid_pdrop)?)?;
+            h = codex_ops::add(&h, &f.dropout(&m, self.cfg.resid_pdrop)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

@@ -162,10 +162,10 @@ impl Architecture for Llama {
                     f,
                 )?)?
             };
-            h = (h + l.o.forward(&y, f)?)?;
+            h = codex_ops::add(&h, &l.o.forward(&y, f)?)?;
             let m = l.post_ln.forward(&h, f)?;
             let m = ops::swiglu(&l.gate.forward(&m, f)?, &l.up.forward(&m, f)?)?;
-            h = (h + l.down.forward(&m, f)?)?;
+            h = codex_ops::add(&h, &l.down.forward(&m, f)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

@@ -67,6 +67,15 @@ fn ops(c: &mut Criterion) {
             &|x| codex_ops::layer_norm(x, &w, &bias, 1e-5),
             &|x| codex_ops::layer_norm_reference(x, &w, &bias, 1e-5),
         )?;
+        // The residual connection of gpt-small (batch 16 x context 128, d = 128).
+        let other = rand(&[2048, 128], 13)?;
+        pair(
+            c,
+            "add 2048x128",
+            &[2048, 128],
+            &|x| codex_ops::add(x, &other),
+            &|x| x + &other,
+        )?;
         pair(
             c,
             "gelu 2048x512",

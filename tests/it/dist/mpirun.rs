@@ -509,10 +509,22 @@ fn one_host_runs_one_sampler_tagged_with_its_ranks() {
     // The host is the one MPI names for both ranks in the run record.
     let prov = std::fs::read_to_string(run.join("provenance.json")).unwrap_or_default();
     assert!(prov.contains(&host), "{host} not in provenance.json");
-    let out = run_ok(codex_process().args(["--json", "status"]).arg(&run));
+    // `codex status` reads the runs directory (this one holds only `r` so far).
+    let out = run_ok(
+        codex_process()
+            .args(["--json", "status", "--runs"])
+            .arg(dir.path())
+            .arg(dir.path()),
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
     let r = &v["runs"][0];
     assert_eq!(r["malformed_system_lines"], 0, "{r}");
+    assert_eq!(
+        r["cpu_util_pct"]["samples"].as_u64(),
+        Some(samples.len() as u64),
+        "every tagged line counted: {r}"
+    );
     // A single process stays untagged.
     let solo = dir.path().join("solo");
     let mut args = tiny_args(&input, &solo, &["training.steps=2"]);

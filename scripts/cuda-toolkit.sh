@@ -42,7 +42,7 @@ cuda_toolkit_main() {
       # Only for linking; the real libcuda.so.1 comes with the driver on the GPU machine.
       local syms
       syms=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*cudarc-0.19.10/src/driver/sys/*' -name '*.rs' \
-        -exec grep -ohE 'pub fn cu[A-Za-z0-9_]+' {} + | sed 's/pub fn //' | sort -u)
+        -exec grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+' {} + | sed 's/pub unsafe fn //' | sort -u)
       [ -n "$syms" ] || { echo "cuda-toolkit: cudarc 0.19.10 sources not found (cargo fetch first)" >&2; return 1; }
       printf 'void %s(void){}\n' $syms >"$link/cuda_stub.c"
       gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda_stub.c"

@@ -154,6 +154,11 @@ fn without_mpi() -> anyhow::Error {
 struct Ranks {
     #[cfg(feature = "mpi")]
     session: Option<codex_dist::mpi::MpiSession>,
+    /// This process's place among the ranks on its host (the GPU it drives), and those ranks.
+    #[cfg(feature = "nccl")]
+    local_rank: usize,
+    #[cfg(feature = "nccl")]
+    host_ranks: Vec<usize>,
 }
 
 impl Ranks {
@@ -165,7 +170,17 @@ impl Ranks {
                 Some(_) => Some(codex_dist::mpi::init()?),
                 None => None,
             };
-            Ok(Ranks { session })
+            #[cfg(feature = "nccl")]
+            let (local_rank, host_ranks) = session
+                .as_ref()
+                .map_or((0, vec![0]), codex_dist::mpi::MpiSession::host_ranks);
+            Ok(Ranks {
+                session,
+                #[cfg(feature = "nccl")]
+                local_rank,
+                #[cfg(feature = "nccl")]
+                host_ranks,
+            })
         }
         #[cfg(not(feature = "mpi"))]
         {
@@ -192,26 +207,82 @@ impl Ranks {
         1
     }
 
-    /// The collective the config asks for.
-    fn collective(&self, cfg: &TrainConfig) -> anyhow::Result<Box<dyn codex_dist::Collective>> {
+    /// The collective the config asks for. With NCCL built in and a CUDA device, each rank
+    /// drives the GPU of its host-local rank: `training.device = "cuda"` (or `auto`) becomes
+    /// `cuda:<local rank>` on the ranks after the first of their host.
+    fn collective(&self, cfg: &mut TrainConfig) -> anyhow::Result<Box<dyn codex_dist::Collective>> {
         use codex_train::config::{DistBackend, DistReduce};
-        let d = &cfg.distributed;
+        let d = cfg.distributed.clone();
+        #[cfg(not(feature = "nccl"))]
         if d.backend == DistBackend::Nccl {
-            // The NCCL engine is not written yet; say so instead of silently using MPI.
             return Err(with_hint(
-                anyhow::anyhow!("distributed.backend = \"nccl\" is not available in this build"),
-                "use backend = \"mpi\" (or \"auto\")",
+                anyhow::anyhow!(
+                    "distributed.backend = \"nccl\" needs a codex built with the `nccl` feature"
+                ),
+                "rebuild with `--features nccl` (CUDA and NCCL; see scripts/gpu-check.sh), or use backend = \"mpi\" (or \"auto\")",
             ));
         }
+        #[cfg(feature = "nccl")]
+        let gpu = d.backend != DistBackend::Mpi && self.bind_gpu(cfg, d.backend)?;
         #[cfg(feature = "mpi")]
         if let Some(s) = &self.session {
             let bytes = usize::try_from(d.bucket_mb).unwrap_or(usize::MAX / 2) << 20;
-            return Ok(Box::new(
-                s.collective(d.reduce == DistReduce::Ordered, bytes),
+            let ordered = d.reduce == DistReduce::Ordered;
+            #[cfg(feature = "nccl")]
+            if gpu {
+                return Ok(Box::new(codex_dist::nccl::Nccl::new(
+                    s.collective(ordered, bytes),
+                    ordered,
+                    bytes,
+                )));
+            }
+            return Ok(Box::new(s.collective(ordered, bytes)));
+        }
+        let _ = (DistReduce::Ordered, &cfg);
+        Ok(Box::new(codex_dist::Single))
+    }
+
+    /// Whether this rank trains on a GPU, after pointing `training.device` at its host-local
+    /// GPU. `nccl` on a CPU device is an error; `auto` then means MPI.
+    #[cfg(feature = "nccl")]
+    fn bind_gpu(
+        &self,
+        cfg: &mut TrainConfig,
+        backend: codex_train::config::DistBackend,
+    ) -> anyhow::Result<bool> {
+        use codex_core::mode::DeviceSpec;
+        let written = cfg.training.device.trim().to_string();
+        let cuda = match written.parse::<DeviceSpec>() {
+            Ok(DeviceSpec::Cuda(_)) => true,
+            Ok(DeviceSpec::Auto) => codex_dist::nccl::device_count() > 0,
+            _ => false,
+        };
+        if !cuda {
+            if backend == codex_train::config::DistBackend::Nccl {
+                return Err(with_hint(
+                    anyhow::anyhow!(
+                        "distributed.backend = \"nccl\" reduces GPU gradients, but training.device is `{written}`"
+                    ),
+                    "set training.device = \"cuda\", or use backend = \"mpi\" on CPUs",
+                ));
+            }
+            return Ok(false);
+        }
+        if matches!(written.as_str(), "cuda" | "auto") {
+            // Rank 0 is its host's first rank: its config (the one recorded) stays as written.
+            if self.local_rank > 0 {
+                cfg.training.device = format!("cuda:{}", self.local_rank);
+            }
+        } else if self.host_ranks.len() > 1 {
+            return Err(with_hint(
+                anyhow::anyhow!(
+                    "training.device = `{written}` names one GPU, but this host runs ranks {:?}; NCCL needs a GPU per rank",
+                    self.host_ranks
+                ),
+                "set training.device = \"cuda\": each rank then drives the GPU of its local rank",
             ));
         }
-        let _ = DistReduce::Ordered;
-        Ok(Box::new(codex_dist::Single))
+        Ok(true)
     }
 
     /// Ends this rank. A failure on one of several ranks ends the whole job (`MPI_Abort`):
@@ -281,7 +352,7 @@ fn run_rank(ctx: &Ctx, args: Args, ranks: &Ranks) -> anyhow::Result<u8> {
         stop_at_step: args.stop_at_step,
         overrides,
     };
-    let collective = ranks.collective(&cfg)?;
+    let collective = ranks.collective(&mut cfg)?;
     if world > 1 && rank == 0 {
         let t = &cfg.training;
         ctx.info(format!(

@@ -52,12 +52,16 @@ fn the_distributed_section_is_validated_and_stays_out_of_single_process_configs(
         "{}",
         p.stderr
     );
-    // The NCCL engine does not exist yet: asking for it is refused, not silently MPI.
+    // NCCL in a build without it (or, with it, on the CPU): refused, not silently MPI.
     let p = expect_exit(
         codex().args(tiny_args(&input, &run, &["distributed.backend=\"nccl\""])),
         1,
     );
     assert!(p.stderr.contains("nccl"), "{}", p.stderr);
+    if cfg!(not(feature = "nccl")) {
+        assert!(p.stderr.contains("--features nccl"), "{}", p.stderr);
+    }
+    assert!(!run.exists(), "nothing written");
     // One process with the defaults: no [distributed] table, so the config hash of
     // existing runs is unchanged; a non-default value is recorded.
     codex()

@@ -63,16 +63,7 @@ impl Flat {
     /// The layout every rank must share: per parameter, its element count + 1 (0 when it
     /// has no gradient), then per parameter its dtype.
     pub fn layout(&self) -> Vec<u64> {
-        let counts = self
-            .shapes
-            .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.elem_count() as u64 + 1));
-        let dtypes = self.dtypes.iter().map(|d| match d {
-            DType::BF16 => 1,
-            DType::F16 => 2,
-            _ => 0,
-        });
-        counts.chain(dtypes).collect()
+        layout_of(&self.shapes, &self.dtypes)
     }
 
     /// Back to one tensor per parameter on `device`.
@@ -102,6 +93,19 @@ impl Flat {
         let (len, bucket) = (self.data.len(), bucket.max(1));
         (0..len.div_ceil(bucket)).map(move |i| i * bucket..((i + 1) * bucket).min(len))
     }
+}
+
+/// [`Flat::layout`] of gradients with these shapes (`None`: no gradient) and dtypes.
+pub fn layout_of(shapes: &[Option<Shape>], dtypes: &[DType]) -> Vec<u64> {
+    let counts = shapes
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.elem_count() as u64 + 1));
+    let dtypes = dtypes.iter().map(|d| match d {
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        _ => 0,
+    });
+    counts.chain(dtypes).collect()
 }
 
 /// Checks that every rank's layout (from [`Flat::layout`], gathered rank-major) is the same.

@@ -1,7 +1,8 @@
 //! codex-dist: the seam where data-parallel training attaches. Every rank computes the
 //! gradients of its micro-batches; before the norm and the clip they become the gradients of
 //! the whole global batch. One process needs nothing, so [`Single`] is a no-op; the MPI
-//! engine ([`mpi`](crate::mpi), feature `mpi`) implements the same trait.
+//! engine (`mpi`, feature `mpi`) and the NCCL engine for CUDA tensors (`nccl`, feature
+//! `nccl`) implement the same trait.
 //!
 //! Two ways to sum, chosen per run:
 //! - **ordered** ([`Collective::fold_in_rank_order`], after every micro-step): each rank's
@@ -19,6 +20,8 @@
 pub mod flat;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 pub use flat::Flat;
 
@@ -62,6 +65,13 @@ pub trait Collective {
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn world(&self) -> usize;
+    /// Whether the trainer sends its gradients through this collective: whenever there are
+    /// several ranks, and on an engine that proves itself with one rank too (NCCL: a
+    /// one-rank run on a one-GPU machine must go through NCCL to be compared with the plain
+    /// run).
+    fn exchanges_gradients(&self) -> bool {
+        self.world() > 1
+    }
     /// Whether gradients are folded in micro-batch order after every micro-step
     /// ([`Self::fold_in_rank_order`]) rather than all-reduced once per step.
     fn ordered(&self) -> bool {
@@ -109,6 +119,33 @@ pub trait Collective {
     fn barrier(&mut self) -> Result<(), CollectiveError>;
     /// Ranks, hosts and library, for the run record.
     fn info(&mut self) -> Result<WorldInfo, CollectiveError>;
+}
+
+/// The ranks that share this rank's host, as one host's system sampler speaks for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPeers {
+    pub host: String,
+    /// The ranks on this host, ascending; the first runs the host's sampler.
+    pub ranks: Vec<usize>,
+    /// The process id of each of `ranks`, in the same order.
+    pub pids: Vec<u32>,
+}
+
+/// This rank's [`HostPeers`], from `hosts` (every rank's host name, by rank, as
+/// [`Collective::info`] gives them) and every rank's process id, gathered here. Collective:
+/// every rank calls it.
+pub fn host_peers(c: &mut dyn Collective, hosts: &[String]) -> Result<HostPeers, CollectiveError> {
+    let pids = c.all_gather_u64(&[u64::from(std::process::id())])?;
+    let me = c.rank();
+    let host = hosts.get(me).cloned().unwrap_or_default();
+    let ranks: Vec<usize> = (0..c.world())
+        .filter(|&r| hosts.get(r).map_or(r == me, |h| *h == host))
+        .collect();
+    let pids = ranks
+        .iter()
+        .map(|&r| u32::try_from(pids[r]).unwrap_or(u32::MAX))
+        .collect();
+    Ok(HostPeers { host, ranks, pids })
 }
 
 /// The world size a launcher (`mpirun`, MPICH's hydra, `srun --mpi=pmix`) gave this process,
@@ -206,6 +243,14 @@ mod tests {
         .unwrap();
         assert_eq!(acc[0].as_ref().unwrap().to_vec1::<f32>().unwrap(), [3.0]);
         assert_eq!(acc[1].as_ref().unwrap().to_vec1::<f32>().unwrap(), [5.0]);
+    }
+
+    #[test]
+    fn one_process_is_alone_on_its_host() {
+        let peers = host_peers(&mut Single, &["a".into()]).unwrap();
+        assert_eq!(peers.ranks, [0]);
+        assert_eq!(peers.pids, [std::process::id()]);
+        assert_eq!(peers.host, "a");
     }
 
     #[test]

@@ -58,6 +58,18 @@ impl MpiSession {
         self.universe.world().size() as usize
     }
 
+    /// The ranks on this process's host (`MPI_COMM_TYPE_SHARED`), ascending, and this
+    /// process's place among them: its local rank, the GPU it drives. Collective: every rank
+    /// calls it.
+    pub fn host_ranks(&self) -> (usize, Vec<usize>) {
+        let world = self.universe.world();
+        let host = world.split_shared(world.rank());
+        let mut ranks = vec![0i32; host.size() as usize];
+        host.all_gather_into(&world.rank(), &mut ranks[..]);
+        let ranks = ranks.into_iter().map(|r| r as usize).collect();
+        (host.rank() as usize, ranks)
+    }
+
     /// Ends every rank of the job now with `code` (`MPI_Abort`).
     pub fn abort(&self, code: i32) -> ! {
         self.universe.world().abort(code)

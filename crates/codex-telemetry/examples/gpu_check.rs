@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         run_id: Some("gpu-check".into()),
         step: None,
         aggregate: true,
+        host_ranks: None,
     })?;
     std::thread::sleep(Duration::from_millis(2100));
     let t = std::time::Instant::now();

@@ -21,7 +21,19 @@ pub struct Collector {
     gpu: GpuState,
     run_id: Option<String>,
     step: Option<Arc<AtomicU64>>,
+    host_ranks: Option<HostRanks>,
     warnings: Vec<String>,
+}
+
+/// What one host's sampler in a data-parallel run speaks for: its host, the ranks there, and
+/// their processes (to attribute GPU memory and utilisation to each rank).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostRanks {
+    pub host: String,
+    /// The ranks on this host, ascending.
+    pub ranks: Vec<usize>,
+    /// The process id of each of `ranks`, in the same order.
+    pub pids: Vec<u32>,
 }
 
 impl Collector {
@@ -54,6 +66,7 @@ impl Collector {
             gpu,
             run_id: None,
             step: None,
+            host_ranks: None,
             warnings,
         })
     }
@@ -67,6 +80,12 @@ impl Collector {
     /// Tags every sample with the current value of a step counter the caller updates.
     pub fn with_step(mut self, step: Option<Arc<AtomicU64>>) -> Self {
         self.step = step;
+        self
+    }
+
+    /// Tags every sample with the host and ranks, and attributes GPU use to each rank.
+    pub fn with_host_ranks(mut self, host_ranks: Option<HostRanks>) -> Self {
+        self.host_ranks = host_ranks;
         self
     }
 
@@ -101,7 +120,18 @@ impl Collector {
             GpuState::NotRequested => (GpuStatus::NotRequested, None, None, Vec::new()),
             GpuState::Unavailable(r) => (GpuStatus::Unavailable, Some(r.clone()), None, Vec::new()),
             GpuState::Ok(g) => {
-                let (gpus, warnings) = g.collect(&c.tree);
+                let ranks: Vec<(usize, u32)> = self
+                    .host_ranks
+                    .as_ref()
+                    .map(|h| {
+                        h.ranks
+                            .iter()
+                            .copied()
+                            .zip(h.pids.iter().copied())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (gpus, warnings) = g.collect(&c.tree, &ranks);
                 let reason = warnings.last().cloned();
                 self.warnings.extend(warnings);
                 let lost = gpus.iter().filter(|x| x.state == "lost").count();
@@ -150,6 +180,8 @@ impl Collector {
             gpu_driver_version: driver,
             gpus,
             window: None,
+            host: self.host_ranks.as_ref().map(|h| h.host.clone()),
+            ranks: self.host_ranks.as_ref().map(|h| h.ranks.clone()),
         }
     }
 }

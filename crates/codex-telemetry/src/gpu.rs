@@ -5,11 +5,13 @@
 //! or driver does not support is remembered and reported as `null` from then on; a GPU that
 //! falls off the bus (`GpuLost`) is marked lost and the sampler carries on without it.
 
-use crate::sample::GpuSample;
+use crate::sample::{GpuSample, RankOnGpu};
 use nvml_wrapper::enum_wrappers::device::{Clock, PcieUtilCounter, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::gpm::GpmMetricId;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::gpm::{GpmSample, gpm_metrics_get};
+use nvml_wrapper::struct_wrappers::device::{ProcessInfo, ProcessUtilizationSample};
 use nvml_wrapper::{Device, Nvml};
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -73,6 +75,8 @@ struct DevState {
     unsupported: HashSet<&'static str>,
     prev_energy_mj: Option<u64>,
     gpm_prev: Option<GpmSample<'static>>,
+    /// NVML timestamp of the newest per-process utilisation sample read.
+    proc_util_ts: Option<u64>,
 }
 
 impl DevState {
@@ -135,6 +139,7 @@ impl GpuCollector {
                 unsupported: HashSet::new(),
                 prev_energy_mj: None,
                 gpm_prev: None,
+                proc_util_ts: None,
             };
             if st.q("gpm", |d| d.gpm_support()) == Some(true) {
                 st.gpm_prev = st.q("gpm", |d| d.gpm_sample());
@@ -152,9 +157,14 @@ impl GpuCollector {
         })
     }
 
-    /// One reading of every device. `tree` is our process tree (for per-process memory).
-    /// Returns the samples and warnings to report once (a GPU lost).
-    pub(crate) fn collect(&mut self, tree: &[u32]) -> (Vec<GpuSample>, Vec<String>) {
+    /// One reading of every device. `tree` is our process tree (for per-process memory);
+    /// `ranks` the (rank, pid) of a data-parallel run's processes on this host, to attribute
+    /// each GPU's use to them. Returns the samples and warnings to report once (a GPU lost).
+    pub(crate) fn collect(
+        &mut self,
+        tree: &[u32],
+        ranks: &[(usize, u32)],
+    ) -> (Vec<GpuSample>, Vec<String>) {
         let nvml = self.nvml;
         let mut out = Vec::with_capacity(self.devices.len());
         let mut warnings = Vec::new();
@@ -210,14 +220,23 @@ impl GpuCollector {
                 .map(|k| f64::from(k) * 1024.0);
             let compute = d.q("procs_compute", |x| x.running_compute_processes());
             let graphics = d.q("procs_graphics", |x| x.running_graphics_processes());
+            if !ranks.is_empty() {
+                let since = d.proc_util_ts;
+                let util = d.q("procs_util", |x| x.process_utilization_stats(since));
+                let procs: Vec<&ProcessInfo> =
+                    compute.iter().chain(graphics.iter()).flatten().collect();
+                g.gpu_ranks = Some(per_rank(ranks, &procs, util.as_deref().unwrap_or_default()));
+                if let Some(newest) = util.iter().flatten().map(|u| u.timestamp).max() {
+                    d.proc_util_ts = Some(newest);
+                }
+            }
             if compute.is_some() || graphics.is_some() {
                 let mut seen = HashSet::new();
                 let mut used = 0u64;
                 for p in compute.into_iter().chain(graphics).flatten() {
                     if tree.contains(&p.pid)
                         && seen.insert(p.pid)
-                        && let nvml_wrapper::enums::device::UsedGpuMemory::Used(b) =
-                            p.used_gpu_memory
+                        && let UsedGpuMemory::Used(b) = p.used_gpu_memory
                     {
                         used += b;
                     }
@@ -276,9 +295,90 @@ impl GpuCollector {
     }
 }
 
+/// Each rank's process on one GPU: its memory (NVML's running processes) and its mean
+/// utilisation over NVML's per-process samples. Ranks with neither are left out.
+fn per_rank(
+    ranks: &[(usize, u32)],
+    procs: &[&ProcessInfo],
+    util: &[ProcessUtilizationSample],
+) -> Vec<RankOnGpu> {
+    let mean = |v: Vec<u32>| {
+        (!v.is_empty()).then(|| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64)
+    };
+    ranks
+        .iter()
+        .filter_map(|&(rank, pid)| {
+            let mine: Vec<&&ProcessInfo> = procs.iter().filter(|p| p.pid == pid).collect();
+            let samples: Vec<&ProcessUtilizationSample> =
+                util.iter().filter(|u| u.pid == pid).collect();
+            if mine.is_empty() && samples.is_empty() {
+                return None;
+            }
+            // A process listed as compute and graphics holds its memory once.
+            let mem = mine.first().and_then(|p| match p.used_gpu_memory {
+                UsedGpuMemory::Used(b) => Some(b),
+                UsedGpuMemory::Unavailable => None,
+            });
+            Some(RankOnGpu {
+                rank,
+                pid,
+                gpu_mem_used_bytes: mem,
+                gpu_sm_util_pct: mean(samples.iter().map(|u| u.sm_util).collect()),
+                gpu_mem_util_pct: mean(samples.iter().map(|u| u.mem_util).collect()),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_get_their_own_processes_share() {
+        let a = ProcessInfo {
+            pid: 10,
+            used_gpu_memory: UsedGpuMemory::Used(1 << 20),
+            gpu_instance_id: None,
+            compute_instance_id: None,
+        };
+        let b = ProcessInfo {
+            pid: 99,
+            used_gpu_memory: UsedGpuMemory::Used(5),
+            gpu_instance_id: None,
+            compute_instance_id: None,
+        };
+        let u = |pid, sm| ProcessUtilizationSample {
+            pid,
+            timestamp: 1,
+            sm_util: sm,
+            mem_util: 1,
+            enc_util: 0,
+            dec_util: 0,
+        };
+        let got = per_rank(
+            &[(0, 10), (1, 11), (2, 12)],
+            &[&a, &b],
+            &[u(10, 40), u(10, 60), u(11, 7)],
+        );
+        assert_eq!(got.len(), 2, "rank 2 has no process on this GPU: {got:?}");
+        assert_eq!(
+            (
+                got[0].rank,
+                got[0].gpu_mem_used_bytes,
+                got[0].gpu_sm_util_pct
+            ),
+            (0, Some(1 << 20), Some(50.0))
+        );
+        assert_eq!(
+            (
+                got[1].rank,
+                got[1].gpu_mem_used_bytes,
+                got[1].gpu_sm_util_pct
+            ),
+            (1, None, Some(7.0))
+        );
+    }
 
     #[test]
     fn errors_are_classified() {

@@ -15,6 +15,7 @@
 //!     run_id: Some("r1".into()),
 //!     step: None,
 //!     aggregate: false,
+//!     host_ranks: None,
 //! })?;
 //! // ... train ...
 //! let summary = handle.stop();
@@ -28,9 +29,9 @@ pub mod gpu;
 pub mod sample;
 mod sampler;
 
-pub use collector::{Collector, sample_once};
+pub use collector::{Collector, HostRanks, sample_once};
 pub use energy::EnergyMeter;
-pub use sample::{GpuSample, GpuStatus, Sample, aggregate};
+pub use sample::{GpuSample, GpuStatus, RankOnGpu, Sample, aggregate};
 pub use sampler::{
     DEFAULT_INTERVAL, MIN_INTERVAL, SUBSAMPLES_PER_WINDOW, Sampler, SamplerConfig, SamplerHandle,
     SamplerSummary,

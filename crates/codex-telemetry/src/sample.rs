@@ -65,6 +65,13 @@ pub struct Sample {
     /// Present when sub-samples were aggregated: count, span, and per-field min/max.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub window: Option<Value>,
+
+    /// Data-parallel runs (one sampler per host): the host this sample describes…
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host: Option<String>,
+    /// …and the ranks running on it, ascending.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ranks: Option<Vec<usize>>,
 }
 
 /// One GPU in a sample.
@@ -98,6 +105,23 @@ pub struct GpuSample {
     pub gpu_sm_util_pct: Option<f64>,
     pub gpu_tensor_util_pct: Option<f64>,
     pub gpu_dram_bw_util_pct: Option<f64>,
+    /// Data-parallel runs: each rank whose process uses this GPU, with its share.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gpu_ranks: Option<Vec<RankOnGpu>>,
+}
+
+/// One rank's process on a GPU (NVML's per-process memory and utilisation).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct RankOnGpu {
+    pub rank: usize,
+    pub pid: u32,
+    /// GPU memory the process holds (`null` where the driver does not say, e.g. in a
+    /// container without the host's pid namespace).
+    pub gpu_mem_used_bytes: Option<u64>,
+    /// Mean SM utilisation NVML attributes to the process since the previous sample.
+    pub gpu_sm_util_pct: Option<f64>,
+    /// Mean frame-buffer (memory) utilisation attributed to the process.
+    pub gpu_mem_util_pct: Option<f64>,
 }
 
 /// Fields that identify a line rather than measure something; never averaged.
@@ -266,6 +290,8 @@ mod tests {
                 ..Default::default()
             }],
             window: None,
+            host: None,
+            ranks: None,
         }
     }
 

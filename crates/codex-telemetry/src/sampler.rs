@@ -1,7 +1,7 @@
 //! The background sampler: a thread on a fixed cadence that appends NDJSON lines, and a
 //! handle that always stops and joins it (explicitly, or on drop during unwinding).
 
-use crate::collector::Collector;
+use crate::collector::{Collector, HostRanks};
 use crate::sample::{Sample, aggregate};
 use crate::{GpuMode, TelemetryError};
 use codex_core::ndjson::NdjsonWriter;
@@ -34,6 +34,9 @@ pub struct SamplerConfig {
     pub step: Option<Arc<AtomicU64>>,
     /// Write the mean of sub-samples per window, with min/max under `window`.
     pub aggregate: bool,
+    /// Data-parallel runs: the host and ranks this sampler speaks for (tags every line and
+    /// attributes GPU use to each rank's process).
+    pub host_ranks: Option<HostRanks>,
 }
 
 impl Default for SamplerConfig {
@@ -45,6 +48,7 @@ impl Default for SamplerConfig {
             run_id: None,
             step: None,
             aggregate: false,
+            host_ranks: None,
         }
     }
 }
@@ -127,7 +131,8 @@ impl Sampler {
         })?;
         let mut collector = Collector::new(cfg.gpu)?
             .with_run_id(cfg.run_id.clone())
-            .with_step(cfg.step.clone());
+            .with_step(cfg.step.clone())
+            .with_host_ranks(cfg.host_ranks.clone());
         let mut summary = SamplerSummary::default();
         for w in collector.take_warnings() {
             tracing::warn!("{w}");

@@ -21,6 +21,7 @@ fn cfg(out: &Path, interval_ms: u64) -> SamplerConfig {
         run_id: Some("run-test".into()),
         step: None,
         aggregate: false,
+        host_ranks: None,
     }
 }
 

@@ -471,3 +471,74 @@ fn two_hosts_over_tcp_equal_one_process() {
     assert_same_run(&a, &b, 12);
     drop(hosts);
 }
+
+/// One host, two ranks: one system sampler (the host's first rank, rank 0), every line
+/// tagged with the host and both ranks; the other rank writes no metrics file, and
+/// `codex status` reads the tagged file like any other.
+#[test]
+fn one_host_runs_one_sampler_tagged_with_its_ranks() {
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    let run = dir.path().join("r");
+    let mut args = tiny_args(&input, &run, &["training.steps=6"]);
+    args.extend(
+        [
+            "--system-metrics",
+            "cpu",
+            "--system-metrics-interval-ms",
+            "200",
+        ]
+        .map(String::from),
+    );
+    run_ok(&mut mpirun(2, &args));
+    let mut files: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("system_metrics"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["system_metrics.ndjson"], "one sampler on one host");
+    let samples = lines(&run.join("system_metrics.ndjson"));
+    assert!(!samples.is_empty(), "the sampler wrote nothing");
+    let host = samples[0]["host"].as_str().unwrap_or_default().to_string();
+    assert!(!host.is_empty(), "{}", samples[0]);
+    for s in &samples {
+        assert_eq!(s["ranks"], serde_json::json!([0, 1]), "{s}");
+        assert_eq!(s["host"], host.as_str(), "{s}");
+    }
+    // The host is the one MPI names for both ranks in the run record.
+    let prov = std::fs::read_to_string(run.join("provenance.json")).unwrap_or_default();
+    assert!(prov.contains(&host), "{host} not in provenance.json");
+    // `codex status` reads the runs directory (this one holds only `r` so far).
+    let out = run_ok(
+        codex_process()
+            .args(["--json", "status", "--runs"])
+            .arg(dir.path())
+            .arg(dir.path()),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
+    let r = &v["runs"][0];
+    assert_eq!(r["malformed_system_lines"], 0, "{r}");
+    assert_eq!(
+        r["cpu_util_pct"]["samples"].as_u64(),
+        Some(samples.len() as u64),
+        "every tagged line counted: {r}"
+    );
+    // A single process stays untagged.
+    let solo = dir.path().join("solo");
+    let mut args = tiny_args(&input, &solo, &["training.steps=2"]);
+    args.extend(
+        [
+            "--system-metrics",
+            "cpu",
+            "--system-metrics-interval-ms",
+            "200",
+        ]
+        .map(String::from),
+    );
+    run_ok(&mut single(&args));
+    for s in lines(&solo.join("system_metrics.ndjson")) {
+        assert!(s.get("ranks").is_none() && s.get("host").is_none(), "{s}");
+    }
+}

@@ -32,7 +32,8 @@ pub(super) fn accumulate(
 ) -> Result<(Vec<Option<Tensor>>, f64)> {
     let (rank, world) = (coll.rank(), coll.world());
     let micro = tr.grad_accum * world;
-    let ordered = world > 1 && coll.ordered();
+    let exchange = coll.exchanges_gradients();
+    let ordered = exchange && coll.ordered();
     let (seed, base) = live.model.rng_state();
     let mut acc: Vec<Option<Tensor>> = Vec::new();
     let mut losses = Vec::with_capacity(tr.grad_accum);
@@ -73,6 +74,12 @@ pub(super) fn accumulate(
     }
     *cursor += (micro * tr.batch_size) as u64;
     if world == 1 {
+        if exchange && !ordered {
+            // An engine with one rank (NCCL on a one-GPU machine) still reduces, to prove it.
+            let t = Instant::now();
+            coll.all_reduce_sum(&mut acc)?;
+            *comm_secs += t.elapsed().as_secs_f64();
+        }
         let loss_sum = losses.iter().fold(0.0, |s, l| s + l);
         return Ok((acc, loss_sum / micro as f64));
     }
@@ -161,6 +168,48 @@ pub(super) fn maybe_perturb(model: &dyn TrainModel, rank: usize, step: u64) -> R
         var.set(&(t + 1e-3)?)?;
     }
     Ok(())
+}
+
+/// Where this rank's system sampler writes, with the ranks it speaks for; `None` when this
+/// rank runs none. One process: `system_metrics.ndjson`, untagged. Several ranks: the first
+/// rank of every host samples it, tagged with the host and its ranks; rank 0's host keeps
+/// `system_metrics.ndjson`, another host writes `system_metrics.<host>.ndjson` beside it —
+/// in the run directory when that directory is shared, else under the same path on that
+/// host's own disk.
+pub(super) fn host_sampler(
+    run: &codex_core::rundir::RunDir,
+    rank: usize,
+    peers: &Option<codex_dist::HostPeers>,
+) -> Option<(std::path::PathBuf, Option<codex_telemetry::HostRanks>)> {
+    let Some(p) = peers else {
+        return (rank == 0).then(|| (run.system_metrics(), None));
+    };
+    if p.ranks.first() != Some(&rank) {
+        return None;
+    }
+    let out = if p.ranks.contains(&0) {
+        run.system_metrics()
+    } else {
+        // A host name as one path component.
+        let safe: String = p
+            .host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        run.root().join(format!("system_metrics.{safe}.ndjson"))
+    };
+    let tag = codex_telemetry::HostRanks {
+        host: p.host.clone(),
+        ranks: p.ranks.clone(),
+        pids: p.pids.clone(),
+    };
+    Some((out, Some(tag)))
 }
 
 /// Whether any rank wants to stop (Ctrl-C reaches the ranks at different moments; every rank

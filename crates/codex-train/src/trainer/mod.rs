@@ -162,6 +162,8 @@ pub struct Trainer<'a, 'c> {
     collective: Box<dyn Collective>,
     /// Dropout streams one training forward draws (set in setup when there are ranks).
     dropout_per_forward: u64,
+    /// With several ranks: the ranks on this one's host (set in setup).
+    host_peers: Option<codex_dist::HostPeers>,
     started: Instant,
     st: TrainerState,
     live: Option<Live>,
@@ -262,6 +264,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
             manager,
             collective,
             dropout_per_forward: 0,
+            host_peers: None,
             started,
             st,
             live: None,
@@ -408,7 +411,15 @@ impl<'a, 'c> Trainer<'a, 'c> {
             .sum();
         let world = self.collective.info()?;
         let step_counter = Arc::new(AtomicU64::new(self.st.step));
+        // Several ranks: one system sampler per host, on its first rank (dist::host_sampler).
+        if world.world > 1 {
+            self.host_peers = Some(codex_dist::host_peers(
+                self.collective.as_mut(),
+                &world.hosts,
+            )?);
+        }
         if !root_rank {
+            let sampler = self.start_sampler(&step_counter);
             self.live = Some(Live {
                 device,
                 ds,
@@ -416,7 +427,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 opt,
                 total_steps,
                 config_hash,
-                sampler: None,
+                sampler,
                 step_counter,
                 flops: None,
                 energy: None,
@@ -602,13 +613,16 @@ impl<'a, 'c> Trainer<'a, 'c> {
         if cfg.system_metrics.mode == SystemMetricsMode::Off {
             return None;
         }
+        let (out, host_ranks) =
+            dist::host_sampler(&self.run, self.collective.rank(), &self.host_peers)?;
         let sc = codex_telemetry::SamplerConfig {
             interval: std::time::Duration::from_millis(cfg.system_metrics.interval_ms),
             gpu: cfg.system_metrics.mode,
-            out: self.run.system_metrics(),
+            out,
             run_id: Some(self.st.run_id.clone()),
             step: Some(Arc::clone(step)),
             aggregate: false,
+            host_ranks,
         };
         match codex_telemetry::Sampler::start(sc) {
             Ok(h) => Some(h),

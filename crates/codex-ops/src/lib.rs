@@ -25,10 +25,10 @@
 //! to plain candle ops otherwise (other dtypes, CUDA), so callers never need to branch.
 
 mod adamw;
-mod add;
 mod alloc;
 mod attention;
 pub mod blas;
+mod elementwise;
 mod gelu;
 mod linear;
 mod llama;
@@ -40,9 +40,9 @@ mod util;
 mod xent;
 
 pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scale_inplace};
-pub use add::add;
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
+pub use elementwise::{add, widen};
 pub use gelu::{gelu, gelu_reference};
 pub use linear::{
     WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_no_bias, linear_reference,

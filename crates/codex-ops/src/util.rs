@@ -59,14 +59,15 @@ pub(crate) fn sum_in_order(partials: &[Vec<f32>], n: usize) -> Vec<f32> {
 /// every write itself and checks that each chunk was filled before the length is set (a short
 /// iterator is a bug in the caller and panics, leaving nothing uninitialized visible). The loop
 /// runs under [`crate::simd::with_avx2`], so `values` vectorizes as the kernels' own loops do.
-pub(crate) fn par_collect<I, F>(n: usize, chunk: usize, values: F) -> Vec<f32>
+pub(crate) fn par_collect<T, I, F>(n: usize, chunk: usize, values: F) -> Vec<T>
 where
+    T: Send,
     F: Fn(std::ops::Range<usize>) -> I + Sync,
-    I: Iterator<Item = f32>,
+    I: Iterator<Item = T>,
 {
     use rayon::prelude::*;
     let chunk = chunk.max(1);
-    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let mut out: Vec<T> = Vec::with_capacity(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_mut(chunk)
         .enumerate()

@@ -48,7 +48,7 @@ impl Fwd<'_> {
         if self.upcast && t.dtype() != candle_core::DType::F32 {
             // Only fails on an unsupported dtype pair, which `upcast` excludes; keep the
             // parameter as it is then (candle reports the dtype mismatch at its use).
-            t.to_dtype(candle_core::DType::F32).unwrap_or(t)
+            codex_ops::widen(&t).unwrap_or(t)
         } else {
             t
         }

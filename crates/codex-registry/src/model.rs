@@ -142,9 +142,9 @@ impl Model {
 
     /// A causal LM's mean next-token cross-entropy of `input_ids` `[B, T]` against `targets`
     /// `[B, T]` (u32), as a scalar tensor. The LM head and the loss are one op
-    /// (`codex_ops::linear_cross_entropy`): the `[B·T, V]` logits are never materialized, and
-    /// with `train` (dropout on, gradients wanted) the head's gradients are computed in the same
-    /// pass. Equal to `cross_entropy(forward(..))` (the same GEMMs and per-row sums).
+    /// (`codex_ops::linear_cross_entropy`): the `[B·T, V]` logits are computed at most 128 MiB
+    /// at a time and overwritten by their own gradient, and with `train` (dropout on, gradients
+    /// wanted) the head's gradients are computed in the same pass. Equal to `cross_entropy(forward(..))` (the same GEMMs and per-row sums).
     pub fn loss(&self, input_ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         self.check_ids(input_ids)?;
         let (h, head) = self.arch.causal(input_ids, &self.fwd(train), None)?;

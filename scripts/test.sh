@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/test-assets.sh)"
-export CODEX_TEST_PYTHON CODEX_TEST_ASSETS CODEX_TEST_OPENBLAS
+export CODEX_TEST_PYTHON CODEX_TEST_ASSETS CODEX_TEST_OPENBLAS CODEX_TEST_MKL
 # The PyTorch/transformers/peft interop tests have their own script (scripts/interop.sh): torch
 # is ~3 GB from PyPI, more than CI's time budget allows.
 exec cargo test --workspace --locked "$@" -- --include-ignored --skip codex_adapter_loads_in_peft \

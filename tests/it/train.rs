@@ -496,7 +496,22 @@ fn step_events_carry_mfu_from_a_probed_or_configured_peak_and_never_a_zero_energ
 #[test]
 #[ignore = "needs CODEX_TEST_OPENBLAS"]
 fn openblas_runs_are_recorded_repeatable_and_match_the_builtin_gemm() {
-    let lib = crate::support::asset_var("CODEX_TEST_OPENBLAS");
+    blas_runs_are_recorded_repeatable_and_match_the_builtin_gemm("CODEX_TEST_OPENBLAS", "OpenBLAS");
+}
+
+/// The same with Intel MKL (`libmkl_rt` of the PyPI wheel `mkl`), sequential per block in
+/// strict reproducibility mode.
+#[test]
+#[ignore = "needs CODEX_TEST_MKL"]
+fn mkl_runs_are_recorded_repeatable_and_match_the_builtin_gemm() {
+    blas_runs_are_recorded_repeatable_and_match_the_builtin_gemm(
+        "CODEX_TEST_MKL",
+        "Math Kernel Library",
+    );
+}
+
+fn blas_runs_are_recorded_repeatable_and_match_the_builtin_gemm(var: &str, vendor: &str) {
+    let lib = crate::support::asset_var(var);
     let dir = tempdir();
     let input = corpus(dir.path());
     // Wide enough that every linear is above the size OpenBLAS takes over at (2^21 MACs).
@@ -525,18 +540,15 @@ fn openblas_runs_are_recorded_repeatable_and_match_the_builtin_gemm() {
     let (a, wa) = train("blas-a", Some(&blas));
     let (_, wb) = train("blas-b", Some(&blas));
     let (c, wc) = train("builtin", None);
-    assert!(wa == wb, "two OpenBLAS runs wrote different weights");
+    assert!(wa == wb, "two {vendor} runs wrote different weights");
     assert!(
         wa != wc,
-        "the OpenBLAS run wrote the built-in GEMM's exact bytes: was it used?"
+        "the {vendor} run wrote the built-in GEMM's exact bytes: was it used?"
     );
     let start = a.iter().find(|e| e["event"] == "start").unwrap();
     assert_eq!(start["blas"]["path"], lib.display().to_string(), "{start}");
     assert!(
-        start["blas"]["config"]
-            .as_str()
-            .unwrap()
-            .contains("OpenBLAS"),
+        start["blas"]["config"].as_str().unwrap().contains(vendor),
         "{start}"
     );
     let builtin_start = c.iter().find(|e| e["event"] == "start").unwrap();

@@ -83,7 +83,7 @@ pub struct Start {
     /// The FLOPs accounting behind the step events' `mfu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flops: Option<FlopsInfo>,
-    /// The OpenBLAS the large CPU products ran on (`training.blas`); absent = the built-in GEMM.
+    /// The OpenBLAS or MKL the large CPU products ran on (`training.blas`); absent = the built-in GEMM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas: Option<Box<BlasInfo>>,
     /// The checkpoint this segment continues, with what was restored.

@@ -1,20 +1,24 @@
-//! An optional OpenBLAS for the large f32 products of the fused ops, loaded at run time.
+//! An optional BLAS (OpenBLAS or Intel MKL) for the large f32 products of the fused ops, loaded
+//! at run time.
 //!
 //! Measured on the 2-core AVX-512 development machine, OpenBLAS 0.3.34 beat the `gemm` crate
 //! (candle's kernels, the default here) on isolated products at the training shapes, but inside
-//! a training step both ran at ~200 GFLOP/s and end-to-end runs were within noise; compare on
-//! another CPU with `BLAS=wheel bash benches/compare_train.sh`. OpenBLAS is loaded with
-//! `dlopen` (libloading) rather than linked so the default build needs no BLAS installed and
-//! one binary serves every machine: Debian's `libopenblas0`, or the self-contained
-//! `libscipy_openblas.so` of the PyPI wheel `scipy-openblas32` (its symbols carry a `scipy_`
-//! prefix, found here too).
+//! a training step both ran at ~200 GFLOP/s and end-to-end runs were within noise; MKL 2024.2
+//! (the one PyTorch's CPU wheels link) was ~5% faster on the SmolLM2 LoRA step, within the
+//! machine's noise. Compare on another CPU with `BLAS=wheel|mkl bash benches/compare_train.sh`.
+//! The library is loaded with `dlopen` (libloading) rather than linked so the default build needs
+//! no BLAS installed and one binary serves every machine: Debian's `libopenblas0`, the
+//! self-contained `libscipy_openblas.so` of the PyPI wheel `scipy-openblas32` (its symbols carry
+//! a `scipy_` prefix, found here too), or `libmkl_rt.so.2` of the PyPI wheel `mkl`.
 //!
-//! Determinism: OpenBLAS runs single-threaded (`openblas_set_num_threads(1)`, so its own pool
-//! never spins against rayon's); a product is split into a fixed number of row or column blocks
-//! by its shape and the thread count, one OpenBLAS call per block on rayon. Every output element
-//! is one call's dot product over the whole inner dimension, whose order OpenBLAS fixes, so
-//! results are bitwise repeatable at a given thread count and library (the run's `start` event
-//! names the library; weights trained with it differ in the last bits from the `gemm` crate's).
+//! Determinism: the library runs single-threaded (OpenBLAS: `openblas_set_num_threads(1)`, so its
+//! own pool never spins against rayon's; MKL: its sequential threading layer, and strict
+//! conditional numerical reproducibility so its kernels do not vary with buffer alignment); a
+//! product is split into a fixed number of row or column blocks by its shape and the thread
+//! count, one call per block on rayon. Every output element is one call's dot product over the
+//! whole inner dimension, whose order the library fixes, so results are bitwise repeatable at a
+//! given thread count and library (the run's `start` event names the library; weights trained
+//! with it differ in the last bits from the `gemm` crate's).
 
 use std::ffi::{CStr, c_char, c_int};
 use std::path::Path;
@@ -137,45 +141,17 @@ fn open(path: &Path) -> Result<Blas, BlasError> {
             unsafe { lib.get::<Sgemm>(format!("{p}cblas_sgemm\0").as_bytes()) }.is_ok()
         })
         .ok_or_else(|| err("has no cblas_sgemm (not a CBLAS library)".into()))?;
-    // SAFETY (the three lookups): the types are OpenBLAS's documented C signatures.
+    // SAFETY (the lookups): the types are the libraries' documented C signatures.
     let sym = |name: &str| format!("{prefix}{name}\0").into_bytes();
     let sgemm: Sgemm =
         *unsafe { lib.get::<Sgemm>(&sym("cblas_sgemm")) }.map_err(|e| err(e.to_string()))?;
-    let set_threads =
-        *unsafe { lib.get::<unsafe extern "C" fn(c_int)>(&sym("openblas_set_num_threads")) }
-            .map_err(|_| err("is not OpenBLAS (no openblas_set_num_threads)".into()))?;
-    let get_config =
-        *unsafe { lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_config")) }
-            .map_err(|e| err(e.to_string()))?;
-    let get_core = *unsafe {
-        lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_corename"))
-    }
-    .map_err(|e| err(e.to_string()))?;
-    // SAFETY: both return pointers to static NUL-terminated strings inside the library.
-    let text = |f: unsafe extern "C" fn() -> *const c_char| unsafe {
-        let p = f();
-        if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().trim().to_string()
-        }
+    let (config, core) = if let Ok(set_layer) =
+        unsafe { lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0") }
+    {
+        mkl_setup(&lib, *set_layer).map_err(err)?
+    } else {
+        openblas_setup(&lib, &sym).map_err(err)?
     };
-    let config = text(get_config);
-    let core = text(get_core);
-    if config.contains("USE64BITINT") {
-        return Err(err(format!(
-            "is built with 64-bit integers ({config}); codex calls the LP64 interface"
-        )));
-    }
-    if GENERIC_CORES.iter().any(|g| core.eq_ignore_ascii_case(g)) && has_avx2() {
-        return Err(err(format!(
-            "chose its generic `{core}` kernels on this AVX2/AVX-512 CPU (too old to recognise it): \
-             slower than codex's built-in GEMM; use a newer OpenBLAS (PyPI `scipy-openblas32`) or \
-             set OPENBLAS_CORETYPE (e.g. SkylakeX, Haswell)"
-        )));
-    }
-    // SAFETY: a plain setter; called before any GEMM goes through this library.
-    unsafe { set_threads(1) };
     Ok(Blas {
         sgemm,
         info: BlasInfo {
@@ -185,6 +161,101 @@ fn open(path: &Path) -> Result<Blas, BlasError> {
         },
         _lib: lib,
     })
+}
+
+/// A C function returning a static NUL-terminated string, read into a `String`.
+fn c_text(f: unsafe extern "C" fn() -> *const c_char) -> String {
+    // SAFETY: the callers pass functions documented to return static strings (or null).
+    unsafe {
+        let p = f();
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().trim().to_string()
+        }
+    }
+}
+
+/// OpenBLAS: refuses 64-bit-integer builds and generic kernels, runs single-threaded.
+fn openblas_setup(
+    lib: &libloading::Library,
+    sym: &dyn Fn(&str) -> Vec<u8>,
+) -> Result<(String, String), String> {
+    // SAFETY (the lookups): OpenBLAS's documented C signatures.
+    let set_threads =
+        *unsafe { lib.get::<unsafe extern "C" fn(c_int)>(&sym("openblas_set_num_threads")) }
+            .map_err(|_| "is neither OpenBLAS nor MKL (no openblas_set_num_threads)".to_string())?;
+    let get_config =
+        *unsafe { lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_config")) }
+            .map_err(|e| e.to_string())?;
+    let get_core = *unsafe {
+        lib.get::<unsafe extern "C" fn() -> *const c_char>(&sym("openblas_get_corename"))
+    }
+    .map_err(|e| e.to_string())?;
+    let config = c_text(get_config);
+    let core = c_text(get_core);
+    if config.contains("USE64BITINT") {
+        return Err(format!(
+            "is built with 64-bit integers ({config}); codex calls the LP64 interface"
+        ));
+    }
+    if GENERIC_CORES.iter().any(|g| core.eq_ignore_ascii_case(g)) && has_avx2() {
+        return Err(format!(
+            "chose its generic `{core}` kernels on this AVX2/AVX-512 CPU (too old to recognise it): \
+             slower than codex's built-in GEMM; use a newer OpenBLAS (PyPI `scipy-openblas32`) or \
+             set OPENBLAS_CORETYPE (e.g. SkylakeX, Haswell)"
+        ));
+    }
+    // SAFETY: a plain setter; called before any GEMM goes through this library.
+    unsafe { set_threads(1) };
+    Ok((config, core))
+}
+
+/// `MKL_THREADING_SEQUENTIAL`: MKL runs on the calling thread (rayon splits the product).
+const MKL_THREADING_SEQUENTIAL: c_int = 1;
+/// `MKL_CBWR_AUTO | MKL_CBWR_STRICT`: MKL's conditional numerical reproducibility, strict mode:
+/// results independent of the buffers' alignment (without it MKL may pick kernels by alignment,
+/// and bits could change between runs with the same data).
+const MKL_CBWR_AUTO_STRICT: c_int = 2 | 0x10000;
+
+/// Intel MKL through `libmkl_rt` (e.g. the PyPI wheel `mkl`, the library PyTorch's CPU wheels
+/// use): sequential threading layer, strict reproducibility mode.
+fn mkl_setup(
+    lib: &libloading::Library,
+    set_layer: unsafe extern "C" fn(c_int) -> c_int,
+) -> Result<(String, String), String> {
+    // SAFETY: must precede every other MKL call; it selects the layer libmkl_rt loads.
+    let layer = unsafe { set_layer(MKL_THREADING_SEQUENTIAL) };
+    if layer != MKL_THREADING_SEQUENTIAL {
+        return Err(format!(
+            "MKL refused its sequential threading layer (got {layer}); is libmkl_sequential next to it?"
+        ));
+    }
+    // SAFETY (the lookups): MKL's C signatures (its header maps the lowercase names to these;
+    // the lowercase symbols in libmkl_rt are the Fortran interface, which takes pointers).
+    let cbwr_set = *unsafe { lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_CBWR_Set\0") }
+        .map_err(|e| e.to_string())?;
+    let version = *unsafe {
+        lib.get::<unsafe extern "C" fn(*mut c_char, c_int)>(b"MKL_Get_Version_String\0")
+    }
+    .map_err(|e| e.to_string())?;
+    // SAFETY: a plain setter, before any GEMM.
+    let rc = unsafe { cbwr_set(MKL_CBWR_AUTO_STRICT) };
+    if rc != 0 {
+        return Err(format!(
+            "MKL refused strict reproducibility mode (mkl_cbwr_set returned {rc})"
+        ));
+    }
+    let mut buf = [0 as c_char; 256];
+    // SAFETY: MKL writes at most `len` bytes, NUL-terminated.
+    let config = unsafe {
+        version(buf.as_mut_ptr(), buf.len() as c_int);
+        CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .trim()
+            .to_string()
+    };
+    Ok((config, "MKL sequential, CNR strict".to_string()))
 }
 
 fn has_avx2() -> bool {

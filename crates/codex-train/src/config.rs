@@ -338,10 +338,11 @@ pub struct TrainingSection {
     /// The device's peak throughput in TFLOP/s, the denominator of the step events' `mfu`;
     /// 0 = measure it once at start with a short matmul probe (the `start` event says which).
     pub peak_tflops: f64,
-    /// OpenBLAS for the large f32 products of CPU training: a path or a name the dynamic loader
-    /// finds (`libopenblas.so.0`; the PyPI wheel `scipy-openblas32`'s `libscipy_openblas.so`,
-    /// which is newer than most distributions' and knows recent CPUs). Empty = codex's built-in
-    /// GEMM (the `gemm` crate). Each is deterministic; they differ in the last bits, and the
+    /// OpenBLAS or Intel MKL for the large f32 products of CPU training: a path or a name the
+    /// dynamic loader finds (`libopenblas.so.0`; the PyPI wheel `scipy-openblas32`'s
+    /// `libscipy_openblas.so`, which is newer than most distributions' and knows recent CPUs;
+    /// `libmkl_rt.so.2` of the PyPI wheel `mkl`, the MKL PyTorch's CPU wheels use). Empty =
+    /// codex's built-in GEMM (the `gemm` crate). Each is deterministic; they differ in the last bits, and the
     /// `start` event records which ran.
     pub blas: String,
 }

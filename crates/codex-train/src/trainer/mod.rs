@@ -1030,7 +1030,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// `training.blas`: loads OpenBLAS for the fused ops' large products (CPU only), logged and
+/// `training.blas`: loads OpenBLAS or MKL for the fused ops' large products (CPU only), logged and
 /// recorded in the `start` event. A library that cannot be used is the user's to fix (exit 1).
 fn load_blas(spec: &str, device: &Device) -> Result<Option<Box<codex_core::event::BlasInfo>>> {
     if spec.is_empty() {
@@ -1042,12 +1042,7 @@ fn load_blas(spec: &str, device: &Device) -> Result<Option<Box<codex_core::event
     }
     let info = codex_ops::blas::load(std::path::Path::new(spec))
         .map_err(|e| Error::Invalid(format!("training.blas: {e}")))?;
-    tracing::info!(
-        "GEMM: {} kernels of {} ({})",
-        info.core,
-        info.config,
-        info.path
-    );
+    tracing::info!("GEMM: {} ({}) from {}", info.config, info.core, info.path);
     Ok(Some(Box::new(codex_core::event::BlasInfo {
         path: info.path,
         config: info.config,

@@ -98,8 +98,47 @@ fn tune_candle_threads() {
     }
 }
 
-fn main() -> ExitCode {
+/// Rayon's pool, set up before anything uses it:
+/// - the main thread is worker 0 (`use_current_thread`), so a parallel op called from the
+///   training loop runs on the caller and the other workers, instead of being handed to the
+///   pool while the caller sleeps and woken again after it: two futex wake-ups per op, which
+///   on the 2-core VM cost 25% of a single-threaded training step;
+/// - idle workers busy-wait 3 ms for the next op before rayon's yield-and-sleep rounds (the
+///   vendored rayon-core's `RAYON_SPIN_US`; OpenMP runtimes spin the same way): the training
+///   step is a stream of short parallel ops with serial gaps, and waking a sleeping worker
+///   costs more than many of the ops. Measured together on `configs/bench-small.toml`, 2
+///   threads: +23% tokens/s (median of 5 alternating pairs). A user's own setting wins.
+fn tune_threads() {
     tune_candle_threads();
+    // With one thread the main thread would be the pool's only worker, and a job sent to the
+    // pool by another thread (a probe of `codex status`, say) while main blocks outside rayon
+    // would wait forever; rayon's own pool is kept then, without spinning (its one worker would
+    // spin against the main thread when ranks fill every core).
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads < 2 {
+        return;
+    }
+    const SPIN: &str = "RAYON_SPIN_US";
+    if std::env::var_os(SPIN).is_none() {
+        // SAFETY: called first thing in `main`, before any thread exists.
+        unsafe { std::env::set_var(SPIN, "3000") };
+    }
+    // Fails only if the global pool already exists, which nothing before this can have made.
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .use_current_thread()
+        .build_global()
+    {
+        eprintln!("warning: rayon's thread pool: {e}");
+    }
+}
+
+fn main() -> ExitCode {
+    tune_threads();
     let parsed = clidoc::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m));

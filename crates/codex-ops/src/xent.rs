@@ -41,6 +41,22 @@ fn log_sum_exp(x: &[f32]) -> f32 {
     max + (acc.iter().sum::<f32>() + tail).ln()
 }
 
+/// One row's log-sum-exp and its loss `lse − x[t]` (the per-row part of both cross-entropies).
+#[inline(always)]
+fn row_loss(x: &[f32], t: usize) -> (f32, f64) {
+    let lse = log_sum_exp(x);
+    (lse, f64::from(lse - x[t]))
+}
+
+/// Overwrites a row of logits with its gradient `g · (softmax(x) − onehot(t))`.
+#[inline(always)]
+fn dlogits_in_place(x: &mut [f32], t: usize, lse: f32, g: f32) {
+    for e in x.iter_mut() {
+        *e = simd::exp(*e - lse) * g;
+    }
+    x[t] -= g;
+}
+
 fn check_target(t: u32, v: usize) -> Result<usize> {
     let t = t as usize;
     if t >= v {
@@ -73,7 +89,7 @@ impl CustomOp2 for CrossEntropy {
                     || {
                         let mut acc = 0f64;
                         for (x, &t) in x.chunks_exact(v).zip(t) {
-                            acc += f64::from(log_sum_exp(x) - x[check_target(t, v)?]);
+                            acc += row_loss(x, check_target(t, v)?).1;
                         }
                         Ok(acc)
                     },
@@ -100,22 +116,18 @@ impl CustomOp2 for CrossEntropy {
         let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
         let t = targets.to_vec1::<u32>()?;
         let dx = with_f32(logits, "cross_entropy backward", |x| {
-            let mut dx = vec![0f32; x.len()];
+            // The logits, overwritten row by row with their gradient.
+            let mut dx = x.to_vec();
             dx.par_chunks_mut(v * ROWS_PER_TASK)
-                .zip(x.par_chunks(v * ROWS_PER_TASK))
                 .zip(t.par_chunks(ROWS_PER_TASK))
-                .try_for_each(|((dx, x), t)| {
+                .try_for_each(|(dx, t)| {
                     with_avx2(
                         #[inline(always)]
                         || {
-                            for ((dx, x), &t) in
-                                dx.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t)
-                            {
-                                let lse = log_sum_exp(x);
-                                for (d, &x) in dx.iter_mut().zip(x) {
-                                    *d = simd::exp(x - lse) * g;
-                                }
-                                dx[check_target(t, v)?] -= g;
+                            for (dx, &t) in dx.chunks_exact_mut(v).zip(t) {
+                                let t = check_target(t, v)?;
+                                let (lse, _) = row_loss(dx, t);
+                                dlogits_in_place(dx, t, lse, g);
                             }
                             Ok::<(), candle_core::Error>(())
                         },
@@ -251,13 +263,10 @@ impl CustomOp2 for LinearCrossEntropy {
                             let mut acc = 0f64;
                             for (x, &t) in x.chunks_exact_mut(v).zip(t) {
                                 let t = check_target(t, v)?;
-                                let lse = log_sum_exp(x);
-                                acc += f64::from(lse - x[t]);
+                                let (lse, loss) = row_loss(x, t);
+                                acc += loss;
                                 if grads {
-                                    for e in x.iter_mut() {
-                                        *e = simd::exp(*e - lse) * inv_n;
-                                    }
-                                    x[t] -= inv_n;
+                                    dlogits_in_place(x, t, lse, inv_n);
                                 }
                             }
                             Ok(acc)

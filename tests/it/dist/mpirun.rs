@@ -480,16 +480,21 @@ fn one_host_runs_one_sampler_tagged_with_its_ranks() {
     let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("r");
-    let mut args = tiny_args(&input, &run, &["training.steps=6"]);
-    args.extend(
-        [
-            "--system-metrics",
-            "cpu",
-            "--system-metrics-interval-ms",
-            "200",
-        ]
-        .map(String::from),
-    );
+    // CPU samples every 200 ms.
+    let sampled = |run: &Path, steps: &str| {
+        let mut args = tiny_args(&input, run, &[steps]);
+        args.extend(
+            [
+                "--system-metrics",
+                "cpu",
+                "--system-metrics-interval-ms",
+                "200",
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let args = sampled(&run, "training.steps=6");
     run_ok(&mut mpirun(2, &args));
     let mut files: Vec<String> = std::fs::read_dir(&run)
         .unwrap()
@@ -527,16 +532,7 @@ fn one_host_runs_one_sampler_tagged_with_its_ranks() {
     );
     // A single process stays untagged.
     let solo = dir.path().join("solo");
-    let mut args = tiny_args(&input, &solo, &["training.steps=2"]);
-    args.extend(
-        [
-            "--system-metrics",
-            "cpu",
-            "--system-metrics-interval-ms",
-            "200",
-        ]
-        .map(String::from),
-    );
+    let args = sampled(&solo, "training.steps=2");
     run_ok(&mut single(&args));
     for s in lines(&solo.join("system_metrics.ndjson")) {
         assert!(s.get("ranks").is_none() && s.get("host").is_none(), "{s}");

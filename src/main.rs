@@ -114,11 +114,31 @@ fn tune_threads() {
     // pool by another thread (a probe of `codex status`, say) while main blocks outside rayon
     // would wait forever; rayon's own pool is kept then, without spinning (its one worker would
     // spin against the main thread when ranks fill every core).
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let env_count = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    let threads = match env_count("RAYON_NUM_THREADS") {
+        Some(n) => n,
+        None => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // A rank of an MPI job (Open MPI, MPICH's Hydra) shares the host's CPUs with the
+            // host's other ranks: without this every rank would start a thread per CPU.
+            let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+                .into_iter()
+                .find_map(env_count)
+                .unwrap_or(1);
+            let n = (cpus / local).max(1);
+            if local > 1 {
+                // candle and codex's kernels read the variable too.
+                // SAFETY: called first thing in `main`, before any thread exists.
+                unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+            }
+            n
+        }
+    };
     if threads < 2 {
         return;
     }

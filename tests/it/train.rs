@@ -465,6 +465,12 @@ fn step_events_carry_mfu_from_a_probed_or_configured_peak_and_never_a_zero_energ
         codex().args(&args).assert().success();
         let file = lines(&run.join("metrics.ndjson"));
         let start = file.iter().find(|e| e["event"] == "start").unwrap();
+        // The thread count bit-identical weights depend on is part of the record.
+        assert_eq!(
+            start["threads"].as_u64().map(|t| t.to_string()).as_deref(),
+            Some(crate::support::RAYON_THREADS),
+            "{start}"
+        );
         let flops = &start["flops"];
         assert_eq!(flops["peak_source"], name, "{start}");
         let (per_token, peak) = (

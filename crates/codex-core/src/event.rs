@@ -76,6 +76,10 @@ pub struct Start {
     /// Sequences per optimizer step, over all ranks (`world × batch_size × grad_accum`).
     pub global_batch: u64,
     pub trainable_params: u64,
+    /// Threads of this process's compute pool (`RAYON_NUM_THREADS`): with the config and seed,
+    /// what bit-identical weights depend on. Absent in runs recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
     /// The dtype the forward and backward compute in, where it differs from the parameters'
     /// (`training.dtype = "bf16"` on the CPU stores bf16 and computes in f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]

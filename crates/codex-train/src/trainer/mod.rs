@@ -483,6 +483,7 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 total_steps,
                 global_batch: per_step,
                 trainable_params: trainable,
+                threads: u32::try_from(rayon::current_num_threads()).ok(),
                 compute_dtype,
                 flops: flops.clone(),
                 blas,

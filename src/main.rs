@@ -93,7 +93,7 @@ enum Command {
 fn tune_candle_threads() {
     const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(VAR).is_none() {
-        // SAFETY: called first thing in `main`, before any thread exists.
+        // SAFETY: called before any thread exists (argument parsing starts none).
         unsafe { std::env::set_var(VAR, "1000") };
     }
 }
@@ -108,12 +108,14 @@ fn tune_candle_threads() {
 ///   step is a stream of short parallel ops with serial gaps, and waking a sleeping worker
 ///   costs more than many of the ops. Measured together on `configs/bench-small.toml`, 2
 ///   threads: +23% tokens/s (median of 5 alternating pairs). A user's own setting wins.
-fn tune_threads() {
+///
+/// With one thread the main thread is the pool's only worker, and a job another thread sends to
+/// the pool (a probe of `codex status` encoding text, say) while main blocks outside rayon would
+/// wait forever; so one thread gets this only where no other thread uses rayon (`train`:
+/// `compute_only`: +21% tokens/s on a one-thread small benchmark, the usual MPI rank), and
+/// elsewhere rayon's own pool. No spinning with one thread (no idle worker to keep awake).
+fn tune_threads(compute_only: bool) {
     tune_candle_threads();
-    // With one thread the main thread would be the pool's only worker, and a job sent to the
-    // pool by another thread (a probe of `codex status`, say) while main blocks outside rayon
-    // would wait forever; rayon's own pool is kept then, without spinning (its one worker would
-    // spin against the main thread when ranks fill every core).
     let env_count = |k: &str| {
         std::env::var(k)
             .ok()
@@ -133,18 +135,18 @@ fn tune_threads() {
             let n = (cpus / local).max(1);
             if local > 1 {
                 // candle and codex's kernels read the variable too.
-                // SAFETY: called first thing in `main`, before any thread exists.
+                // SAFETY: called before any thread exists (argument parsing starts none).
                 unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
             }
             n
         }
     };
-    if threads < 2 {
+    if threads < 2 && !compute_only {
         return;
     }
     const SPIN: &str = "RAYON_SPIN_US";
-    if std::env::var_os(SPIN).is_none() {
-        // SAFETY: called first thing in `main`, before any thread exists.
+    if threads >= 2 && std::env::var_os(SPIN).is_none() {
+        // SAFETY: called before any thread exists (argument parsing starts none).
         unsafe { std::env::set_var(SPIN, "3000") };
     }
     // Fails only if the global pool already exists, which nothing before this can have made.
@@ -158,7 +160,6 @@ fn tune_threads() {
 }
 
 fn main() -> ExitCode {
-    tune_threads();
     let parsed = clidoc::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m));
@@ -175,6 +176,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    tune_threads(matches!(cli.command, Command::Train(_)));
     let ctx = Ctx::new(cli.quiet, cli.verbose, cli.json, cli.color, cli.no_progress);
     ctx.init_logging();
     codex_core_signal_install();

@@ -494,7 +494,8 @@ fn one_host_runs_one_sampler_tagged_with_its_ranks() {
         );
         args
     };
-    let args = sampled(&run, "training.steps=6");
+    // Long enough (~1 s) for the sampler's 200 ms readings.
+    let args = sampled(&run, "training.steps=60");
     run_ok(&mut mpirun(2, &args));
     let mut files: Vec<String> = std::fs::read_dir(&run)
         .unwrap()

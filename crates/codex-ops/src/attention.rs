@@ -256,9 +256,10 @@ impl CustomOp1 for CausalAttention {
         let dm = Dims::of(l.shape(), self.heads)?;
         let qkv = f32_slice(s, l, "causal_attention")?;
         let (t, d) = (dm.t, dm.d);
-        let mut y = vec![0f32; dm.b * t * d];
+        // Not zero-filled (a memset as large as the output): every element is written below.
+        let y_len = dm.b * t * d;
+        let mut y: Vec<f32> = Vec::with_capacity(y_len);
         let mut lse = vec![0f32; dm.b * dm.heads * t];
-        let y_len = y.len();
         let yp = SharedMut(y.as_mut_ptr());
         lse.par_chunks_mut(t.max(1)).enumerate().for_each_init(
             || vec![0f32; t * t],
@@ -279,6 +280,10 @@ impl CustomOp1 for CausalAttention {
                 )
             },
         );
+        // SAFETY: the capacity is `y_len`; the (b, h) tasks cover every batch's rows and every
+        // head's columns, and `head_forward` writes each of its rows (blocks cover `0..t`, through
+        // `gemm_into` with `accumulate = false`, which writes its whole view).
+        unsafe { y.set_len(y_len) };
         *self
             .lse
             .lock()
@@ -300,8 +305,9 @@ impl CustomOp1 for CausalAttention {
         let dqkv = with_f32(arg, op, |qkv| {
             with_f32(res, op, |y| {
                 with_f32(grad_res, op, |dy| {
-                    let mut dqkv = vec![0f32; qkv.len()];
-                    let n = dqkv.len();
+                    // Not zero-filled: every element is written below.
+                    let n = qkv.len();
+                    let mut dqkv: Vec<f32> = Vec::with_capacity(n);
                     let dp = SharedMut(dqkv.as_mut_ptr());
                     lse.par_chunks(t.max(1)).enumerate().for_each_init(
                         || (vec![0f32; t * t], vec![0f32; t * t]),
@@ -331,6 +337,10 @@ impl CustomOp1 for CausalAttention {
                             )
                         },
                     );
+                    // SAFETY: the capacity is `n`; the (b, h) tasks cover every row and head, and
+                    // `head_backward` writes all of its q, k and v columns (`accumulate_kv` is
+                    // false: dq by query blocks, dk and dv by key blocks, each covering `0..t`).
+                    unsafe { dqkv.set_len(n) };
                     Ok(dqkv)
                 })
             })

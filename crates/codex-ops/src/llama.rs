@@ -437,9 +437,10 @@ impl CustomOp3 for RopeAttention {
         let v = f32_slice(s3, l3, "rope_attention (v)")?;
         let (qr, kr) = self.rotated(&dm, q, k);
         let t = dm.t;
-        let mut y = vec![0f32; q.len()];
+        // Not zero-filled (a memset as large as the output): every element is written below.
+        let y_len = q.len();
+        let mut y: Vec<f32> = Vec::with_capacity(y_len);
         let mut lse = vec![0f32; dm.b * dm.heads * t];
-        let y_len = y.len();
         let yp = SharedMut(y.as_mut_ptr());
         lse.par_chunks_mut(t.max(1)).enumerate().for_each_init(
             || vec![0f32; t * t],
@@ -467,6 +468,10 @@ impl CustomOp3 for RopeAttention {
                 )
             },
         );
+        // SAFETY: the capacity is `y_len`; the (b, h) tasks cover every batch's rows and every
+        // query head's columns, and `head_forward` writes each of its rows (blocks cover `0..t`,
+        // through `gemm_into` with `accumulate = false`, which writes its whole view).
+        unsafe { y.set_len(y_len) };
         *self
             .lse
             .lock()
@@ -498,18 +503,19 @@ impl CustomOp3 for RopeAttention {
                     with_f32(res, op, |y| {
                         with_f32(grad_res, op, |dy| {
                             let (qr, kr) = self.rotated(&dm, q, k);
-                            let mut dq = vec![0f32; q.len()];
-                            let mut dk = vec![0f32; k.len()];
-                            let mut dv = vec![0f32; v.len()];
-                            let (nq, nk) = (dq.len(), dk.len());
+                            // Not zero-filled: every element is written below.
+                            let (nq, nk) = (q.len(), k.len());
+                            let mut dq: Vec<f32> = Vec::with_capacity(nq);
+                            let mut dk: Vec<f32> = Vec::with_capacity(nk);
+                            let mut dv: Vec<f32> = Vec::with_capacity(nk);
                             let (dqp, dkp, dvp) = (
                                 SharedMut(dq.as_mut_ptr()),
                                 SharedMut(dk.as_mut_ptr()),
                                 SharedMut(dv.as_mut_ptr()),
                             );
                             // One task per (batch, kv head): it alone writes that kv head's rows
-                            // of dk/dv (summing its query heads in a fixed order) and those query
-                            // heads' columns of dq.
+                            // of dk/dv (its first query head writes them, the others add to them,
+                            // in a fixed order) and those query heads' columns of dq.
                             (0..dm.b * dm.kv_heads).into_par_iter().for_each_init(
                                 || (vec![0f32; t * t], vec![0f32; t * t]),
                                 |(p, ds), u| {
@@ -547,13 +553,22 @@ impl CustomOp3 for RopeAttention {
                                                             view: kv,
                                                         },
                                                     ),
-                                                    true,
+                                                    h != g * rep,
                                                 );
                                             }
                                         },
                                     )
                                 },
                             );
+                            // SAFETY: the capacities are `nq` and `nk`; the (b, kv head) tasks
+                            // cover every batch and head, `head_backward` writes all of its dq
+                            // rows, and each kv head's first query head writes (does not add to)
+                            // all of its dk and dv rows (query and key blocks cover `0..t`).
+                            unsafe {
+                                dq.set_len(nq);
+                                dk.set_len(nk);
+                                dv.set_len(nk);
+                            }
                             // Gradients of the rotated q and k back through the rotation.
                             let (cos, sin) = rope_tables(t, hd, self.theta);
                             rotate(&mut dq, dm.heads * hd, t, hd, &cos, &sin, true);

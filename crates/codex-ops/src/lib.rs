@@ -13,6 +13,8 @@
 //!   the bias fused in), [`frozen_linear`] (constant weight: backward yields `dx` only, no
 //!   weight-gradient GEMM), [`lora_linear`] (that plus a LoRA adapter in the same op) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
 //!   recomputation in backward), the last three calling the `gemm` kernels on strided views;
+//! - [`embedding`]: the token lookup with GPT-2's positions added in the same pass, both
+//!   gradients on the pool;
 //! - the Llama block's [`rms_norm`], [`swiglu`] and [`rope_attention`] (grouped-query causal
 //!   attention with RoPE applied inside, reading `q`/`k`/`v` as their linears wrote them);
 //! - [`keep_freed_memory`]: glibc tuning so per-step tensor buffers are reused, not re-faulted.
@@ -29,6 +31,7 @@ mod alloc;
 mod attention;
 pub mod blas;
 mod elementwise;
+mod embedding;
 mod gelu;
 mod linear;
 mod llama;
@@ -43,6 +46,7 @@ pub use adamw::{AdamWParams, adamw_step, adamw_update_slices, grad_sq_norm, scal
 pub use alloc::keep_freed_memory;
 pub use attention::{causal_attention, causal_attention_reference};
 pub use elementwise::{add, widen};
+pub use embedding::{embedding, embedding_reference};
 pub use gelu::{gelu, gelu_reference};
 pub use linear::{
     WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_no_bias, linear_reference,

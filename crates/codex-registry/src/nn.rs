@@ -259,12 +259,9 @@ impl Norm {
     }
 }
 
-/// Token embedding lookup for `[B, T]` ids.
-pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    let flat = ids.flatten_all()?;
-    let d = table.dim(1)?;
-    Ok(table.embedding(&flat)?.reshape((b, t, d))?)
+/// Token embedding lookup for `[B, T]` ids, plus `positions` (`[T, d]`) when given.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor, positions: Option<&Tensor>) -> Result<Tensor> {
+    Ok(codex_ops::embedding(table, ids, positions)?)
 }
 
 /// LM head `[B, T, d] x [V, d]^T -> [B, T, V]`. Frozen (LoRA), through

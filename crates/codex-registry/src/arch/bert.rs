@@ -98,7 +98,7 @@ impl Encoder for Bert {
             None => Tensor::zeros((b, t), DType::U32, dev)?,
         };
         let pos = f.w(&self.pos).narrow(0, 0, t)?;
-        let h = (embed(&f.w(&self.word), ids)? + embed(&f.w(&self.token_type), &tt)?)?
+        let h = (embed(&f.w(&self.word), ids, None)? + embed(&f.w(&self.token_type), &tt, None)?)?
             .broadcast_add(&pos)?;
         let mut h = f.dropout(&self.emb_ln.forward(&h, f)?, self.cfg.hidden_dropout_prob)?;
         // Padding keys get a large negative score, as HF's extended attention mask does.

@@ -101,7 +101,7 @@ impl Architecture for Gpt2 {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let wte = f.w(&self.wte);
         let pos = f.w(&self.wpe).narrow(0, offset, t)?;
-        let mut h = embed(&wte, ids)?.broadcast_add(&pos)?;
+        let mut h = embed(&wte, ids, Some(&pos))?;
         h = f.dropout(&h, self.cfg.embd_pdrop)?;
         let heads = self.cfg.n_head;
         let d = self.cfg.n_embd;

@@ -111,7 +111,7 @@ impl Architecture for Llama {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let emb = f.w(&self.embed);
-        let mut h = embed(&emb, ids)?;
+        let mut h = embed(&emb, ids, None)?;
         let (cos, sin) = self.rope_tables(offset, t, h.device(), h.dtype())?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,

@@ -107,7 +107,8 @@ fn tune_candle_threads() {
 ///   vendored rayon-core's `RAYON_SPIN_US`; OpenMP runtimes spin the same way): the training
 ///   step is a stream of short parallel ops with serial gaps, and waking a sleeping worker
 ///   costs more than many of the ops. Measured together on `configs/bench-small.toml`, 2
-///   threads: +23% tokens/s (median of 5 alternating pairs). A user's own setting wins.
+///   threads: +29% tokens/s (18,408 → 23,689, medians of 5 alternating pairs; medium +24%). A
+///   user's own setting wins.
 ///
 /// With one thread the main thread is the pool's only worker, and a job another thread sends to
 /// the pool (a probe of `codex status` encoding text, say) while main blocks outside rayon would

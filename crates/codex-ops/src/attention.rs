@@ -5,8 +5,9 @@
 //! with copies, two batched matmuls, the softmax, the head merge), and backward allocates a
 //! gradient buffer plus a zero-filled accumulator for each. Here one task per (batch, head)
 //! multiplies strided views of `qkv` directly with `gemm`, skips the masked upper triangle in
-//! blocks of [`BLOCK`] rows, and keeps only the per-row log-sum-exp of the softmax: backward
-//! recomputes the probabilities (as FlashAttention does) instead of storing `[B, H, T, T]`.
+//! blocks of [`BLOCK`] rows, and keeps the per-row log-sum-exp of the softmax plus, while
+//! `[B, H, T, T]` is small ([`KEEP_PROBS_MAX`]), the probabilities themselves; above that,
+//! backward recomputes them from the log-sum-exp (as FlashAttention does).
 
 use std::sync::Mutex;
 
@@ -20,10 +21,20 @@ use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, with_f32};
 /// Query rows per block: block `[r0, r1)` only multiplies keys `0..r1`.
 const BLOCK: usize = 32;
 
+/// Largest `B·H·T²` whose probabilities the forward pass keeps for backward (32 MiB of f32 per
+/// layer). Below it, backward reads P instead of recomputing it: the recomputation is a `k = hd`
+/// product (hd = 32 on the GPT benchmarks, where GEMMs run far below peak) plus an `exp` per
+/// score, ~3% of a gpt-medium step. Above it (long contexts), memory wins and P is recomputed.
+const KEEP_PROBS_MAX: usize = 8 << 20;
+
 struct CausalAttention {
     heads: usize,
     /// `log Σ exp` of each query row's scaled scores, `[B, H, T]`, filled by the forward pass.
     lse: Mutex<Vec<f32>>,
+    /// The probabilities, `[B, H, T, T]`, when the forward pass kept them (at most `keep_max`
+    /// elements, [`KEEP_PROBS_MAX`] outside tests); empty otherwise.
+    probs: Mutex<Vec<f32>>,
+    keep_max: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -156,11 +167,12 @@ pub(crate) fn head_forward(
     }
 }
 
-/// The backward of [`head_forward`] for one head: recomputes P from the saved log-sum-exp (as
-/// FlashAttention does), writes dq, and writes (or, with `accumulate_kv`, adds to — several query
-/// heads sharing one kv head) dk and dv. `y` and `dy` are the output and its gradient, laid out
-/// as `y_view` in both buffers; `p` and `ds` are `t × t` scratch. Always inlined, as
-/// [`head_forward`].
+/// The backward of [`head_forward`] for one head: writes dq, and writes (or, with
+/// `accumulate_kv`, adds to — several query heads sharing one kv head) dk and dv. With
+/// `recompute`, `p` is scratch and P is recomputed from the saved log-sum-exp (as FlashAttention
+/// does); without, `p` holds the probabilities `head_forward` left in it, read only. `y` and `dy`
+/// are the output and its gradient, laid out as `y_view` in both buffers; `ds` is `t × t`
+/// scratch. Always inlined, as [`head_forward`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn head_backward(
@@ -171,12 +183,15 @@ pub(crate) fn head_backward(
     lse: &[f32],
     (dq, dk, dv): (Dest, Dest, Dest),
     accumulate_kv: bool,
+    recompute: bool,
 ) {
     let (t, hd) = (q.view.rows, q.view.cols);
     let full = View::rows(0, t, t, t);
     for (r0, r1) in blocks(t) {
-        // P again from the saved log-sum-exp, then dP = dY · vᵀ.
-        scores(p, t, scale, q, k, r0, r1);
+        // P again from the saved log-sum-exp (unless kept), then dP = dY · vᵀ.
+        if recompute {
+            scores(p, t, scale, q, k, r0, r1);
+        }
         let ds_len = ds.len();
         gemm_into(
             ds.as_mut_ptr(),
@@ -196,12 +211,18 @@ pub(crate) fn head_backward(
             let dot = simd::dot(&dy[yo..yo + hd], &y[yo..yo + hd]);
             let prow = &mut p[i * t..i * t + r1];
             let dsrow = &mut ds[i * t..i * t + r1];
-            let li = lse[i];
-            for (pij, dsij) in prow[..=i].iter_mut().zip(&mut dsrow[..=i]) {
-                *pij = simd::exp(*pij - li);
-                *dsij = scale * *pij * (*dsij - dot);
+            if recompute {
+                let li = lse[i];
+                for (pij, dsij) in prow[..=i].iter_mut().zip(&mut dsrow[..=i]) {
+                    *pij = simd::exp(*pij - li);
+                    *dsij = scale * *pij * (*dsij - dot);
+                }
+                prow[i + 1..].fill(0.0);
+            } else {
+                for (&pij, dsij) in prow[..=i].iter().zip(&mut dsrow[..=i]) {
+                    *dsij = scale * pij * (*dsij - dot);
+                }
             }
-            prow[i + 1..].fill(0.0);
             dsrow[i + 1..].fill(0.0);
         }
         // dQ[r0..r1] = dS[r0..r1, 0..r1] · k[0..r1].
@@ -261,25 +282,44 @@ impl CustomOp1 for CausalAttention {
         let mut y: Vec<f32> = Vec::with_capacity(y_len);
         let mut lse = vec![0f32; dm.b * dm.heads * t];
         let yp = SharedMut(y.as_mut_ptr());
-        lse.par_chunks_mut(t.max(1)).enumerate().for_each_init(
-            || vec![0f32; t * t],
-            |p, (u, lse)| {
-                with_avx2(
-                    #[inline(always)]
-                    || {
-                        // Task (b, h) alone writes the columns of head h in the rows of batch b.
-                        let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                        let op = |view| Operand { buf: qkv, view };
-                        let y = Dest {
-                            ptr: yp,
-                            len: y_len,
-                            view: yv,
-                        };
-                        head_forward(p, dm.scale, op(q), op(k), op(v), y, lse);
-                    },
-                )
-            },
-        );
+        let run = |p: &mut [f32], u: usize, lse: &mut [f32]| {
+            with_avx2(
+                #[inline(always)]
+                || {
+                    // Task (b, h) alone writes the columns of head h in the rows of batch b.
+                    let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                    let op = |view| Operand { buf: qkv, view };
+                    let y = Dest {
+                        ptr: yp,
+                        len: y_len,
+                        view: yv,
+                    };
+                    head_forward(p, dm.scale, op(q), op(k), op(v), y, lse);
+                },
+            )
+        };
+        let n_probs = dm.b * dm.heads * t * t;
+        let mut probs: Vec<f32> = Vec::new();
+        if n_probs <= self.keep_max {
+            // Each task's `t × t` slot of the kept probabilities is its scratch.
+            probs.reserve_exact(n_probs);
+            probs.spare_capacity_mut()[..n_probs]
+                .par_chunks_mut((t * t).max(1))
+                .zip(lse.par_chunks_mut(t.max(1)))
+                .enumerate()
+                .for_each(|(u, (slot, lse))| {
+                    slot.fill(std::mem::MaybeUninit::new(0.0));
+                    // SAFETY: every element of `slot` was initialised on the line above.
+                    let p = unsafe { &mut *(std::ptr::from_mut(slot) as *mut [f32]) };
+                    run(p, u, lse);
+                });
+            // SAFETY: the capacity is `n_probs`, and the tasks initialised every slot.
+            unsafe { probs.set_len(n_probs) };
+        } else {
+            lse.par_chunks_mut(t.max(1))
+                .enumerate()
+                .for_each_init(|| vec![0f32; t * t], |p, (u, lse)| run(p, u, lse));
+        }
         // SAFETY: the capacity is `y_len`; the (b, h) tasks cover every batch's rows and every
         // head's columns, and `head_forward` writes each of its rows (blocks cover `0..t`, through
         // `gemm_into` with `accumulate = false`, which writes its whole view).
@@ -288,6 +328,10 @@ impl CustomOp1 for CausalAttention {
             .lse
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = lse;
+        *self
+            .probs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = probs;
         Ok((CpuStorage::F32(y), Shape::from((dm.b, t, d))))
     }
 
@@ -300,6 +344,12 @@ impl CustomOp1 for CausalAttention {
         if lse.len() != dm.b * dm.heads * dm.t {
             bail!("causal_attention backward: the forward pass did not run on the CPU");
         }
+        // Read only here (`head_backward` without `recompute`), so a second backward sees the
+        // same probabilities.
+        let mut probs = self
+            .probs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let t = dm.t;
         let op = "causal_attention backward";
         let dqkv = with_f32(arg, op, |qkv| {
@@ -309,34 +359,47 @@ impl CustomOp1 for CausalAttention {
                     let n = qkv.len();
                     let mut dqkv: Vec<f32> = Vec::with_capacity(n);
                     let dp = SharedMut(dqkv.as_mut_ptr());
-                    lse.par_chunks(t.max(1)).enumerate().for_each_init(
-                        || (vec![0f32; t * t], vec![0f32; t * t]),
-                        |(p, ds), (u, lse)| {
-                            with_avx2(
-                                #[inline(always)]
-                                || {
-                                    // Task (b, h) alone writes head h's q, k and v columns of
-                                    // batch b's rows of dqkv.
-                                    let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
-                                    let op = |view| Operand { buf: qkv, view };
-                                    let dest = |view| Dest {
-                                        ptr: dp,
-                                        len: n,
-                                        view,
-                                    };
-                                    head_backward(
-                                        (p, ds),
-                                        dm.scale,
-                                        (op(q), op(k), op(v)),
-                                        (y, dy, yv),
-                                        lse,
-                                        (dest(q), dest(k), dest(v)),
-                                        false,
-                                    );
-                                },
-                            )
-                        },
-                    );
+                    let run = |p: &mut [f32], ds: &mut [f32], u: usize, lse: &[f32], recompute| {
+                        with_avx2(
+                            #[inline(always)]
+                            || {
+                                // Task (b, h) alone writes head h's q, k and v columns of
+                                // batch b's rows of dqkv.
+                                let (q, k, v, yv) = dm.views(u / dm.heads, u % dm.heads);
+                                let op = |view| Operand { buf: qkv, view };
+                                let dest = |view| Dest {
+                                    ptr: dp,
+                                    len: n,
+                                    view,
+                                };
+                                head_backward(
+                                    (p, ds),
+                                    dm.scale,
+                                    (op(q), op(k), op(v)),
+                                    (y, dy, yv),
+                                    lse,
+                                    (dest(q), dest(k), dest(v)),
+                                    false,
+                                    recompute,
+                                );
+                            },
+                        )
+                    };
+                    if probs.len() == dm.b * dm.heads * t * t && !probs.is_empty() {
+                        probs
+                            .par_chunks_mut(t * t)
+                            .zip(lse.par_chunks(t))
+                            .enumerate()
+                            .for_each_init(
+                                || vec![0f32; t * t],
+                                |ds, (u, (p, lse))| run(p, ds, u, lse, false),
+                            );
+                    } else {
+                        lse.par_chunks(t.max(1)).enumerate().for_each_init(
+                            || (vec![0f32; t * t], vec![0f32; t * t]),
+                            |(p, ds), (u, lse)| run(p, ds, u, lse, true),
+                        );
+                    }
                     // SAFETY: the capacity is `n`; the (b, h) tasks cover every row and head, and
                     // `head_backward` writes all of its q, k and v columns (`accumulate_kv` is
                     // false: dq by query blocks, dk and dv by key blocks, each covering `0..t`).
@@ -354,11 +417,18 @@ impl CustomOp1 for CausalAttention {
 /// `1/sqrt(d / heads)`. One fused op forward and one backward on CPU f32; the plain candle
 /// composition ([`causal_attention_reference`]) elsewhere.
 pub fn causal_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    causal_attention_keeping(qkv, heads, KEEP_PROBS_MAX)
+}
+
+/// [`causal_attention`] keeping the probabilities for backward up to `keep_max` elements.
+fn causal_attention_keeping(qkv: &Tensor, heads: usize, keep_max: usize) -> Result<Tensor> {
     Dims::of(qkv.shape(), heads)?;
     if is_cpu_f32(qkv) {
         qkv.contiguous()?.apply_op1(CausalAttention {
             heads,
             lse: Mutex::new(Vec::new()),
+            probs: Mutex::new(Vec::new()),
+            keep_max,
         })
     } else {
         causal_attention_reference(qkv, heads)
@@ -389,18 +459,23 @@ mod tests {
     use crate::util::testing::{assert_close, rand};
     use candle_core::{DType, Device, Var};
 
+    /// Both backward paths (probabilities kept, and recomputed from the log-sum-exp) against
+    /// candle's composition.
     fn check(b: usize, t: usize, d: usize, heads: usize) -> Result<()> {
         let x = Var::from_tensor(&rand(11, &[b, t, 3 * d], 2.0)?)?;
         let r = rand(12, &[b, t, d], 1.0)?;
-        let y1 = causal_attention(&x, heads)?;
         let y2 = causal_attention_reference(&x, heads)?;
-        assert_close(&y1, &y2, 1e-5, "attention forward")?;
-        let g1 = (y1 * &r)?.sum_all()?.backward()?;
-        let g2 = (y2 * &r)?.sum_all()?.backward()?;
-        let (Some(a), Some(b)) = (g1.get(&x), g2.get(&x)) else {
-            panic!("missing grad")
-        };
-        assert_close(a, b, 1e-4, "attention grad")
+        let g2 = (&y2 * &r)?.sum_all()?.backward()?;
+        for keep_max in [KEEP_PROBS_MAX, 0] {
+            let y1 = causal_attention_keeping(&x, heads, keep_max)?;
+            assert_close(&y1, &y2, 1e-5, "attention forward")?;
+            let g1 = (y1 * &r)?.sum_all()?.backward()?;
+            let (Some(a), Some(b)) = (g1.get(&x), g2.get(&x)) else {
+                panic!("missing grad")
+            };
+            assert_close(a, b, 1e-4, &format!("attention grad (keep_max {keep_max})"))?;
+        }
+        Ok(())
     }
 
     #[test]

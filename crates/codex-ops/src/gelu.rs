@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, par_collect, with_f32};
 
-const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const K: f32 = 0.044_715;
 
@@ -28,13 +28,13 @@ fn tanh(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn fwd(x: f32) -> f32 {
+pub(crate) fn fwd(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + K * x * x * x)))
 }
 
 /// d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3k x²), t = tanh(c (x + k x³)).
 #[inline(always)]
-fn dfdx(x: f32) -> f32 {
+pub(crate) fn dfdx(x: f32) -> f32 {
     let x2 = x * x;
     let t = tanh(SQRT_2_OVER_PI * x * (1.0 + K * x2));
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * K * x2)

@@ -49,8 +49,8 @@ pub use elementwise::{add, widen};
 pub use embedding::{embedding, embedding_reference};
 pub use gelu::{gelu, gelu_reference};
 pub use linear::{
-    WeightLayout, frozen_linear, frozen_linear_reference, linear, linear_no_bias, linear_reference,
-    lora_linear, lora_linear_reference,
+    WeightLayout, frozen_linear, frozen_linear_reference, gelu_linear, linear, linear_no_bias,
+    linear_reference, lora_linear, lora_linear_reference,
 };
 pub use llama::{
     rms_norm, rms_norm_reference, rope_attention, rope_attention_reference, rope_tables, swiglu,

@@ -134,6 +134,52 @@ fn grad_w(d: &Dims, layout: WeightLayout, xs: &[f32], g: &[f32], threads: usize)
     }
 }
 
+/// `(dx, dW)`. The two products have the same arithmetic (`n·i·o` multiply-adds each), so with
+/// two or more threads they run side by side, each GEMM on half the threads, instead of one
+/// after the other with every GEMM split across all of them: on the small shapes of a small
+/// model's step (k = 128), splitting one GEMM two ways costs more than it gains. The `gemm`
+/// crate splits a product by output blocks, never along `k`, so the values do not depend on
+/// the thread count.
+fn grads(
+    d: &Dims,
+    layout: WeightLayout,
+    xs: &[f32],
+    ws: &[f32],
+    g: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let threads = rayon::current_num_threads();
+    if threads < 2 {
+        return (
+            grad_x(d, layout, g, ws, threads),
+            grad_w(d, layout, xs, g, threads),
+        );
+    }
+    let half = threads / 2;
+    rayon::join(
+        || grad_x(d, layout, g, ws, half),
+        || grad_w(d, layout, xs, g, threads - half),
+    )
+}
+
+/// db = column sums of `dy` (`o` columns): partials over fixed row chunks in parallel, added in
+/// chunk order (bitwise reproducible, unlike a rayon fold/reduce).
+fn bias_grad(g: &[f32], o: usize) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = if o == 0 {
+        Vec::new()
+    } else {
+        g.par_chunks(o * 64)
+            .map(|c| {
+                let mut acc = vec![0f32; o];
+                for r in c.chunks_exact(o) {
+                    acc.iter_mut().zip(r).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            })
+            .collect()
+    };
+    sum_in_order(&partials, o)
+}
+
 /// [`Affine`] without a bias.
 struct AffineNoBias {
     layout: WeightLayout,
@@ -166,16 +212,10 @@ impl CustomOp2 for AffineNoBias {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = dims(x.shape(), w.shape(), None, self.layout)?;
-        let threads = rayon::current_num_threads();
         let op = "linear backward";
         let (dx, dw) = with_f32(x, op, |xs| {
             with_f32(w, op, |ws| {
-                with_f32(dy, op, |g| {
-                    Ok((
-                        grad_x(&d, self.layout, g, ws, threads),
-                        grad_w(&d, self.layout, xs, g, threads),
-                    ))
-                })
+                with_f32(dy, op, |g| Ok(grads(&d, self.layout, xs, ws, g)))
             })
         })?;
         Ok((
@@ -216,30 +256,12 @@ impl CustomOp3 for Affine {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = dims(x.shape(), w.shape(), Some(b.shape()), self.layout)?;
-        let threads = rayon::current_num_threads();
         let op = "linear backward";
         let (dx, dw, db) = with_f32(x, op, |xs| {
             with_f32(w, op, |ws| {
                 with_f32(dy, op, |g| {
-                    let dx = grad_x(&d, self.layout, g, ws, threads);
-                    let dw = grad_w(&d, self.layout, xs, g, threads);
-                    // db = column sums of dy: partials over fixed row chunks in parallel, added
-                    // in chunk order (bitwise reproducible, unlike a rayon fold/reduce).
-                    let partials: Vec<Vec<f32>> = if d.o == 0 {
-                        Vec::new()
-                    } else {
-                        g.par_chunks(d.o * 64)
-                            .map(|c| {
-                                let mut acc = vec![0f32; d.o];
-                                for r in c.chunks_exact(d.o) {
-                                    acc.iter_mut().zip(r).for_each(|(a, &v)| *a += v);
-                                }
-                                acc
-                            })
-                            .collect()
-                    };
-                    let db = sum_in_order(&partials, d.o);
-                    Ok((dx, dw, db))
+                    let (dx, dw) = grads(&d, self.layout, xs, ws, g);
+                    Ok((dx, dw, bias_grad(g, d.o)))
                 })
             })
         })?;
@@ -302,6 +324,100 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Resul
             .apply_op3(&w.contiguous()?, &b.contiguous()?, Affine { layout })
     } else {
         linear_reference(&x.reshape((d.n, d.i))?, w, b, layout)?.reshape(out_shape(x.shape(), d.o))
+    }
+}
+
+/// `gelu(u) · W + b` (GELU's tanh form): the MLP's activation and output projection as one op.
+/// The activation is never kept: forward computes it into a buffer the GEMM consumes and frees,
+/// backward computes it again beside its derivative (the same tanh). The step then holds one
+/// `[n, 4d]` activation per MLP instead of two (on gpt-medium 8 MiB per layer) at the cost of an
+/// elementwise pass; values are the same, to the bit, as [`crate::gelu`] then [`linear`].
+struct GeluAffine {
+    layout: WeightLayout,
+}
+
+/// `gelu(u)` as a new buffer, in parallel.
+fn gelu_of(u: &[f32]) -> Vec<f32> {
+    par_collect(u.len(), crate::gelu::CHUNK, |r| {
+        u[r].iter().map(|&x| crate::gelu::fwd(x))
+    })
+}
+
+impl CustomOp3 for GeluAffine {
+    fn name(&self) -> &'static str {
+        "codex-gelu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l1.shape(), l2.shape(), Some(l3.shape()), self.layout)?;
+        let u = f32_slice(s1, l1, "gelu linear (u)")?;
+        let w = f32_slice(s2, l2, "gelu linear (weight)")?;
+        let b = f32_slice(s3, l3, "gelu linear (bias)")?;
+        let y = forward(&d, self.layout, &gelu_of(u), w, Some(b));
+        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
+    }
+
+    fn bwd(
+        &self,
+        u: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = dims(u.shape(), w.shape(), Some(b.shape()), self.layout)?;
+        let op = "gelu linear backward";
+        let (du, dw, db) = with_f32(u, op, |us| {
+            with_f32(w, op, |ws| {
+                with_f32(dy, op, |g| {
+                    let m = gelu_of(us);
+                    let (mut du, dw) = grads(&d, self.layout, &m, ws, g);
+                    drop(m);
+                    // du = d(gelu(u)) · gelu'(u), in place (the product `crate::gelu` computes).
+                    let chunk = crate::gelu::CHUNK;
+                    du.par_chunks_mut(chunk)
+                        .zip(us.par_chunks(chunk))
+                        .for_each(|(du, u)| {
+                            crate::simd::with_avx2(
+                                #[inline(always)]
+                                || {
+                                    for (a, &x) in du.iter_mut().zip(u) {
+                                        *a *= crate::gelu::dfdx(x);
+                                    }
+                                },
+                            )
+                        });
+                    Ok((du, dw, bias_grad(g, d.o)))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(du, u.shape())?),
+            Some(cpu_tensor(dw, w.shape())?),
+            Some(cpu_tensor(db, b.shape())?),
+        ))
+    }
+}
+
+/// `gelu(u) · W + b` over the last dimension of `u` (GELU's tanh form, GPT-2's `gelu_new`): the
+/// MLP's activation and output projection in one op that keeps no activation of its own
+/// (`GeluAffine`). The same values as [`crate::gelu`] then [`linear`], to the bit; those two
+/// off the CPU.
+pub fn gelu_linear(u: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
+    dims(u.shape(), w.shape(), Some(b.shape()), layout)?;
+    if is_cpu_f32(u) && is_cpu_f32(w) && is_cpu_f32(b) {
+        u.contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, GeluAffine { layout })
+    } else {
+        linear(&crate::gelu(u)?, w, b, layout)
     }
 }
 
@@ -590,6 +706,47 @@ mod tests {
                 panic!("missing {what}")
             };
             assert_close(a, c, 1e-4, what)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gelu_linear_is_gelu_then_linear_to_the_bit() -> Result<()> {
+        // 150 rows: several of gelu's 4096-element chunks and of the bias-gradient row chunks.
+        for (layout, wshape) in [
+            (WeightLayout::InOut, [96, 40]),
+            (WeightLayout::OutIn, [40, 96]),
+        ] {
+            let u = Var::from_tensor(&rand(1, &[3, 50, 96], 3.0)?)?;
+            let w = Var::from_tensor(&rand(2, &wshape, 0.5)?)?;
+            let b = Var::from_tensor(&rand(3, &[40], 0.5)?)?;
+            let r = rand(4, &[3, 50, 40], 1.0)?;
+            let y1 = gelu_linear(&u, &w, &b, layout)?;
+            let y2 = linear(&crate::gelu(&u)?, &w, &b, layout)?;
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                Ok(t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect())
+            };
+            assert_eq!(bits(&y1)?, bits(&y2)?, "forward");
+            // And both against candle's own composition, so the pair cannot agree on nonsense.
+            let y3 = linear_reference(
+                &crate::gelu_reference(&u)?.reshape((150, 96))?,
+                &w,
+                &b,
+                layout,
+            )?;
+            assert_close(&y1.reshape((150, 40))?, &y3, 1e-4, "forward vs candle")?;
+            let g1 = (y1 * &r)?.sum_all()?.backward()?;
+            let g2 = (y2 * &r)?.sum_all()?.backward()?;
+            for (v, what) in [(&u, "du"), (&w, "dW"), (&b, "db")] {
+                let (Some(a), Some(c)) = (g1.get(v), g2.get(v)) else {
+                    panic!("missing {what}")
+                };
+                assert_eq!(bits(a)?, bits(c)?, "{what}");
+            }
         }
         Ok(())
     }

@@ -554,6 +554,7 @@ impl CustomOp3 for RopeAttention {
                                                         },
                                                     ),
                                                     h != g * rep,
+                                                    true,
                                                 );
                                             }
                                         },

@@ -173,6 +173,26 @@ impl Linear {
         self.add_lora(x, y.reshape(out)?, f)
     }
 
+    /// `gelu(u)` (tanh form) through this layer. A trainable layer with a bias and no adapter
+    /// takes both in one op that keeps no activation for backward ([`codex_ops::gelu_linear`]);
+    /// anything else applies GELU, then [`Self::forward`].
+    pub fn forward_gelu(&self, u: &Tensor, f: &Fwd) -> Result<Tensor> {
+        if let (false, Some(bias), None) = (f.frozen, &self.bias, &self.lora) {
+            let layout = if self.conv1d {
+                codex_ops::WeightLayout::InOut
+            } else {
+                codex_ops::WeightLayout::OutIn
+            };
+            return Ok(codex_ops::gelu_linear(
+                u,
+                &f.w(&self.weight),
+                &f.w(bias),
+                layout,
+            )?);
+        }
+        self.forward(&crate::ops::gelu_tanh(u)?, f)
+    }
+
     /// `y + scale · dropout(x) Aᵀ Bᵀ` while an unmerged adapter is attached; `y` as is otherwise.
     fn add_lora(&self, x: &Tensor, y: Tensor, f: &Fwd) -> Result<Tensor> {
         let Some(l) = &self.lora else { return Ok(y) };

@@ -80,14 +80,6 @@ impl Gpt2 {
             lm_head,
         })
     }
-
-    fn act(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(if self.cfg.activation_function == "gelu" {
-            ops::gelu_erf(x)?
-        } else {
-            ops::gelu_tanh(x)?
-        })
-    }
 }
 
 impl Architecture for Gpt2 {
@@ -126,8 +118,13 @@ impl Architecture for Gpt2 {
             let y = blk.attn_proj.forward(&y, f)?;
             h = codex_ops::add(&h, &f.dropout(&y, self.cfg.resid_pdrop)?)?;
             let m = blk.ln_2.forward(&h, f)?;
-            let m = self.act(&blk.c_fc.forward(&m, f)?)?;
-            let m = blk.mlp_proj.forward(&m, f)?;
+            let u = blk.c_fc.forward(&m, f)?;
+            let m = if self.cfg.activation_function == "gelu" {
+                blk.mlp_proj.forward(&ops::gelu_erf(&u)?, f)?
+            } else {
+                // The tanh form: activation and projection in one op where it can.
+                blk.mlp_proj.forward_gelu(&u, f)?
+            };
             h = codex_ops::add(&h, &f.dropout(&m, self.cfg.resid_pdrop)?)?;
         }
         if let Some(c) = cache {

@@ -10,7 +10,8 @@
 //! - candle `CustomOp`s with hand-written backward: [`layer_norm`], [`gelu`] (tanh
 //!   approximation, GPT-2's `gelu_new`), [`causal_softmax`] (scale + causal mask + softmax) and
 //!   [`cross_entropy`] (mean over tokens, producing `dlogits` directly), [`linear`] (matmul with
-//!   the bias fused in), [`frozen_linear`] (constant weight: backward yields `dx` only, no
+//!   the bias fused in), [`gelu_linear`] (GELU and the MLP's output projection, no activation
+//!   kept), [`frozen_linear`] (constant weight: backward yields `dx` only, no
 //!   weight-gradient GEMM), [`lora_linear`] (that plus a LoRA adapter in the same op) and [`causal_attention`] (packed `qkv` → merged heads, FlashAttention-style
 //!   recomputation in backward), the last three calling the `gemm` kernels on strided views;
 //! - [`embedding`]: the token lookup with GPT-2's positions added in the same pass, both

@@ -35,6 +35,19 @@ impl WeightLayout {
 
 struct Affine {
     layout: WeightLayout,
+    /// `y = gelu(x) · W + b` (GELU's tanh form): the MLP's activation and output projection as
+    /// one op. The activation is never kept: forward computes it into a buffer the GEMM consumes
+    /// and frees, backward computes it again. The step then holds one `[n, 4d]` activation per
+    /// MLP instead of two (on gpt-medium 8 MiB per layer) for an elementwise pass; values are the
+    /// same, to the bit, as [`crate::gelu`] then a plain affine op.
+    gelu: bool,
+}
+
+/// `gelu(u)` as a new buffer, in parallel.
+fn gelu_of(u: &[f32]) -> Vec<f32> {
+    par_collect(u.len(), crate::gelu::CHUNK, |r| {
+        u[r].iter().map(|&x| crate::gelu::fwd(x))
+    })
 }
 
 struct Dims {
@@ -227,7 +240,11 @@ impl CustomOp2 for AffineNoBias {
 
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
-        "codex-linear"
+        if self.gelu {
+            "codex-gelu-linear"
+        } else {
+            "codex-linear"
+        }
     }
 
     fn cpu_fwd(
@@ -243,7 +260,11 @@ impl CustomOp3 for Affine {
         let x = f32_slice(s1, l1, "linear (x)")?;
         let w = f32_slice(s2, l2, "linear (weight)")?;
         let b = f32_slice(s3, l3, "linear (bias)")?;
-        let y = forward(&d, self.layout, x, w, Some(b));
+        let y = if self.gelu {
+            forward(&d, self.layout, &gelu_of(x), w, Some(b))
+        } else {
+            forward(&d, self.layout, x, w, Some(b))
+        };
         Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
     }
 
@@ -260,7 +281,27 @@ impl CustomOp3 for Affine {
         let (dx, dw, db) = with_f32(x, op, |xs| {
             with_f32(w, op, |ws| {
                 with_f32(dy, op, |g| {
-                    let (dx, dw) = grads(&d, self.layout, xs, ws, g);
+                    if !self.gelu {
+                        let (dx, dw) = grads(&d, self.layout, xs, ws, g);
+                        return Ok((dx, dw, bias_grad(g, d.o)));
+                    }
+                    let m = gelu_of(xs);
+                    let (mut dx, dw) = grads(&d, self.layout, &m, ws, g);
+                    drop(m);
+                    // dx = d(gelu(x)) · gelu'(x), in place (the product `crate::gelu` computes).
+                    let chunk = crate::gelu::CHUNK;
+                    dx.par_chunks_mut(chunk)
+                        .zip(xs.par_chunks(chunk))
+                        .for_each(|(dx, x)| {
+                            crate::simd::with_avx2(
+                                #[inline(always)]
+                                || {
+                                    for (a, &x) in dx.iter_mut().zip(x) {
+                                        *a *= crate::gelu::dfdx(x);
+                                    }
+                                },
+                            )
+                        });
                     Ok((dx, dw, bias_grad(g, d.o)))
                 })
             })
@@ -320,102 +361,31 @@ impl CustomOp1 for Frozen {
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
     let d = dims(x.shape(), w.shape(), Some(b.shape()), layout)?;
     if is_cpu_f32(x) && is_cpu_f32(w) && is_cpu_f32(b) {
-        x.contiguous()?
-            .apply_op3(&w.contiguous()?, &b.contiguous()?, Affine { layout })
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            Affine {
+                layout,
+                gelu: false,
+            },
+        )
     } else {
         linear_reference(&x.reshape((d.n, d.i))?, w, b, layout)?.reshape(out_shape(x.shape(), d.o))
     }
 }
 
-/// `gelu(u) · W + b` (GELU's tanh form): the MLP's activation and output projection as one op.
-/// The activation is never kept: forward computes it into a buffer the GEMM consumes and frees,
-/// backward computes it again beside its derivative (the same tanh). The step then holds one
-/// `[n, 4d]` activation per MLP instead of two (on gpt-medium 8 MiB per layer) at the cost of an
-/// elementwise pass; values are the same, to the bit, as [`crate::gelu`] then [`linear`].
-struct GeluAffine {
-    layout: WeightLayout,
-}
-
-/// `gelu(u)` as a new buffer, in parallel.
-fn gelu_of(u: &[f32]) -> Vec<f32> {
-    par_collect(u.len(), crate::gelu::CHUNK, |r| {
-        u[r].iter().map(|&x| crate::gelu::fwd(x))
-    })
-}
-
-impl CustomOp3 for GeluAffine {
-    fn name(&self) -> &'static str {
-        "codex-gelu-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1.shape(), l2.shape(), Some(l3.shape()), self.layout)?;
-        let u = f32_slice(s1, l1, "gelu linear (u)")?;
-        let w = f32_slice(s2, l2, "gelu linear (weight)")?;
-        let b = f32_slice(s3, l3, "gelu linear (bias)")?;
-        let y = forward(&d, self.layout, &gelu_of(u), w, Some(b));
-        Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
-    }
-
-    fn bwd(
-        &self,
-        u: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = dims(u.shape(), w.shape(), Some(b.shape()), self.layout)?;
-        let op = "gelu linear backward";
-        let (du, dw, db) = with_f32(u, op, |us| {
-            with_f32(w, op, |ws| {
-                with_f32(dy, op, |g| {
-                    let m = gelu_of(us);
-                    let (mut du, dw) = grads(&d, self.layout, &m, ws, g);
-                    drop(m);
-                    // du = d(gelu(u)) · gelu'(u), in place (the product `crate::gelu` computes).
-                    let chunk = crate::gelu::CHUNK;
-                    du.par_chunks_mut(chunk)
-                        .zip(us.par_chunks(chunk))
-                        .for_each(|(du, u)| {
-                            crate::simd::with_avx2(
-                                #[inline(always)]
-                                || {
-                                    for (a, &x) in du.iter_mut().zip(u) {
-                                        *a *= crate::gelu::dfdx(x);
-                                    }
-                                },
-                            )
-                        });
-                    Ok((du, dw, bias_grad(g, d.o)))
-                })
-            })
-        })?;
-        Ok((
-            Some(cpu_tensor(du, u.shape())?),
-            Some(cpu_tensor(dw, w.shape())?),
-            Some(cpu_tensor(db, b.shape())?),
-        ))
-    }
-}
-
 /// `gelu(u) · W + b` over the last dimension of `u` (GELU's tanh form, GPT-2's `gelu_new`): the
 /// MLP's activation and output projection in one op that keeps no activation of its own
-/// (`GeluAffine`). The same values as [`crate::gelu`] then [`linear`], to the bit; those two
+/// (`Affine` with `gelu`). The same values as [`crate::gelu`] then [`linear`], to the bit; those two
 /// off the CPU.
 pub fn gelu_linear(u: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
     dims(u.shape(), w.shape(), Some(b.shape()), layout)?;
     if is_cpu_f32(u) && is_cpu_f32(w) && is_cpu_f32(b) {
-        u.contiguous()?
-            .apply_op3(&w.contiguous()?, &b.contiguous()?, GeluAffine { layout })
+        u.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            Affine { layout, gelu: true },
+        )
     } else {
         linear(&crate::gelu(u)?, w, b, layout)
     }

@@ -424,6 +424,9 @@ pub fn causal_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 fn causal_attention_keeping(qkv: &Tensor, heads: usize, keep_max: usize) -> Result<Tensor> {
     Dims::of(qkv.shape(), heads)?;
     if is_cpu_f32(qkv) {
+        // Without a graph to record this op in (evaluation, inference) no backward will read
+        // the probabilities: each task's scratch stays in cache instead.
+        let keep_max = if qkv.track_op() { keep_max } else { 0 };
         qkv.contiguous()?.apply_op1(CausalAttention {
             heads,
             lse: Mutex::new(Vec::new()),

@@ -27,16 +27,30 @@ fn cfg(out: &Path, interval_ms: u64) -> SamplerConfig {
 
 /// Threads named by the sampler that are alive in this process (Linux).
 fn sampler_threads() -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+    let count = || {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "codex-telemetry")
+            })
+            .count()
     };
-    tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "codex-telemetry")
-        })
-        .count()
+    // A joined thread has finished running, but the kernel may list its task in /proc a moment
+    // longer (join returns when the thread clears its tid, before the task is released): seen
+    // once on a loaded 2-core machine. Give it up to a second to go; a thread still running
+    // stays listed and fails the caller's assertion.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let n = count();
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -354,7 +354,7 @@ fn real_sigint_finishes_the_step_checkpoints_and_exits_130() {
 }
 
 #[test]
-fn bf16_trains_and_checkpoints_bf16_weights_computing_in_f32() {
+fn bf16_trains_and_checkpoints_bf16_weights() {
     let dir = tempdir();
     let input = corpus(dir.path());
     let run = dir.path().join("run");
@@ -391,9 +391,58 @@ fn bf16_trains_and_checkpoints_bf16_weights_computing_in_f32() {
         !dtypes.is_empty() && dtypes.iter().all(|d| *d == "BF16"),
         "{dtypes:?}"
     );
-    // Stored in bf16, computed in f32 on the CPU, and the run record says so.
+    // Stored in bf16; the products ran in bf16 where this CPU has AVX512-BF16, else in f32,
+    // and the run record says which.
     let start = file.iter().find(|e| e["event"] == "start").unwrap();
-    assert_eq!(start["compute_dtype"], "f32", "{start}");
+    let bf16_cpu = cfg!(target_arch = "x86_64") && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    };
+    let want = if bf16_cpu { "bf16" } else { "f32" };
+    assert_eq!(start["compute_dtype"], want, "{start}");
+}
+
+#[test]
+fn bf16_products_can_be_turned_off_and_stay_deterministic() {
+    // `training.bf16_matmul = false` widens every product to f32 (on any CPU); either way two
+    // runs of the same config are bit-identical.
+    let dir = tempdir();
+    let input = corpus(dir.path());
+    for matmul in ["true", "false"] {
+        let mut weights = Vec::new();
+        for rep in 0..2 {
+            let run = dir.path().join(format!("run-{matmul}-{rep}"));
+            let args = tiny_args(
+                &input,
+                &run,
+                &[
+                    "training.dtype=bf16",
+                    &format!("training.bf16_matmul={matmul}"),
+                    "training.steps=6",
+                    "training.eval_every=0",
+                    "checkpoint.every=6",
+                ],
+            );
+            codex().args(&args).assert().success();
+            let file = lines(&run.join("metrics.ndjson"));
+            let start = file.iter().find(|e| e["event"] == "start").unwrap();
+            if matmul == "false" {
+                assert_eq!(start["compute_dtype"], "f32", "{start}");
+            }
+            weights.push(
+                std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap(),
+            );
+        }
+        assert!(
+            weights[0] == weights[1],
+            "bf16_matmul={matmul}: runs differ"
+        );
+    }
 }
 
 #[test]

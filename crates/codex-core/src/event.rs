@@ -80,8 +80,9 @@ pub struct Start {
     /// what bit-identical weights depend on. Absent in runs recorded before it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
-    /// The dtype the forward and backward compute in, where it differs from the parameters'
-    /// (`training.dtype = "bf16"` on the CPU stores bf16 and computes in f32).
+    /// What the CPU forward and backward compute in for bf16 parameters (`training.dtype =
+    /// "bf16"`): `bf16` (matrix products with bf16 operands and f32 accumulation on
+    /// AVX512-BF16, everything else in f32, as PyTorch's CPU autocast) or `f32` (widened).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_dtype: Option<String>,
     /// The FLOPs accounting behind the step events' `mfu`.

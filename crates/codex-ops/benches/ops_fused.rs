@@ -212,5 +212,50 @@ fn adamw(c: &mut Criterion) {
     run().expect("adamw benches");
 }
 
-criterion_group!(benches, ops, adamw);
+/// The bf16 products (AVX512-BF16) against the f32 ones they replace in `dtype = "bf16"` runs:
+/// a linear's forward + backward at gpt-medium's MLP shape (batch 16 x context 128, d = 256 →
+/// 1024) and SmolLM2-135M's (512 x 576 → 1536), and gpt-medium's attention. Skipped, saying so,
+/// on a CPU without the instructions.
+fn bf16(c: &mut Criterion) {
+    if !codex_ops::bf16gemm::supported() {
+        eprintln!("bf16 products: this CPU has no AVX512-BF16; nothing to compare");
+        return;
+    }
+    codex_ops::keep_freed_memory();
+    let mut run = || -> Result<()> {
+        for (name, rows, i, o) in [
+            ("gpt-medium mlp", 2048, 256, 1024),
+            ("smollm2 mlp", 512, 576, 1536),
+        ] {
+            let (w, b) = (rand(&[i, o], 5)?, rand(&[o], 6)?);
+            let x = Var::from_tensor(&rand(&[rows, i], 1)?)?;
+            let r = rand(&[rows, o], 2)?;
+            let f = |x: &Tensor| codex_ops::linear(x, &w, &b, codex_ops::WeightLayout::InOut);
+            let mut g = c.benchmark_group(format!("linear {rows}x{i} -> {o} ({name})"));
+            for (label, on) in [("f32", false), ("bf16", true)] {
+                codex_ops::bf16gemm::enable(on);
+                g.bench_function(label, |bch| {
+                    bch.iter(|| fwd_bwd(&x, &r, &f).expect("linear"))
+                });
+            }
+            g.finish();
+        }
+        let x = Var::from_tensor(&rand(&[16, 128, 768], 1)?)?;
+        let r = rand(&[16, 128, 256], 2)?;
+        let f = |x: &Tensor| codex_ops::causal_attention(x, 8);
+        let mut g = c.benchmark_group("causal_attention 16x128x(3x256) h8");
+        for (label, on) in [("f32", false), ("bf16", true)] {
+            codex_ops::bf16gemm::enable(on);
+            g.bench_function(label, |bch| {
+                bch.iter(|| fwd_bwd(&x, &r, &f).expect("attention"))
+            });
+        }
+        g.finish();
+        codex_ops::bf16gemm::enable(false);
+        Ok(())
+    };
+    run().expect("bf16 benches");
+}
+
+criterion_group!(benches, ops, adamw, bf16);
 criterion_main!(benches);

@@ -30,6 +30,7 @@
 mod adamw;
 mod alloc;
 mod attention;
+pub mod bf16gemm;
 pub mod blas;
 mod elementwise;
 mod embedding;

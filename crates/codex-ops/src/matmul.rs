@@ -95,6 +95,12 @@ pub(crate) fn gemm_into(
         }
         return;
     }
+    if crate::bf16gemm::active() {
+        // SAFETY: the views were checked above, `active` implies the CPU features, and
+        // exclusive access to `dv` is the caller's guarantee.
+        unsafe { crate::bf16gemm::gemm(dst, dv, a, av, b, bv, scale, accumulate, threads) };
+        return;
+    }
     if crate::blas::wants(dv.rows, dv.cols, av.cols)
         && let Some(call) = blas_call(dst, dv, a, av, b, bv, scale, accumulate)
     {

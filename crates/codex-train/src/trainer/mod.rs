@@ -466,13 +466,26 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 peak_source: peak_source.to_string(),
                 energy_source: energy.as_ref().map(|e| e.source().to_string()),
             });
-        // Half-precision parameters on the CPU are widened to f32 for compute (the registry's
-        // `Model::computes_in_f32`): said here and in the `start` event, never silently.
-        let compute_dtype = (cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu())
-            .then(|| "f32".to_string());
-        if compute_dtype.is_some() {
+        // bf16 parameters on the CPU: products in bf16 where the CPU has the instructions (and
+        // the config allows), else everything widened to f32 (the registry's
+        // `Model::computes_in_f32`) — said here and in the `start` event, never silently. The
+        // switch is process-wide, so every run sets it, on or off.
+        let cpu_bf16 = cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu();
+        let bf16_products = codex_ops::bf16gemm::enable(cpu_bf16 && cfg.training.bf16_matmul);
+        let compute_dtype =
+            cpu_bf16.then(|| if bf16_products { "bf16" } else { "f32" }.to_string());
+        if bf16_products {
             tracing::info!(
-                "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), compute in f32"
+                "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), matrix products in bf16 with f32 accumulation (AVX512-BF16), the rest in f32"
+            );
+        } else if cpu_bf16 {
+            let why = if cfg.training.bf16_matmul {
+                "this CPU has no AVX512-BF16"
+            } else {
+                "training.bf16_matmul = false"
+            };
+            tracing::info!(
+                "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), compute in f32 ({why})"
             );
         }
         self.sinks.emit(

@@ -1,0 +1,157 @@
+//! The fused ops with their products in bf16 (`codex_ops::bf16gemm`), against the same ops in
+//! f32 (themselves tested against candle's compositions): forward and every gradient within
+//! bf16's precision, the bf16 kernels actually called, and results bitwise independent of the
+//! thread count. The switch is process-wide, so this binary holds one test.
+
+use candle_core::{Device, Result, Tensor, Var};
+use codex_ops::{WeightLayout, bf16gemm};
+
+fn rand(seed: u64, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Forward output and the gradient of every var, with the products in bf16 or f32.
+fn run(
+    vars: &[Var],
+    op: &(dyn Fn(&[Var]) -> Result<Tensor> + Sync),
+    bf16: bool,
+) -> Result<Vec<Vec<f32>>> {
+    assert_eq!(bf16gemm::enable(bf16), bf16);
+    let y = op(vars)?;
+    let up = rand(99, y.dims())?;
+    let g = (&y * &up)?.sum_all()?.backward()?;
+    let mut out = vec![flat(&y)?];
+    for v in vars {
+        if let Some(t) = g.get(v) {
+            out.push(flat(t)?);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn fused_ops_in_bf16_match_f32_and_ignore_the_thread_count() -> Result<()> {
+    if !bf16gemm::supported() {
+        // Without AVX512-BF16 the products cannot run in bf16: the switch must stay off.
+        assert!(!bf16gemm::enable(true) && !bf16gemm::active());
+        return Ok(());
+    }
+    type Op = Box<dyn Fn(&[Var]) -> Result<Tensor> + Send + Sync>;
+    let var = |seed, shape: &[usize]| Var::from_tensor(&rand(seed, shape)?);
+    let (n, i, o) = (130, 96, 200);
+    let cases: Vec<(&str, Vec<Var>, Op)> = vec![
+        (
+            "linear [in, out]",
+            vec![var(1, &[n, i])?, var(2, &[i, o])?, var(3, &[o])?],
+            Box::new(|v| codex_ops::linear(v[0].as_tensor(), &v[1], &v[2], WeightLayout::InOut)),
+        ),
+        (
+            "gelu_linear [out, in]",
+            vec![var(1, &[n, i])?, var(2, &[o, i])?, var(3, &[o])?],
+            Box::new(|v| {
+                codex_ops::gelu_linear(v[0].as_tensor(), &v[1], &v[2], WeightLayout::OutIn)
+            }),
+        ),
+        (
+            "lora_linear",
+            vec![var(1, &[n, i])?, var(4, &[8, i])?, var(5, &[o, 8])?],
+            Box::new(move |v| {
+                let w = rand(2, &[o, i])?;
+                codex_ops::lora_linear(
+                    v[0].as_tensor(),
+                    &w,
+                    None,
+                    &v[1],
+                    &v[2],
+                    2.0,
+                    WeightLayout::OutIn,
+                )
+            }),
+        ),
+        (
+            "causal_attention",
+            vec![var(6, &[2, 40, 3 * 64])?],
+            Box::new(|v| codex_ops::causal_attention(v[0].as_tensor(), 4)),
+        ),
+        (
+            "rope_attention",
+            vec![
+                var(7, &[2, 40, 4 * 16])?,
+                var(8, &[2, 40, 2 * 16])?,
+                var(9, &[2, 40, 2 * 16])?,
+            ],
+            Box::new(|v| codex_ops::rope_attention(&v[0], &v[1], &v[2], 4, 2, 10000.0)),
+        ),
+        (
+            "linear_cross_entropy",
+            vec![var(10, &[n, i])?, var(11, &[300, i])?],
+            Box::new(move |v| {
+                let t: Vec<u32> = (0..n as u32).map(|x| (x * 7) % 300).collect();
+                let t = Tensor::from_vec(t, n, &Device::Cpu)?;
+                codex_ops::linear_cross_entropy(&v[0], &v[1], &t, true)
+            }),
+        ),
+    ];
+    let pool = |t| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    };
+    for (name, vars, op) in &cases {
+        let want = run(vars, op.as_ref(), false)?;
+        let before = bf16gemm::calls();
+        let got = run(vars, op.as_ref(), true)?;
+        assert!(
+            bf16gemm::calls() > before,
+            "{name}: the bf16 kernels were not called"
+        );
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            // bf16 keeps 8 significant bits: operands are off by up to 2^-9 relative, and the
+            // errors of a k-term sum mostly cancel.
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let worst = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 2e-2 * scale,
+                "{name} output {k}: max |diff| {worst} (scale {scale})"
+            );
+            // The forward always runs a product (a bias gradient, say, need not).
+            assert!(
+                k > 0 || worst > 0.0,
+                "{name}: forward identical to f32, so not computed in bf16"
+            );
+        }
+        let one = pool(1).install(|| run(vars, op.as_ref(), true))?;
+        let three = pool(3).install(|| run(vars, op.as_ref(), true))?;
+        for (k, ((a, b), c)) in got.iter().zip(&one).zip(&three).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(a) == bits(b) && bits(a) == bits(c),
+                "{name} output {k} depends on the thread count"
+            );
+        }
+    }
+    assert!(!bf16gemm::enable(false) && !bf16gemm::active());
+    Ok(())
+}

@@ -100,8 +100,10 @@ impl Mat<'_> {
     }
 }
 
-/// Pack rows `r0..r0+rows` × inner `k0..k0+kc` of A into `MR`-row panels: for each panel and each
-/// k pair `p`, `MR` u32s (row `i`'s elements `k0+2p`, `k0+2p+1`), zero past the edges.
+/// Pack rows `r0..r0+rows` × inner `k0..k0+kc` of A into `MR`-row panels of u32 pairs (row `i`'s
+/// elements `k0+2p`, `k0+2p+1`), zero past the edges. Returns the layout within a panel: `true`
+/// row by row (`kp` pairs of row 0, then row 1, …: a row-major A converts straight in), `false`
+/// pair by pair (`MR` rows of pair 0, then pair 1, …: a transposed A converts straight in).
 fn pack_a(
     a: Mat,
     r0: usize,
@@ -110,24 +112,19 @@ fn pack_a(
     kc: usize,
     out: &mut Vec<u32>,
     t: &mut Vec<u32>,
-) {
+) -> bool {
     let kp = kc.div_ceil(2);
     let panels = rows.div_ceil(MR);
     out.clear();
     out.resize(panels * kp * MR, 0);
     let v = a.v;
     if v.cs == 1 {
-        // Row-major: a row's pairs are contiguous; convert them, then spread them over the
-        // panel's pair-major layout.
-        t.resize(kp, 0);
+        // Row-major: a row's pairs are contiguous, and so are they in the row layout.
         for r in 0..rows {
             let at = v.offset + (r0 + r) * v.rs + k0;
-            pairs(&a.data[at..at + kc], t);
-            let o = &mut out[(r / MR) * kp * MR + r % MR..];
-            for (p, &x) in t.iter().enumerate() {
-                o[p * MR] = x;
-            }
+            pairs(&a.data[at..at + kc], &mut out[r * kp..][..kp]);
         }
+        return true;
     } else if v.rs == 1 {
         // Transposed (A's rows are memory columns): memory rows k and k+1 hold pair p of every
         // row of A side by side.
@@ -154,6 +151,7 @@ fn pack_a(
             }
         }
     }
+    false
 }
 
 /// Pack inner `k0..k0+kc` × columns `c0..c0+cols` of B into `NR`-column panels: for each panel
@@ -191,8 +189,8 @@ fn pack_b(
             let at = v.offset + (c0 + c) * v.cs + k0;
             pairs(&b.data[at..at + kc], t);
             let o = &mut out[(c / NR) * kp * NR + c % NR..];
-            for (p, &x) in t.iter().enumerate() {
-                o[p * NR] = x;
+            for (d, &x) in o.iter_mut().step_by(NR).zip(t.iter()) {
+                *d = x;
             }
         }
     } else {
@@ -371,7 +369,7 @@ unsafe fn block(
             pack_b(b, pc, kc, jc, nc, &mut bp, &mut t);
             for ic in (r.0..r.1).step_by(MC) {
                 let mc = MC.min(r.1 - ic);
-                pack_a(a, ic, mc, pc, kc, &mut ap, &mut t);
+                let rows_layout = pack_a(a, ic, mc, pc, kc, &mut ap, &mut t);
                 for pj in 0..nc.div_ceil(NR) {
                     let w = NR.min(nc - pj * NR);
                     let bpan = bp[pj * kp * NR..].as_ptr();
@@ -383,13 +381,33 @@ unsafe fn block(
                         if h == MR && w == NR && out.v.cs == 1 {
                             // SAFETY: a full tile inside `dv` with unit column stride.
                             unsafe {
-                                kernel(kp, apan, bpan, out.dst.add(at), out.v.rs, scale, add)
+                                kernel(
+                                    kp,
+                                    rows_layout,
+                                    apan,
+                                    bpan,
+                                    out.dst.add(at),
+                                    out.v.rs,
+                                    scale,
+                                    add,
+                                )
                             };
                         } else {
                             // Edge or strided tile: through a local tile, then the same
                             // arithmetic (`scale · acc`, then `+ dst`) element by element.
                             // SAFETY: the tile is `MR × NR` with row stride `NR`.
-                            unsafe { kernel(kp, apan, bpan, tile.as_mut_ptr(), NR, 1.0, false) };
+                            unsafe {
+                                kernel(
+                                    kp,
+                                    rows_layout,
+                                    apan,
+                                    bpan,
+                                    tile.as_mut_ptr(),
+                                    NR,
+                                    1.0,
+                                    false,
+                                )
+                            };
                             for i in 0..h {
                                 for j in 0..w {
                                     let v = scale * tile[i * NR + j];
@@ -419,6 +437,29 @@ unsafe fn block(_: Out, _: Mat, _: Mat, _: (usize, usize), _: (usize, usize), _:
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel(
     kp: usize,
+    rows_layout: bool,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    rs: usize,
+    scale: f32,
+    add: bool,
+) {
+    if rows_layout {
+        // SAFETY: as for this function.
+        unsafe { tile::<true>(kp, a, b, c, rs, scale, add) }
+    } else {
+        // SAFETY: as for this function.
+        unsafe { tile::<false>(kp, a, b, c, rs, scale, add) }
+    }
+}
+
+/// [`kernel`] for one layout of the A panel (see [`pack_a`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn tile<const ROWS: bool>(
+    kp: usize,
     a: *const u32,
     b: *const u32,
     c: *mut f32,
@@ -437,9 +478,13 @@ unsafe fn kernel(
                 ))
             });
             for (i, row) in acc.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
-                    *a.add(p * MR + i) as i32,
-                ));
+                let av: __m512bh =
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(if ROWS {
+                        i * kp + p
+                    } else {
+                        p * MR + i
+                    })
+                        as i32));
                 for (v, x) in row.iter_mut().enumerate() {
                     *x = _mm512_dpbf16_ps(*x, av, bv[v]);
                 }

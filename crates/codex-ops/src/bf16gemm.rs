@@ -435,6 +435,7 @@ unsafe fn block(_: Out, _: Mat, _: Mat, _: (usize, usize), _: (usize, usize), _:
 /// packed panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     kp: usize,
     rows_layout: bool,

@@ -292,6 +292,7 @@ pub fn scale_inplace(t: &Tensor, s: f32) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::testing::values;
     use candle_core::Device;
 
     /// Reference AdamW written out in f64, following torch.optim.AdamW's documented algorithm.
@@ -304,18 +305,6 @@ mod tests {
             let vhat = v[i] / (1.0 - hp.beta2.powi(t));
             p[i] -= hp.lr * mhat / (vhat.sqrt() + hp.eps);
         }
-    }
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

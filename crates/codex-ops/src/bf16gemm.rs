@@ -103,7 +103,7 @@ impl Mat<'_> {
 /// Pack rows `r0..r0+rows` × inner `k0..k0+kc` of A into `MR`-row panels of u32 pairs (row `i`'s
 /// elements `k0+2p`, `k0+2p+1`), zero past the edges. Returns the layout within a panel: `true`
 /// row by row (`kp` pairs of row 0, then row 1, …: a row-major A converts straight in), `false`
-/// pair by pair (`MR` rows of pair 0, then pair 1, …: a transposed A converts straight in).
+/// pair by pair (`MR` rows of pair 0, then pair 1, …: as B's panels).
 fn pack_a(
     a: Mat,
     r0: usize,
@@ -113,45 +113,13 @@ fn pack_a(
     out: &mut Vec<u32>,
     t: &mut Vec<u32>,
 ) -> bool {
-    let kp = kc.div_ceil(2);
-    let panels = rows.div_ceil(MR);
-    out.clear();
-    out.resize(panels * kp * MR, 0);
-    let v = a.v;
-    if v.cs == 1 {
-        // Row-major: a row's pairs are contiguous, and so are they in the row layout.
-        for r in 0..rows {
-            let at = v.offset + (r0 + r) * v.rs + k0;
-            pairs(&a.data[at..at + kc], &mut out[r * kp..][..kp]);
-        }
-        return true;
-    } else if v.rs == 1 {
-        // Transposed (A's rows are memory columns): memory rows k and k+1 hold pair p of every
-        // row of A side by side.
-        t.resize(rows, 0);
-        for p in 0..kp {
-            let k = k0 + 2 * p;
-            let lo = &a.data[v.offset + k * v.cs + r0..][..rows];
-            let hi = (2 * p + 1 < kc).then(|| &a.data[v.offset + (k + 1) * v.cs + r0..][..rows]);
-            interleave(lo, hi, t);
-            for (pi, chunk) in t.chunks(MR).enumerate() {
-                out[pi * kp * MR + p * MR..][..chunk.len()].copy_from_slice(chunk);
-            }
-        }
-    } else {
-        for r in 0..rows {
-            for p in 0..kp {
-                let k = k0 + 2 * p;
-                let hi = if 2 * p + 1 < kc {
-                    a.at(r0 + r, k + 1)
-                } else {
-                    0.0
-                };
-                out[(r / MR) * kp * MR + p * MR + r % MR] = pair(a.at(r0 + r, k), hi);
-            }
-        }
-    }
-    false
+    // A's rows are the columns of Aᵀ, packed as B's columns are, except that a row-major A
+    // (a column-major Aᵀ) keeps its rows whole instead of being scattered across pairs.
+    let at = Mat {
+        data: a.data,
+        v: a.v.t(),
+    };
+    pack(at, k0, kc, r0, rows, MR, true, out, t)
 }
 
 /// Pack inner `k0..k0+kc` × columns `c0..c0+cols` of B into `NR`-column panels: for each panel
@@ -165,46 +133,71 @@ fn pack_b(
     out: &mut Vec<u32>,
     t: &mut Vec<u32>,
 ) {
+    pack(b, k0, kc, c0, cols, NR, false, out, t);
+}
+
+/// Columns `c0..c0+cols` × inner `k0..k0+kc` of the `k × n` matrix `m` into panels of `w`
+/// columns, pair by pair (`w` u32s per k pair) — or, with `rows_ok` and a column-major `m`,
+/// column by column (`kp` u32s per column); returns whether it chose the latter.
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    m: Mat,
+    k0: usize,
+    kc: usize,
+    c0: usize,
+    cols: usize,
+    w: usize,
+    rows_ok: bool,
+    out: &mut Vec<u32>,
+    t: &mut Vec<u32>,
+) -> bool {
     let kp = kc.div_ceil(2);
-    let panels = cols.div_ceil(NR);
     out.clear();
-    out.resize(panels * kp * NR, 0);
-    let v = b.v;
+    out.resize(cols.div_ceil(w) * kp * w, 0);
+    let v = m.v;
     if v.cs == 1 {
         // Row-major: rows k and k+1 give pair p of every column side by side.
         t.resize(cols, 0);
         for p in 0..kp {
             let k = k0 + 2 * p;
-            let lo = &b.data[v.offset + k * v.rs + c0..][..cols];
-            let hi = (2 * p + 1 < kc).then(|| &b.data[v.offset + (k + 1) * v.rs + c0..][..cols]);
+            let lo = &m.data[v.offset + k * v.rs + c0..][..cols];
+            let hi = (2 * p + 1 < kc).then(|| &m.data[v.offset + (k + 1) * v.rs + c0..][..cols]);
             interleave(lo, hi, t);
-            for (pj, chunk) in t.chunks(NR).enumerate() {
-                out[pj * kp * NR + p * NR..][..chunk.len()].copy_from_slice(chunk);
+            for (pj, chunk) in t.chunks(w).enumerate() {
+                out[pj * kp * w + p * w..][..chunk.len()].copy_from_slice(chunk);
             }
         }
+        false
     } else if v.rs == 1 {
-        // Transposed: a column's pairs are contiguous in memory.
+        // Column-major: a column's pairs are contiguous in memory.
         t.resize(kp, 0);
         for c in 0..cols {
-            let at = v.offset + (c0 + c) * v.cs + k0;
-            pairs(&b.data[at..at + kc], t);
-            let o = &mut out[(c / NR) * kp * NR + c % NR..];
-            for (d, &x) in o.iter_mut().step_by(NR).zip(t.iter()) {
-                *d = x;
+            let col = &m.data[v.offset + (c0 + c) * v.cs + k0..][..kc];
+            if rows_ok {
+                // Panel c / w, its row c % w: `kp` pairs in a row (`w` rows a panel).
+                pairs(col, &mut out[c * kp..][..kp]);
+            } else {
+                pairs(col, t);
+                let o = &mut out[(c / w) * kp * w + c % w..];
+                for (d, &x) in o.iter_mut().step_by(w).zip(t.iter()) {
+                    *d = x;
+                }
             }
         }
+        rows_ok
     } else {
         for p in 0..kp {
             let k = k0 + 2 * p;
             for c in 0..cols {
                 let hi = if 2 * p + 1 < kc {
-                    b.at(k + 1, c0 + c)
+                    m.at(k + 1, c0 + c)
                 } else {
                     0.0
                 };
-                out[(c / NR) * kp * NR + p * NR + c % NR] = pair(b.at(k, c0 + c), hi);
+                out[(c / w) * kp * w + p * w + c % w] = pair(m.at(k, c0 + c), hi);
             }
         }
+        false
     }
 }
 
@@ -323,11 +316,7 @@ pub(crate) unsafe fn gemm(
     let parts = threads.max(1);
     let split_cols = n >= m;
     let (len, unit) = if split_cols { (n, NR) } else { (m, MR) };
-    let per = len.div_ceil(parts).div_ceil(unit) * unit;
-    let blocks: Vec<(usize, usize)> = (0..len)
-        .step_by(per.max(1))
-        .map(|s| (s, (s + per).min(len)))
-        .collect();
+    let blocks = crate::matmul::split(len, parts, unit);
     let one = |&(s, e): &(usize, usize)| {
         let (r, c) = if split_cols {
             ((0, m), (s, e))
@@ -511,18 +500,7 @@ unsafe fn tile<const ROWS: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::util::testing::values as rand;
 
     fn round(x: f32) -> f64 {
         f64::from(f32::from_bits(bf16_bits(x) << 16))

@@ -313,12 +313,8 @@ pub(crate) unsafe fn run(call: Call, threads: usize) {
     let parts = threads.max(1);
     let split_rows = call.m >= call.n;
     let len = if split_rows { call.m } else { call.n };
-    // Blocks of a multiple of 16 (the AVX-512 kernels' width), fixed by (len, parts) alone.
-    let per = len.div_ceil(parts).div_ceil(16) * 16;
-    let blocks: Vec<(usize, usize)> = (0..len)
-        .step_by(per.max(1))
-        .map(|s| (s, (s + per).min(len)))
-        .collect();
+    // Blocks of a multiple of 16 (the AVX-512 kernels' width).
+    let blocks = crate::matmul::split(len, parts, 16);
     let one = |(s, e): (usize, usize)| {
         let mut c = call;
         if split_rows {

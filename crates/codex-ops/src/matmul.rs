@@ -58,6 +58,17 @@ impl View {
     }
 }
 
+/// `0..len` as at most `parts` consecutive `[start, end)` blocks whose sizes are multiples of
+/// `unit` (the last one excepted): fixed by the arguments alone, so a product split over threads
+/// by it is split the same way on every run.
+pub(crate) fn split(len: usize, parts: usize, unit: usize) -> Vec<(usize, usize)> {
+    let per = len.div_ceil(parts.max(1)).div_ceil(unit) * unit;
+    (0..len)
+        .step_by(per.max(1))
+        .map(|s| (s, (s + per).min(len)))
+        .collect()
+}
+
 /// `dst = scale · a · b` (or `dst += scale · a · b` with `accumulate`), bounds-checked.
 ///
 /// `dst` is passed as a raw pointer plus its length because fused ops write disjoint strided

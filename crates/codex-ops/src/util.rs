@@ -120,19 +120,28 @@ mod tests {
 pub(crate) mod testing {
     use candle_core::{Device, Result, Tensor};
 
-    /// Uniform values in [-scale, scale] from a fixed-seed LCG (hermetic, no RNG crate state).
-    pub(crate) fn rand(seed: u64, shape: &[usize], scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-        let v: Vec<f32> = (0..n)
+    /// `n` uniform values in [-1, 1) from an LCG started at `seed` (hermetic, no RNG crate state).
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
             .map(|_| {
                 s = s
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu)
+            .collect()
+    }
+
+    /// Uniform values in [-scale, scale] from a fixed-seed LCG.
+    pub(crate) fn rand(seed: u64, shape: &[usize], scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v = values(n, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1));
+        Tensor::from_vec(
+            v.into_iter().map(|x| x * scale).collect(),
+            shape,
+            &Device::Cpu,
+        )
     }
 
     /// Max |a - b| / (1 + |b|) over all elements, asserted below `tol`.

@@ -6,21 +6,8 @@
 use candle_core::{Device, Result, Tensor, Var};
 use codex_ops::{WeightLayout, bf16gemm};
 
-fn rand(seed: u64, shape: &[usize]) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-}
+mod support;
+use support::rand;
 
 fn flat(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()

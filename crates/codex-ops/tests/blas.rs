@@ -1,6 +1,7 @@
 //! The fused linear ops on OpenBLAS (the PyPI wheel `scipy-openblas32`); see `blas_common`.
 
 mod blas_common;
+mod support;
 
 #[test]
 #[ignore = "needs CODEX_TEST_OPENBLAS"]

@@ -3,6 +3,7 @@
 //! `blas_common`.
 
 mod blas_common;
+mod support;
 
 #[test]
 #[ignore = "needs CODEX_TEST_MKL"]

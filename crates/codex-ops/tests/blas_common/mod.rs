@@ -3,27 +3,12 @@
 //! covers transposed and plain operands), bitwise repeatable. Each library gets its own test
 //! binary (`blas.rs`, `blas_mkl.rs`), because a library, once loaded, serves the whole process.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use codex_ops::WeightLayout;
 
-type Op = Box<dyn Fn(&[Var]) -> Result<Tensor>>;
+use crate::support::rand;
 
-fn rand(seed: u64, shape: &[usize]) -> Result<Tensor> {
-    // A small LCG: deterministic inputs without a dependency.
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-}
+type Op = Box<dyn Fn(&[Var]) -> Result<Tensor>>;
 
 fn close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
     let g = got.flatten_all()?.to_vec1::<f32>()?;

@@ -7,6 +7,8 @@
 #   STEPS=10 MODES=lora bash benches/finetune_smollm2.sh
 #   REFERENCE=0 bash benches/finetune_smollm2.sh      # codex only (no torch install)
 #   BLAS=wheel bash benches/finetune_smollm2.sh       # codex on OpenBLAS (training.blas; benches/blas.sh)
+#   DTYPE=bf16 bash benches/finetune_smollm2.sh       # codex training.dtype=bf16 vs PyTorch autocast bf16
+#                                                     # (LoRA: bf16 base in both; the ref's docstring says how)
 #
 # Not part of CI: the reference installs torch, transformers, peft and gguf from PyPI into
 # target/bench-venv (about 3 GB, once; REFERENCE=0 installs only gguf + tokenizers). The
@@ -25,6 +27,7 @@ THREADS=${THREADS:-2}
 MODES=${MODES:-"lora full"}
 REFERENCE=${REFERENCE:-1}
 LR=${LR:-2e-4}
+DTYPE=${DTYPE:-f32}
 PY=${PYTHON:-python3}
 WORK=target/finetune-smollm2
 VENV=target/bench-venv
@@ -128,7 +131,7 @@ warmup_steps = 0
 steps = $((STEPS + WARMUP))
 batch_size = 4
 clip_norm = 1.0
-dtype = "f32"
+dtype = "$DTYPE"
 device = "cpu"
 log_every = 1
 eval_every = 0
@@ -148,13 +151,14 @@ EOF
         "$out/metrics.ndjson")
     cx_loss=$(jq -s -r '[.[] | select(.event == "step")] | last | .train_loss' "$out/metrics.ndjson")
     cx_rss=$(rss_kib "$WORK/cx-$mode.time")
+    cx_compute=$(jq -r 'select(.event == "start") | .compute_dtype // "f32"' "$out/metrics.ndjson" | tail -n 1)
     echo "codex $mode: $cx_tps tok/s, $((cx_rss / 1024)) MiB, loss $cx_loss" >&2
 
     if [ "$REFERENCE" = 1 ]; then
         echo "== $mode: pytorch" >&2
         /usr/bin/time -v -o "$WORK/py-$mode.time" "${REF[@]}" train --gguf "$gguf" \
             --tokenizer "$tokenizer" --corpus "$corpus" --mode "$mode" --steps "$STEPS" \
-            --warmup "$WARMUP" --threads "$THREADS" --lr "$LR" > "$WORK/py-$mode.json"
+            --warmup "$WARMUP" --threads "$THREADS" --lr "$LR" --dtype "$DTYPE" > "$WORK/py-$mode.json"
         py_tps=$(jq -r .tokens_per_s "$WORK/py-$mode.json")
         py_loss=$(jq -r .loss "$WORK/py-$mode.json")
         py_rss=$(rss_kib "$WORK/py-$mode.time")
@@ -170,8 +174,8 @@ EOF
             printf "| %s | - | %.0f | - | - | %.0f | - | - | %.3f |", m, ct, cr / 1024, cl }')")
 done
 
-echo "SmolLM2-135M-Instruct ($(basename "$gguf"), f32), context 128, batch 4, AdamW, LoRA r=8 alpha=16 q_proj,v_proj"
-echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg), codex GEMM: $BLAS_NAME"
+echo "SmolLM2-135M-Instruct ($(basename "$gguf"), $DTYPE), context 128, batch 4, AdamW, LoRA r=8 alpha=16 q_proj,v_proj"
+echo "steps timed: $STEPS after $WARMUP warm-up, threads: $THREADS, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg), codex GEMM: $BLAS_NAME, codex compute: ${cx_compute:-?}"
 echo "| mode | pytorch tok/s | codex tok/s | speed ratio | pytorch RSS MiB | codex RSS MiB | RSS ratio | pytorch loss | codex loss |"
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

@@ -9,6 +9,12 @@ dequantized to f32 by transformers) on a text corpus, LoRA or full, and print on
 `--context` tokens and feeds `--batch` consecutive blocks per step; tokens/s counts the steps
 after `--warmup` only. Settings mirror the codex run: f32, AdamW (betas 0.9/0.95, weight decay
 0.1), grad-norm clipping at 1.0, constant learning rate, no dropout.
+
+`--dtype bf16` is what a PyTorch user runs for bf16 on the CPU: forward and backward under
+torch.autocast("cpu", dtype=torch.bfloat16); LoRA loads the frozen base in bf16
+(`torch_dtype=torch.bfloat16`; peft keeps the adapters in fp32), full fine-tuning keeps fp32
+weights, gradients and AdamW state (the master copy: PyTorch has no bf16 optimizer with fp32
+master weights built in).
 """
 
 import argparse
@@ -18,11 +24,13 @@ import sys
 import time
 
 
-def load_model(gguf, torch):
+def load_model(gguf, torch, dtype=None):
     from transformers import AutoModelForCausalLM
 
     d, name = os.path.split(os.path.abspath(gguf))
-    return AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=name, torch_dtype=dtype or torch.float32
+    )
 
 
 def export_tokenizer(args):
@@ -74,7 +82,9 @@ def train(args):
         sys.exit(f"error: corpus has {len(ids)} tokens, {need} needed")
     data = torch.tensor(ids[:need], dtype=torch.long).view(-1, args.batch, args.context)
 
-    model = load_model(args.gguf, torch)
+    bf16 = args.dtype == "bf16"
+    base_dtype = torch.bfloat16 if bf16 and args.mode == "lora" else torch.float32
+    model = load_model(args.gguf, torch, base_dtype)
     model.config.use_cache = False
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -98,7 +108,8 @@ def train(args):
             t_start = time.perf_counter()
         x = data[step]
         # HF shifts labels inside: logits[:, :-1] predict x[:, 1:] (as codex's next-token loss).
-        out = model(input_ids=x, labels=x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=x, labels=x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -116,6 +127,7 @@ def train(args):
         json.dumps(
             {
                 "mode": args.mode,
+                "dtype": args.dtype,
                 "tokens_per_s": args.steps * args.batch * args.context / secs,
                 "loss": loss,
                 "trainable_params": sum(p.numel() for p in params),
@@ -144,6 +156,7 @@ def main():
     t.add_argument("--context", type=int, default=128)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     args = p.parse_args()
     export_tokenizer(args) if args.cmd == "export-tokenizer" else train(args)
 

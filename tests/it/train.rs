@@ -410,37 +410,56 @@ fn bf16_trains_and_checkpoints_bf16_weights() {
 #[test]
 fn bf16_products_can_be_turned_off_and_stay_deterministic() {
     // `training.bf16_matmul = false` widens every product to f32 (on any CPU); either way two
-    // runs of the same config are bit-identical.
+    // runs of the same config are bit-identical, and with a LoRA adapter (whose frozen base the
+    // bf16 products read as stored) the two settings train to nearly the same loss.
     let dir = tempdir();
     let input = corpus(dir.path());
-    for matmul in ["true", "false"] {
-        let mut weights = Vec::new();
-        for rep in 0..2 {
-            let run = dir.path().join(format!("run-{matmul}-{rep}"));
-            let args = tiny_args(
-                &input,
-                &run,
-                &[
-                    "training.dtype=bf16",
-                    &format!("training.bf16_matmul={matmul}"),
-                    "training.steps=6",
-                    "training.eval_every=0",
-                    "checkpoint.every=6",
-                ],
-            );
-            codex().args(&args).assert().success();
-            let file = lines(&run.join("metrics.ndjson"));
-            let start = file.iter().find(|e| e["event"] == "start").unwrap();
-            if matmul == "false" {
-                assert_eq!(start["compute_dtype"], "f32", "{start}");
+    for lora in [false, true] {
+        let mut last_loss = Vec::new();
+        for matmul in ["true", "false"] {
+            let mut weights = Vec::new();
+            for rep in 0..2 {
+                let run = dir.path().join(format!("run-{lora}-{matmul}-{rep}"));
+                let mut extra = vec![
+                    "training.dtype=bf16".to_string(),
+                    format!("training.bf16_matmul={matmul}"),
+                    "training.steps=6".into(),
+                    "training.eval_every=0".into(),
+                    "checkpoint.every=6".into(),
+                ];
+                if lora {
+                    extra.extend(["model.lora.enabled=true".into(), "model.lora.r=4".into()]);
+                }
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                codex()
+                    .args(tiny_args(&input, &run, &extra))
+                    .assert()
+                    .success();
+                let file = lines(&run.join("metrics.ndjson"));
+                let start = file.iter().find(|e| e["event"] == "start").unwrap();
+                if matmul == "false" {
+                    assert_eq!(start["compute_dtype"], "f32", "{start}");
+                }
+                let step = file.iter().rev().find(|e| e["event"] == "step").unwrap();
+                last_loss.push(step["train_loss"].as_f64().unwrap());
+                // A LoRA checkpoint holds the adapter (the frozen base is not saved).
+                let name = if lora {
+                    "adapter_model.safetensors"
+                } else {
+                    "model.safetensors"
+                };
+                let path = run.join("checkpoints/step-00000006").join(name);
+                weights.push(std::fs::read(path).unwrap());
             }
-            weights.push(
-                std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap(),
+            assert!(
+                weights[0] == weights[1],
+                "lora={lora} bf16_matmul={matmul}: runs differ"
             );
         }
+        let (on, off) = (last_loss[0], last_loss[2]);
         assert!(
-            weights[0] == weights[1],
-            "bf16_matmul={matmul}: runs differ"
+            (on - off).abs() <= 0.05 * off.abs(),
+            "lora={lora}: loss {on} with bf16 products vs {off} in f32"
         );
     }
 }

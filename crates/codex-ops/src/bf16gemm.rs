@@ -80,22 +80,79 @@ fn bf16_bits(x: f32) -> u32 {
     }
 }
 
-/// Two f32 as one u32 of bf16s: `lo` in the low half (the even `k`), `hi` in the high half.
+/// Two elements as one u32 of bf16s: `lo` in the low half (the even `k`), `hi` (absent: 0) in the
+/// high half.
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    bf16_bits(lo) | (bf16_bits(hi) << 16)
+fn pair<T: Elem>(lo: T, hi: Option<T>) -> u32 {
+    lo.bits() | hi.map_or(0, |h| h.bits() << 16)
 }
 
-/// A read-only strided f32 matrix (checked by the caller to lie inside `data`).
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
+/// An operand element: f32 (rounded to bf16 while packed) or bf16 already (a bf16 run's frozen
+/// weights, packed as they are stored).
+pub(crate) trait Elem: Copy + Sync {
+    /// The bf16 bits.
+    fn bits(self) -> u32;
+    /// `out[p] = src[2p] | src[2p+1] << 16` in bf16 bits (the last high half 0 for an odd `src`).
+    fn pairs(src: &[Self], out: &mut [u32]);
+    /// `out[j] = lo[j] | hi[j] << 16` in bf16 bits (`hi` absent: 0).
+    fn interleave(lo: &[Self], hi: Option<&[Self]>, out: &mut [u32]);
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        bf16_bits(self)
+    }
+    fn pairs(src: &[f32], out: &mut [u32]) {
+        pairs(src, out)
+    }
+    fn interleave(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+        interleave(lo, hi, out)
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        u32::from(self.to_bits())
+    }
+    fn pairs(src: &[half::bf16], out: &mut [u32]) {
+        for (o, c) in out.iter_mut().zip(src.chunks(2)) {
+            *o = c[0].bits() | c.get(1).map_or(0, |h| h.bits() << 16);
+        }
+    }
+    fn interleave(lo: &[half::bf16], hi: Option<&[half::bf16]>, out: &mut [u32]) {
+        match hi {
+            Some(hi) => {
+                for ((o, l), h) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = l.bits() | (h.bits() << 16);
+                }
+            }
+            None => {
+                for (o, l) in out.iter_mut().zip(lo) {
+                    *o = l.bits();
+                }
+            }
+        }
+    }
+}
+
+/// A read-only strided matrix (checked by the caller to lie inside `data`).
+struct Mat<'a, T> {
+    data: &'a [T],
     v: View,
 }
 
-impl Mat<'_> {
+impl<T> Clone for Mat<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Mat<'_, T> {}
+
+impl<T: Elem> Mat<'_, T> {
     #[inline(always)]
-    fn at(&self, r: usize, c: usize) -> f32 {
+    fn at(&self, r: usize, c: usize) -> T {
         self.data[self.v.offset + r * self.v.rs + c * self.v.cs]
     }
 }
@@ -104,8 +161,8 @@ impl Mat<'_> {
 /// elements `k0+2p`, `k0+2p+1`), zero past the edges. Returns the layout within a panel: `true`
 /// row by row (`kp` pairs of row 0, then row 1, …: a row-major A converts straight in), `false`
 /// pair by pair (`MR` rows of pair 0, then pair 1, …: as B's panels).
-fn pack_a(
-    a: Mat,
+fn pack_a<T: Elem>(
+    a: Mat<T>,
     r0: usize,
     rows: usize,
     k0: usize,
@@ -124,8 +181,8 @@ fn pack_a(
 
 /// Pack inner `k0..k0+kc` × columns `c0..c0+cols` of B into `NR`-column panels: for each panel
 /// and each k pair `p`, `NR` u32s (column `j`'s elements `k0+2p`, `k0+2p+1`), zero past the edges.
-fn pack_b(
-    b: Mat,
+fn pack_b<T: Elem>(
+    b: Mat<T>,
     k0: usize,
     kc: usize,
     c0: usize,
@@ -140,8 +197,8 @@ fn pack_b(
 /// columns, pair by pair (`w` u32s per k pair) — or, with `rows_ok` and a column-major `m`,
 /// column by column (`kp` u32s per column); returns whether it chose the latter.
 #[allow(clippy::too_many_arguments)]
-fn pack(
-    m: Mat,
+fn pack<T: Elem>(
+    m: Mat<T>,
     k0: usize,
     kc: usize,
     c0: usize,
@@ -162,7 +219,7 @@ fn pack(
             let k = k0 + 2 * p;
             let lo = &m.data[v.offset + k * v.rs + c0..][..cols];
             let hi = (2 * p + 1 < kc).then(|| &m.data[v.offset + (k + 1) * v.rs + c0..][..cols]);
-            interleave(lo, hi, t);
+            T::interleave(lo, hi, t);
             for (pj, chunk) in t.chunks(w).enumerate() {
                 out[pj * kp * w + p * w..][..chunk.len()].copy_from_slice(chunk);
             }
@@ -175,9 +232,9 @@ fn pack(
             let col = &m.data[v.offset + (c0 + c) * v.cs + k0..][..kc];
             if rows_ok {
                 // Panel c / w, its row c % w: `kp` pairs in a row (`w` rows a panel).
-                pairs(col, &mut out[c * kp..][..kp]);
+                T::pairs(col, &mut out[c * kp..][..kp]);
             } else {
-                pairs(col, t);
+                T::pairs(col, t);
                 let o = &mut out[(c / w) * kp * w + c % w..];
                 for (d, &x) in o.iter_mut().step_by(w).zip(t.iter()) {
                     *d = x;
@@ -189,11 +246,7 @@ fn pack(
         for p in 0..kp {
             let k = k0 + 2 * p;
             for c in 0..cols {
-                let hi = if 2 * p + 1 < kc {
-                    m.at(k + 1, c0 + c)
-                } else {
-                    0.0
-                };
+                let hi = (2 * p + 1 < kc).then(|| m.at(k + 1, c0 + c));
                 out[(c / w) * kp * w + p * w + c % w] = pair(m.at(k, c0 + c), hi);
             }
         }
@@ -210,8 +263,7 @@ fn pairs(src: &[f32], out: &mut [u32]) {
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
     for p in done..out.len() {
-        let hi = src.get(2 * p + 1).copied().unwrap_or(0.0);
-        out[p] = pair(src[2 * p], hi);
+        out[p] = pair(src[2 * p], src.get(2 * p + 1).copied());
     }
 }
 
@@ -224,7 +276,7 @@ fn interleave(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
     for j in done..out.len() {
-        out[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
+        out[j] = pair(lo[j], Some(hi.map_or(0.0, |h| h[j])));
     }
 }
 
@@ -293,12 +345,12 @@ unsafe impl Sync for Out {}
 /// # Safety
 /// `dst` must be valid for writes at every element of `dv`, and no other thread may touch them.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm(
+pub(crate) unsafe fn gemm<A: Elem, B: Elem>(
     dst: *mut f32,
     dv: View,
-    a: &[f32],
+    a: &[A],
     av: View,
-    b: &[f32],
+    b: &[B],
     bv: View,
     scale: f32,
     accumulate: bool,
@@ -337,10 +389,10 @@ pub(crate) unsafe fn gemm(
 /// Rows `r.0..r.1` × columns `c.0..c.1` of the product, on the calling thread.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(
+unsafe fn block<A: Elem, B: Elem>(
     out: Out,
-    a: Mat,
-    b: Mat,
+    a: Mat<A>,
+    b: Mat<B>,
     r: (usize, usize),
     c: (usize, usize),
     scale: f32,
@@ -416,7 +468,15 @@ unsafe fn block(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: Out, _: Mat, _: Mat, _: (usize, usize), _: (usize, usize), _: f32, _: bool) {
+unsafe fn block<A: Elem, B: Elem>(
+    _: Out,
+    _: Mat<A>,
+    _: Mat<B>,
+    _: (usize, usize),
+    _: (usize, usize),
+    _: f32,
+    _: bool,
+) {
     unreachable!("bf16 products are never enabled off x86-64")
 }
 

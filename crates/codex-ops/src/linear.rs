@@ -10,8 +10,11 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::matmul::{View, gemm_into, gemm_new};
-use crate::util::{cpu_tensor, f32_slice, is_cpu_f32, par_collect, sum_in_order, with_f32};
+use crate::matmul::{View, Weight, gemm_into, gemm_new};
+use crate::util::{
+    cpu_tensor, f32_slice, is_cpu_f32, is_cpu_weight, par_collect, sum_in_order, with_f32,
+    with_weight,
+};
 
 /// How the weight is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +110,14 @@ fn w_in_out(layout: WeightLayout, d: &Dims) -> View {
 }
 
 /// `y = x · W (+ b)`, `n × o`: the bias seeds the rows that the product accumulates into.
-fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+fn forward<'w>(
+    d: &Dims,
+    layout: WeightLayout,
+    x: &[f32],
+    w: impl Into<Weight<'w>>,
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let w = w.into();
     let threads = rayon::current_num_threads();
     let xv = View::rows(0, d.n, d.i, d.i);
     let Some(b) = b else {
@@ -132,7 +142,13 @@ fn forward(d: &Dims, layout: WeightLayout, x: &[f32], w: &[f32], b: Option<&[f32
 }
 
 /// `dx = dy · Wᵀ` (`n × o · o × i`).
-fn grad_x(d: &Dims, layout: WeightLayout, g: &[f32], w: &[f32], threads: usize) -> Vec<f32> {
+fn grad_x<'w>(
+    d: &Dims,
+    layout: WeightLayout,
+    g: &[f32],
+    w: impl Into<Weight<'w>>,
+    threads: usize,
+) -> Vec<f32> {
     let gv = View::rows(0, d.n, d.o, d.o);
     gemm_new(d.n, d.i, g, gv, w, w_in_out(layout, d).t(), 1.0, threads)
 }
@@ -338,7 +354,7 @@ impl CustomOp1 for Frozen {
             self.layout,
         )?;
         let x = f32_slice(s, l, op)?;
-        let y = with_f32(&self.w, op, |w| match &self.b {
+        let y = with_weight(&self.w, op, |w| match &self.b {
             Some(b) => with_f32(b, op, |b| Ok(forward(&d, self.layout, x, w, Some(b)))),
             None => Ok(forward(&d, self.layout, x, w, None)),
         })?;
@@ -349,7 +365,7 @@ impl CustomOp1 for Frozen {
         let d = dims(x.shape(), self.w.shape(), None, self.layout)?;
         let threads = rayon::current_num_threads();
         let op = "frozen linear backward";
-        let dx = with_f32(&self.w, op, |w| {
+        let dx = with_weight(&self.w, op, |w| {
             with_f32(dy, op, |g| Ok(grad_x(&d, self.layout, g, w, threads)))
         })?;
         Ok(Some(cpu_tensor(dx, x.shape())?))
@@ -428,7 +444,7 @@ pub fn frozen_linear(
     layout: WeightLayout,
 ) -> Result<Tensor> {
     dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
-    if is_cpu_f32(x) && is_cpu_f32(w) && b.is_none_or(is_cpu_f32) {
+    if is_cpu_f32(x) && is_cpu_weight(w) && b.is_none_or(is_cpu_f32) {
         let op = Frozen {
             w: w.detach().contiguous()?,
             b: b.map(|b| b.detach().contiguous()).transpose()?,
@@ -513,7 +529,7 @@ impl CustomOp3 for LoraFrozen {
         let x = f32_slice(s1, l1, op)?;
         let a = f32_slice(s2, l2, op)?;
         let bm = f32_slice(s3, l3, op)?;
-        let mut y = with_f32(&self.w, op, |w| match &self.b {
+        let mut y = with_weight(&self.w, op, |w| match &self.b {
             Some(b) => with_f32(b, op, |b| Ok(forward(&d, self.layout, x, w, Some(b)))),
             None => Ok(forward(&d, self.layout, x, w, None)),
         })?;
@@ -552,8 +568,9 @@ impl CustomOp3 for LoraFrozen {
             with_f32(a, op, |a| {
                 with_f32(bm, op, |bm| {
                     with_f32(dy, op, |g| {
-                        let mut dx =
-                            with_f32(&self.w, op, |w| Ok(grad_x(&d, self.layout, g, w, threads)))?;
+                        let mut dx = with_weight(&self.w, op, |w| {
+                            Ok(grad_x(&d, self.layout, g, w, threads))
+                        })?;
                         let (xv, gv) = (View::rows(0, d.n, d.i, d.i), View::rows(0, d.n, d.o, d.o));
                         let rv = View::rows(0, d.n, r, r);
                         // gb = dy·B, n × r.
@@ -618,7 +635,11 @@ pub fn lora_linear(
 ) -> Result<Tensor> {
     let d = dims(x.shape(), w.shape(), b.map(Tensor::shape), layout)?;
     lora_rank(a.shape(), bm.shape(), &d)?;
-    if is_cpu_f32(x) && is_cpu_f32(w) && b.is_none_or(is_cpu_f32) && is_cpu_f32(a) && is_cpu_f32(bm)
+    if is_cpu_f32(x)
+        && is_cpu_weight(w)
+        && b.is_none_or(is_cpu_f32)
+        && is_cpu_f32(a)
+        && is_cpu_f32(bm)
     {
         let op = LoraFrozen {
             w: w.detach().contiguous()?,

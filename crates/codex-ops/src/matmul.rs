@@ -58,6 +58,26 @@ impl View {
     }
 }
 
+/// The `b` operand of a product: f32, or bf16 as a bf16 run stores its frozen weights (handed to
+/// the ops as stored, not widened: the bf16 products pack them directly).
+#[derive(Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> From<&'a [f32]> for Weight<'a> {
+    fn from(v: &'a [f32]) -> Self {
+        Weight::F32(v)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Weight<'a> {
+    fn from(v: &'a Vec<f32>) -> Self {
+        Weight::F32(v)
+    }
+}
+
 /// `0..len` as at most `parts` consecutive `[start, end)` blocks whose sizes are multiples of
 /// `unit` (the last one excepted): fixed by the arguments alone, so a product split over threads
 /// by it is split the same way on every run.
@@ -75,18 +95,51 @@ pub(crate) fn split(len: usize, parts: usize, unit: usize) -> Vec<(usize, usize)
 /// views of one output from several threads; the caller guarantees that no other thread touches
 /// the elements of `dv` while this runs.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
+pub(crate) fn gemm_into<'b>(
     dst: *mut f32,
     dst_len: usize,
     dv: View,
     a: &[f32],
     av: View,
-    b: &[f32],
+    b: impl Into<Weight<'b>>,
     bv: View,
     scale: f32,
     accumulate: bool,
     threads: usize,
 ) {
+    let b = match b.into() {
+        Weight::F32(b) => b,
+        Weight::Bf16(w) => {
+            assert!(bv.end() <= w.len(), "gemm_into: bf16 operand out of bounds");
+            if crate::bf16gemm::active() && dv.rows > 0 && dv.cols > 0 && av.cols > 0 {
+                assert!(
+                    dv.rows == av.rows && dv.cols == bv.cols && av.cols == bv.rows,
+                    "gemm_into: shape mismatch {dv:?} = {av:?} x {bv:?}"
+                );
+                assert!(dv.end() <= dst_len && av.end() <= a.len());
+                // SAFETY: the views were checked above, `active` implies the CPU features, and
+                // exclusive access to `dv` is the caller's guarantee.
+                unsafe { crate::bf16gemm::gemm(dst, dv, a, av, w, bv, scale, accumulate, threads) };
+            } else {
+                // f32 products (the switch was turned off since the op chose bf16), or nothing
+                // to multiply: the f32 path on a widened copy.
+                let wide: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+                gemm_into(
+                    dst,
+                    dst_len,
+                    dv,
+                    a,
+                    av,
+                    &wide[..],
+                    bv,
+                    scale,
+                    accumulate,
+                    threads,
+                );
+            }
+            return;
+        }
+    };
     assert!(
         dv.rows == av.rows && dv.cols == bv.cols && av.cols == bv.rows,
         "gemm_into: shape mismatch {dv:?} = {av:?} x {bv:?}"
@@ -156,12 +209,12 @@ pub(crate) fn gemm_into(
 /// writes every element, and a fill first would be a memset as large as the result (several
 /// percent of a training step).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_new(
+pub(crate) fn gemm_new<'b>(
     rows: usize,
     cols: usize,
     a: &[f32],
     av: View,
-    b: &[f32],
+    b: impl Into<Weight<'b>>,
     bv: View,
     scale: f32,
     threads: usize,
@@ -182,8 +235,9 @@ pub(crate) fn gemm_new(
     );
     // SAFETY: the capacity is `n`, and with `accumulate = false` `gemm_into` wrote every element
     // of the `rows × cols` view, which is all of `out[..n]`: the `gemm` crate does not read the
-    // destination then, OpenBLAS with beta = 0 stores zeros before it accumulates, and an empty
-    // inner dimension stores zeros. (It returns early, writing nothing, only when n = 0.)
+    // destination then, OpenBLAS with beta = 0 stores zeros before it accumulates, the bf16
+    // kernels store every tile of their first inner block, and an empty inner dimension stores
+    // zeros. (It returns early, writing nothing, only when n = 0.)
     unsafe { out.set_len(n) };
     out
 }

@@ -30,6 +30,35 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result
     }
 }
 
+/// Runs `f` over the data of a CPU weight: f32, or bf16 as a bf16 run stores it (made contiguous
+/// first if needed).
+pub(crate) fn with_weight<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(crate::matmul::Weight<'_>) -> Result<R>,
+) -> Result<R> {
+    use crate::matmul::Weight;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else {
+        bail!("{op}: expected a CPU tensor")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        bail!("{op}: expected a contiguous weight, got layout {layout:?}")
+    };
+    match s {
+        CpuStorage::F32(v) => f(Weight::F32(&v[a..b])),
+        CpuStorage::BF16(v) => f(Weight::Bf16(&v[a..b])),
+        _ => bail!("{op}: expected an f32 or bf16 weight, got {:?}", t.dtype()),
+    }
+}
+
+/// Whether `t` can be a fused op's constant weight: f32, or bf16 (read directly by the bf16
+/// products, widened otherwise).
+pub(crate) fn is_cpu_weight(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16)
+}
+
 /// Last-dimension size and number of rows of a tensor with at least one dimension.
 pub(crate) fn rows_cols(l: &Layout, op: &str) -> Result<(usize, usize)> {
     let dims = l.shape().dims();

@@ -3,7 +3,7 @@
 //! bf16's precision, the bf16 kernels actually called, and results bitwise independent of the
 //! thread count. The switch is process-wide, so this binary holds one test.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use codex_ops::{WeightLayout, bf16gemm};
 
 mod support;
@@ -136,6 +136,39 @@ fn fused_ops_in_bf16_match_f32_and_ignore_the_thread_count() -> Result<()> {
             assert!(
                 bits(a) == bits(b) && bits(a) == bits(c),
                 "{name} output {k} depends on the thread count"
+            );
+        }
+    }
+    // A bf16 run hands its frozen weights to the ops as stored: the products pack the bf16 bits
+    // directly, bitwise the same as the weight widened to f32 (which rounds back exactly); with
+    // the products in f32 the op widens it itself, again the same as the f32 weight.
+    let w16 = rand(2, &[o, i])?.to_dtype(DType::BF16)?;
+    let w32 = w16.to_dtype(DType::F32)?;
+    let (a, bm) = (rand(4, &[8, i])?, rand(5, &[o, 8])?);
+    type WOp = Box<dyn Fn(&[Var], &Tensor) -> Result<Tensor> + Send + Sync>;
+    let frozen: Vec<(&str, WOp)> = vec![
+        (
+            "frozen_linear",
+            Box::new(|v, w| codex_ops::frozen_linear(&v[0], w, None, WeightLayout::OutIn)),
+        ),
+        (
+            "lora_linear",
+            Box::new(move |v, w| {
+                codex_ops::lora_linear(&v[0], w, None, &a, &bm, 2.0, WeightLayout::OutIn)
+            }),
+        ),
+    ];
+    let x = [var(1, &[n, i])?];
+    for (name, op) in &frozen {
+        for on in [true, false] {
+            let with16 = run(&x, &|v| op(v, &w16), on)?;
+            let with32 = run(&x, &|v| op(v, &w32), on)?;
+            assert!(
+                with16
+                    .iter()
+                    .zip(&with32)
+                    .all(|(p, q)| p.iter().zip(q).all(|(x, y)| x.to_bits() == y.to_bits())),
+                "{name} (bf16 products {on}): a bf16 weight differs from its f32 widening"
             );
         }
     }

@@ -39,6 +39,23 @@ impl Fwd<'_> {
         self.widen(t)
     }
 
+    /// A frozen base weight matrix for the fused frozen and LoRA linears: as stored when it is
+    /// bf16 and the products run in bf16 (`codex_ops::bf16gemm`, which packs bf16 directly: no
+    /// f32 copy of the base per step), else as [`Self::w`] gives it.
+    pub fn frozen_matrix(&self, v: &Var) -> Tensor {
+        let t = v.as_tensor();
+        if self.frozen
+            && self.upcast
+            && t.dtype() == candle_core::DType::BF16
+            && t.device().is_cpu()
+            && codex_ops::bf16gemm::active()
+        {
+            t.detach()
+        } else {
+            self.w(v)
+        }
+    }
+
     /// A trainable parameter that is never frozen (a LoRA adapter), widened when `upcast`.
     pub fn p(&self, v: &Var) -> Tensor {
         self.widen(v.as_tensor().clone())
@@ -133,8 +150,8 @@ impl Linear {
         } else {
             codex_ops::WeightLayout::OutIn
         };
-        let w = f.w(&self.weight);
         if f.frozen {
+            let w = f.frozen_matrix(&self.weight);
             // Frozen base (LoRA): backward needs dx only. On CPU f32 one op that skips the
             // weight-gradient GEMM candle's matmul would run and discard; candle elsewhere.
             let b = self.bias.as_ref().map(|b| f.w(b));
@@ -156,6 +173,7 @@ impl Linear {
             let y = codex_ops::frozen_linear(x, &w, b.as_ref(), layout)?;
             return self.add_lora(x, y, f);
         }
+        let w = f.w(&self.weight);
         match (&self.bias, &self.lora) {
             // Trainable weight (and bias): one fused op on any leading shape.
             (Some(bias), None) => return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?),

@@ -89,23 +89,28 @@ impl CustomOp1 for Widen {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_f32(grad_res, "widen backward", |g| {
-            let n = g.len();
-            match arg.dtype() {
-                DType::BF16 => Tensor::from_vec(
-                    par_collect(n, CHUNK, |r| g[r].iter().map(|&x| half::bf16::from_f32(x))),
-                    arg.shape(),
-                    arg.device(),
-                ),
-                DType::F16 => Tensor::from_vec(
-                    par_collect(n, CHUNK, |r| g[r].iter().map(|&x| half::f16::from_f32(x))),
-                    arg.shape(),
-                    arg.device(),
-                ),
-                dt => bail!("widen backward: unexpected input dtype {dt:?}"),
-            }
-        })?;
+        let dx = with_f32(grad_res, "widen backward", |g| narrow(g, arg))?;
         Ok(Some(dx))
+    }
+}
+
+/// The f32 gradient `g` of `arg` in `arg`'s dtype and shape: rounded to nearest even for bf16/f16
+/// (as candle's cast), on rayon's pool.
+pub(crate) fn narrow(g: &[f32], arg: &Tensor) -> Result<Tensor> {
+    let n = g.len();
+    match arg.dtype() {
+        DType::F32 => Tensor::from_vec(g.to_vec(), arg.shape(), arg.device()),
+        DType::BF16 => Tensor::from_vec(
+            par_collect(n, CHUNK, |r| g[r].iter().map(|&x| half::bf16::from_f32(x))),
+            arg.shape(),
+            arg.device(),
+        ),
+        DType::F16 => Tensor::from_vec(
+            par_collect(n, CHUNK, |r| g[r].iter().map(|&x| half::f16::from_f32(x))),
+            arg.shape(),
+            arg.device(),
+        ),
+        dt => bail!("narrow: unexpected dtype {dt:?}"),
     }
 }
 

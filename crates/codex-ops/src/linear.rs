@@ -10,10 +10,11 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::elementwise::narrow;
 use crate::matmul::{View, Weight, gemm_into, gemm_new};
 use crate::util::{
-    cpu_tensor, f32_slice, is_cpu_f32, is_cpu_weight, par_collect, sum_in_order, with_f32,
-    with_weight,
+    cpu_tensor, f32_slice, is_cpu_f32, is_cpu_weight, par_collect, sum_in_order, weight_slice,
+    with_f32, with_weight,
 };
 
 /// How the weight is stored.
@@ -173,7 +174,7 @@ fn grads(
     d: &Dims,
     layout: WeightLayout,
     xs: &[f32],
-    ws: &[f32],
+    ws: Weight,
     g: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let threads = rayon::current_num_threads();
@@ -228,7 +229,7 @@ impl CustomOp2 for AffineNoBias {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(l1.shape(), l2.shape(), None, self.layout)?;
         let x = f32_slice(s1, l1, "linear (x)")?;
-        let w = f32_slice(s2, l2, "linear (weight)")?;
+        let w = weight_slice(s2, l2, "linear (weight)")?;
         let y = forward(&d, self.layout, x, w, None);
         Ok((CpuStorage::F32(y), out_shape(l1.shape(), d.o)))
     }
@@ -243,14 +244,11 @@ impl CustomOp2 for AffineNoBias {
         let d = dims(x.shape(), w.shape(), None, self.layout)?;
         let op = "linear backward";
         let (dx, dw) = with_f32(x, op, |xs| {
-            with_f32(w, op, |ws| {
+            with_weight(w, op, |ws| {
                 with_f32(dy, op, |g| Ok(grads(&d, self.layout, xs, ws, g)))
             })
         })?;
-        Ok((
-            Some(cpu_tensor(dx, x.shape())?),
-            Some(cpu_tensor(dw, w.shape())?),
-        ))
+        Ok((Some(cpu_tensor(dx, x.shape())?), Some(narrow(&dw, w)?)))
     }
 }
 
@@ -274,7 +272,7 @@ impl CustomOp3 for Affine {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(l1.shape(), l2.shape(), Some(l3.shape()), self.layout)?;
         let x = f32_slice(s1, l1, "linear (x)")?;
-        let w = f32_slice(s2, l2, "linear (weight)")?;
+        let w = weight_slice(s2, l2, "linear (weight)")?;
         let b = f32_slice(s3, l3, "linear (bias)")?;
         let y = if self.gelu {
             forward(&d, self.layout, &gelu_of(x), w, Some(b))
@@ -295,7 +293,7 @@ impl CustomOp3 for Affine {
         let d = dims(x.shape(), w.shape(), Some(b.shape()), self.layout)?;
         let op = "linear backward";
         let (dx, dw, db) = with_f32(x, op, |xs| {
-            with_f32(w, op, |ws| {
+            with_weight(w, op, |ws| {
                 with_f32(dy, op, |g| {
                     if !self.gelu {
                         let (dx, dw) = grads(&d, self.layout, xs, ws, g);
@@ -324,7 +322,7 @@ impl CustomOp3 for Affine {
         })?;
         Ok((
             Some(cpu_tensor(dx, x.shape())?),
-            Some(cpu_tensor(dw, w.shape())?),
+            Some(narrow(&dw, w)?),
             Some(cpu_tensor(db, b.shape())?),
         ))
     }
@@ -376,7 +374,7 @@ impl CustomOp1 for Frozen {
 /// One op forward and one backward on CPU f32; candle's matmul and broadcast add elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
     let d = dims(x.shape(), w.shape(), Some(b.shape()), layout)?;
-    if is_cpu_f32(x) && is_cpu_f32(w) && is_cpu_f32(b) {
+    if is_cpu_f32(x) && is_cpu_weight(w) && is_cpu_f32(b) {
         x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
@@ -396,7 +394,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Resul
 /// off the CPU.
 pub fn gelu_linear(u: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> Result<Tensor> {
     dims(u.shape(), w.shape(), Some(b.shape()), layout)?;
-    if is_cpu_f32(u) && is_cpu_f32(w) && is_cpu_f32(b) {
+    if is_cpu_f32(u) && is_cpu_weight(w) && is_cpu_f32(b) {
         u.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
@@ -413,7 +411,7 @@ pub fn gelu_linear(u: &Tensor, w: &Tensor, b: &Tensor, layout: WeightLayout) -> 
 /// zero-filled buffer. Candle's matmul on 2-D rows elsewhere.
 pub fn linear_no_bias(x: &Tensor, w: &Tensor, layout: WeightLayout) -> Result<Tensor> {
     let d = dims(x.shape(), w.shape(), None, layout)?;
-    if is_cpu_f32(x) && is_cpu_f32(w) {
+    if is_cpu_f32(x) && is_cpu_weight(w) {
         x.contiguous()?
             .apply_op2(&w.contiguous()?, AffineNoBias { layout })
     } else {

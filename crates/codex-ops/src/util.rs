@@ -30,6 +30,23 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result
     }
 }
 
+/// The f32 or bf16 elements a contiguous layout of a weight covers.
+pub(crate) fn weight_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<crate::matmul::Weight<'a>> {
+    use crate::matmul::Weight;
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{op}: expected a contiguous weight, got layout {l:?}")
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(Weight::F32(&v[a..b])),
+        CpuStorage::BF16(v) => Ok(Weight::Bf16(&v[a..b])),
+        _ => bail!("{op}: expected an f32 or bf16 weight"),
+    }
+}
+
 /// Runs `f` over the data of a CPU weight: f32, or bf16 as a bf16 run stores it (made contiguous
 /// first if needed).
 pub(crate) fn with_weight<R>(
@@ -37,24 +54,17 @@ pub(crate) fn with_weight<R>(
     op: &str,
     f: impl FnOnce(crate::matmul::Weight<'_>) -> Result<R>,
 ) -> Result<R> {
-    use crate::matmul::Weight;
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else {
-        bail!("{op}: expected a CPU tensor")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        bail!("{op}: expected a contiguous weight, got layout {layout:?}")
-    };
-    match s {
-        CpuStorage::F32(v) => f(Weight::F32(&v[a..b])),
-        CpuStorage::BF16(v) => f(Weight::Bf16(&v[a..b])),
-        _ => bail!("{op}: expected an f32 or bf16 weight, got {:?}", t.dtype()),
+    match &*storage {
+        Storage::Cpu(s) => f(weight_slice(s, layout, op)?),
+        _ => bail!("{op}: expected a CPU tensor"),
     }
 }
 
-/// Whether `t` can be a fused op's constant weight: f32, or bf16 (read directly by the bf16
-/// products, widened otherwise).
+/// Whether `t` can be a fused linear's weight: f32, or bf16 as a bf16 run stores it (read
+/// directly by the bf16 products, widened by each product otherwise; its gradient comes back in
+/// bf16, rounded as the widening's backward rounds it).
 pub(crate) fn is_cpu_weight(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16)
 }

@@ -172,6 +172,50 @@ fn fused_ops_in_bf16_match_f32_and_ignore_the_thread_count() -> Result<()> {
             );
         }
     }
+    // A trainable bf16 weight goes in as stored too: the output, `dx` and the bf16 gradient of
+    // the weight are bitwise those of the composition through `widen` (whose backward rounds the
+    // f32 gradient to bf16 the same way), with the products in bf16 or in f32.
+    let w16 = Var::from_tensor(&rand(2, &[i, o])?.to_dtype(DType::BF16)?)?;
+    let bias = rand(3, &[o])?;
+    type LOp = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
+    let trainable: Vec<(&str, LOp)> = vec![
+        (
+            "linear",
+            Box::new(move |x, w| codex_ops::linear(x, w, &bias, WeightLayout::InOut)),
+        ),
+        (
+            "linear_no_bias",
+            Box::new(|x, w| codex_ops::linear_no_bias(x, w, WeightLayout::InOut)),
+        ),
+    ];
+    for (name, op) in &trainable {
+        for on in [true, false] {
+            bf16gemm::enable(on);
+            let mut out = Vec::new();
+            for widened in [false, true] {
+                let w = if widened {
+                    codex_ops::widen(w16.as_tensor())?
+                } else {
+                    w16.as_tensor().clone()
+                };
+                let y = op(x[0].as_tensor(), &w)?;
+                let g = (&y * &rand(99, y.dims())?)?.sum_all()?.backward()?;
+                let dw = g.get(&w16).expect("dW");
+                assert_eq!(dw.dtype(), DType::BF16, "{name}: the weight's gradient");
+                let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                    Ok(flat(&t.to_dtype(DType::F32)?)?
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect())
+                };
+                out.push([bits(&y)?, bits(g.get(&x[0]).expect("dx"))?, bits(dw)?]);
+            }
+            assert!(
+                out[0] == out[1],
+                "{name} (bf16 products {on}): stored bf16 differs from widened"
+            );
+        }
+    }
     assert!(!bf16gemm::enable(false) && !bf16gemm::active());
     Ok(())
 }

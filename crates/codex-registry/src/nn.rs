@@ -39,18 +39,18 @@ impl Fwd<'_> {
         self.widen(t)
     }
 
-    /// A frozen base weight matrix for the fused frozen and LoRA linears: as stored when it is
-    /// bf16 and the products run in bf16 (`codex_ops::bf16gemm`, which packs bf16 directly: no
-    /// f32 copy of the base per step), else as [`Self::w`] gives it.
-    pub fn frozen_matrix(&self, v: &Var) -> Tensor {
+    /// A weight matrix for the fused linears: as stored (detached when frozen) when it is bf16 and
+    /// the products run in bf16 (`codex_ops::bf16gemm`, which packs bf16 directly: no f32 copy of
+    /// the weights per step; a trainable weight gets its gradient in bf16, rounded as the
+    /// widening's backward would round it), else as [`Self::w`] gives it.
+    pub fn matrix(&self, v: &Var) -> Tensor {
         let t = v.as_tensor();
-        if self.frozen
-            && self.upcast
+        if self.upcast
             && t.dtype() == candle_core::DType::BF16
             && t.device().is_cpu()
             && codex_ops::bf16gemm::active()
         {
-            t.detach()
+            if self.frozen { t.detach() } else { t.clone() }
         } else {
             self.w(v)
         }
@@ -150,8 +150,8 @@ impl Linear {
         } else {
             codex_ops::WeightLayout::OutIn
         };
+        let w = f.matrix(&self.weight);
         if f.frozen {
-            let w = f.frozen_matrix(&self.weight);
             // Frozen base (LoRA): backward needs dx only. On CPU f32 one op that skips the
             // weight-gradient GEMM candle's matmul would run and discard; candle elsewhere.
             let b = self.bias.as_ref().map(|b| f.w(b));
@@ -173,7 +173,6 @@ impl Linear {
             let y = codex_ops::frozen_linear(x, &w, b.as_ref(), layout)?;
             return self.add_lora(x, y, f);
         }
-        let w = f.w(&self.weight);
         match (&self.bias, &self.lora) {
             // Trainable weight (and bias): one fused op on any leading shape.
             (Some(bias), None) => return Ok(codex_ops::linear(x, &w, &f.w(bias), layout)?),
@@ -183,6 +182,8 @@ impl Linear {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_dim))?;
+        // candle's matmul wants f32 on both sides.
+        let w = f.w(&self.weight);
         let y = layout.matmul(&x2, &w)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
@@ -203,7 +204,7 @@ impl Linear {
             };
             return Ok(codex_ops::gelu_linear(
                 u,
-                &f.w(&self.weight),
+                &f.matrix(&self.weight),
                 &f.w(bias),
                 layout,
             )?);

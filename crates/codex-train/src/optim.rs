@@ -17,6 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, Var};
 use half::bf16;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// Elements per parallel chunk; below this a tensor is updated on one thread.
@@ -36,12 +37,14 @@ struct Param {
     master: Vec<f32>,
 }
 
-/// A named tensor of optimizer state, as raw little-endian f32 bytes.
+/// A named tensor of optimizer state: borrowed from the optimizer when saving (a checkpoint
+/// writes the moments and master weights from where they live instead of copying the whole state
+/// first, which doubled its memory during a save), owned when loaded.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StateTensor {
+pub struct StateTensor<'a> {
     pub name: String,
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: Cow<'a, [f32]>,
 }
 
 /// AdamW or SGD over a fixed list of named parameters.
@@ -208,7 +211,7 @@ impl Optimizer {
 
     /// The optimizer state as named fp32 tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`,
     /// `<param>.momentum_buffer`, `<param>.master`), for checkpoints.
-    pub fn state(&self) -> Vec<StateTensor> {
+    pub fn state(&self) -> Vec<StateTensor<'_>> {
         let mut out = Vec::new();
         for p in &self.params {
             let shape = p.var.dims().to_vec();
@@ -219,20 +222,20 @@ impl Optimizer {
             out.push(StateTensor {
                 name: format!("{}.{first}", p.name),
                 shape: shape.clone(),
-                data: p.m.clone(),
+                data: Cow::Borrowed(&p.m),
             });
             if !p.v.is_empty() {
                 out.push(StateTensor {
                     name: format!("{}.exp_avg_sq", p.name),
                     shape: shape.clone(),
-                    data: p.v.clone(),
+                    data: Cow::Borrowed(&p.v),
                 });
             }
             if !p.master.is_empty() {
                 out.push(StateTensor {
                     name: format!("{}.master", p.name),
                     shape,
-                    data: p.master.clone(),
+                    data: Cow::Borrowed(&p.master),
                 });
             }
         }
@@ -241,7 +244,7 @@ impl Optimizer {
 
     /// Restores state saved by [`Optimizer::state`] after `steps_taken` updates. Every
     /// expected tensor must be present with the right shape.
-    pub fn load_state(&mut self, tensors: &[StateTensor], steps_taken: u64) -> Result<()> {
+    pub fn load_state(&mut self, tensors: &[StateTensor<'_>], steps_taken: u64) -> Result<()> {
         let find = |name: &str, want: usize| -> Result<Vec<f32>> {
             let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| {
                 Error::CheckpointContents(format!("optimizer state has no tensor `{name}`"))
@@ -252,7 +255,7 @@ impl Optimizer {
                     t.data.len()
                 )));
             }
-            Ok(t.data.clone())
+            Ok(t.data.to_vec())
         };
         for p in &mut self.params {
             let n = p.var.elem_count();

@@ -57,7 +57,7 @@ pub(super) fn restore(
         state.push(StateTensor {
             name,
             shape: view.shape().to_vec(),
-            data,
+            data: data.into(),
         });
     }
     opt.load_state(&state, st.optimizer_steps)?;
@@ -81,7 +81,7 @@ pub(super) fn save(
         .into_iter()
         .map(|(n, t)| tensor_data(n, &t))
         .collect::<Result<Vec<_>>>()?;
-    let optimizer: Vec<TensorData<'static>> = opt
+    let optimizer: Vec<TensorData<'_>> = opt
         .state()
         .into_iter()
         .map(|s| TensorData::f32(s.name, s.shape, s.data))

@@ -126,8 +126,10 @@ impl Model {
     /// Whether the forward pass computes in f32 over parameters stored in a narrower dtype: on
     /// the CPU, candle's bf16/f16 kernels are scalar conversions around f32 arithmetic (27–36×
     /// slower than f32 on `benches/compare_train.sh`) and the fused kernels are f32 only, so
-    /// half-precision parameters are stored (and checkpointed) as such and widened on use.
-    /// On CUDA the forward computes in the parameters' dtype.
+    /// half-precision parameters are stored (and checkpointed) as such and widened on use —
+    /// except the linears' weight matrices while `codex_ops::bf16gemm` runs the products in bf16,
+    /// which read bf16 weights as stored (`Fwd::matrix`). On CUDA the forward computes in the
+    /// parameters' dtype.
     pub fn computes_in_f32(&self) -> bool {
         self.device.is_cpu() && self.dtype != DType::F32
     }

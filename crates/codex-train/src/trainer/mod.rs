@@ -409,6 +409,18 @@ impl<'a, 'c> Trainer<'a, 'c> {
             .iter()
             .map(|(_, v)| v.elem_count() as u64)
             .sum();
+        // bf16 parameters on the CPU: products in bf16 where the CPU has the instructions (and
+        // the config allows), else everything widened to f32 (the registry's
+        // `Model::computes_in_f32`) — said here and in the `start` event, never silently. The
+        // switch is process-wide, so every run sets it, on or off — on every rank.
+        let cpu_bf16 = cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu();
+        let want = cpu_bf16 && cfg.training.bf16_matmul;
+        let mut bf16_products = codex_ops::bf16gemm::enable(want);
+        // The ranks stay one computation: if one rank's CPU lacks the instructions, all compute
+        // in f32 (every rank asks, as every rank has the same config).
+        if want && dist::any_rank(self.collective.as_mut(), !bf16_products)? {
+            bf16_products = codex_ops::bf16gemm::enable(false);
+        }
         let world = self.collective.info()?;
         let step_counter = Arc::new(AtomicU64::new(self.st.step));
         // Several ranks: one system sampler per host, on its first rank (dist::host_sampler).
@@ -466,12 +478,6 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 peak_source: peak_source.to_string(),
                 energy_source: energy.as_ref().map(|e| e.source().to_string()),
             });
-        // bf16 parameters on the CPU: products in bf16 where the CPU has the instructions (and
-        // the config allows), else everything widened to f32 (the registry's
-        // `Model::computes_in_f32`) — said here and in the `start` event, never silently. The
-        // switch is process-wide, so every run sets it, on or off.
-        let cpu_bf16 = cfg.training.dtype == crate::config::Dtype::Bf16 && device.is_cpu();
-        let bf16_products = codex_ops::bf16gemm::enable(cpu_bf16 && cfg.training.bf16_matmul);
         let compute_dtype =
             cpu_bf16.then(|| if bf16_products { "bf16" } else { "f32" }.to_string());
         if bf16_products {
@@ -479,10 +485,12 @@ impl<'a, 'c> Trainer<'a, 'c> {
                 "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), matrix products in bf16 with f32 accumulation (AVX512-BF16), the rest in f32"
             );
         } else if cpu_bf16 {
-            let why = if cfg.training.bf16_matmul {
-                "this CPU has no AVX512-BF16"
-            } else {
+            let why = if !cfg.training.bf16_matmul {
                 "training.bf16_matmul = false"
+            } else if codex_ops::bf16gemm::supported() {
+                "another rank's CPU has no AVX512-BF16"
+            } else {
+                "this CPU has no AVX512-BF16"
             };
             tracing::info!(
                 "dtype bf16 on the CPU: parameters stored in bf16 (fp32 master weights in the optimizer), compute in f32 ({why})"

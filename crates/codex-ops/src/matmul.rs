@@ -58,12 +58,21 @@ impl View {
     }
 }
 
-/// The `b` operand of a product: f32, or bf16 as a bf16 run stores its frozen weights (handed to
-/// the ops as stored, not widened: the bf16 products pack them directly).
+/// The `b` operand of a product: f32, or bf16 as a bf16 run stores its weight matrices (handed
+/// to the ops as stored, not widened: the bf16 products pack them directly).
 #[derive(Clone, Copy)]
 pub(crate) enum Weight<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
+}
+
+impl Weight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weight::F32(v) => v.len(),
+            Weight::Bf16(v) => v.len(),
+        }
+    }
 }
 
 impl<'a> From<&'a [f32]> for Weight<'a> {
@@ -107,39 +116,7 @@ pub(crate) fn gemm_into<'b>(
     accumulate: bool,
     threads: usize,
 ) {
-    let b = match b.into() {
-        Weight::F32(b) => b,
-        Weight::Bf16(w) => {
-            assert!(bv.end() <= w.len(), "gemm_into: bf16 operand out of bounds");
-            if crate::bf16gemm::active() && dv.rows > 0 && dv.cols > 0 && av.cols > 0 {
-                assert!(
-                    dv.rows == av.rows && dv.cols == bv.cols && av.cols == bv.rows,
-                    "gemm_into: shape mismatch {dv:?} = {av:?} x {bv:?}"
-                );
-                assert!(dv.end() <= dst_len && av.end() <= a.len());
-                // SAFETY: the views were checked above, `active` implies the CPU features, and
-                // exclusive access to `dv` is the caller's guarantee.
-                unsafe { crate::bf16gemm::gemm(dst, dv, a, av, w, bv, scale, accumulate, threads) };
-            } else {
-                // f32 products (the switch was turned off since the op chose bf16), or nothing
-                // to multiply: the f32 path on a widened copy.
-                let wide: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
-                gemm_into(
-                    dst,
-                    dst_len,
-                    dv,
-                    a,
-                    av,
-                    &wide[..],
-                    bv,
-                    scale,
-                    accumulate,
-                    threads,
-                );
-            }
-            return;
-        }
-    };
+    let b = b.into();
     assert!(
         dv.rows == av.rows && dv.cols == bv.cols && av.cols == bv.rows,
         "gemm_into: shape mismatch {dv:?} = {av:?} x {bv:?}"
@@ -162,9 +139,30 @@ pub(crate) fn gemm_into<'b>(
     if crate::bf16gemm::active() {
         // SAFETY: the views were checked above, `active` implies the CPU features, and
         // exclusive access to `dv` is the caller's guarantee.
-        unsafe { crate::bf16gemm::gemm(dst, dv, a, av, b, bv, scale, accumulate, threads) };
+        unsafe {
+            match b {
+                Weight::F32(b) => {
+                    crate::bf16gemm::gemm(dst, dv, a, av, b, bv, scale, accumulate, threads)
+                }
+                Weight::Bf16(b) => {
+                    crate::bf16gemm::gemm(dst, dv, a, av, b, bv, scale, accumulate, threads)
+                }
+            }
+        };
         return;
     }
+    let b = match b {
+        Weight::F32(b) => b,
+        Weight::Bf16(w) => {
+            // f32 products on a bf16 weight (the switch was turned off after the op chose to
+            // pass it as stored): the f32 path on a widened copy.
+            let wide: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+            gemm_into(
+                dst, dst_len, dv, a, av, &wide, bv, scale, accumulate, threads,
+            );
+            return;
+        }
+    };
     if crate::blas::wants(dv.rows, dv.cols, av.cols)
         && let Some(call) = blas_call(dst, dv, a, av, b, bv, scale, accumulate)
     {

@@ -94,12 +94,20 @@ impl CustomOp1 for Widen {
     }
 }
 
-/// The f32 gradient `g` of `arg` in `arg`'s dtype and shape: rounded to nearest even for bf16/f16
+/// The f32 gradient `g` of an f32, bf16 or f16 `arg` in `arg`'s dtype and shape: as it is for
+/// f32 (no copy), else rounded to nearest even (as candle's cast) on rayon's pool.
+pub(crate) fn grad_as(g: Vec<f32>, arg: &Tensor) -> Result<Tensor> {
+    match arg.dtype() {
+        DType::F32 => Tensor::from_vec(g, arg.shape(), arg.device()),
+        _ => narrow(&g, arg),
+    }
+}
+
+/// The f32 gradient `g` of a bf16/f16 `arg` in `arg`'s dtype and shape: rounded to nearest even
 /// (as candle's cast), on rayon's pool.
-pub(crate) fn narrow(g: &[f32], arg: &Tensor) -> Result<Tensor> {
+fn narrow(g: &[f32], arg: &Tensor) -> Result<Tensor> {
     let n = g.len();
     match arg.dtype() {
-        DType::F32 => Tensor::from_vec(g.to_vec(), arg.shape(), arg.device()),
         DType::BF16 => Tensor::from_vec(
             par_collect(n, CHUNK, |r| g[r].iter().map(|&x| half::bf16::from_f32(x))),
             arg.shape(),

@@ -10,7 +10,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::elementwise::narrow;
+use crate::elementwise::grad_as;
 use crate::matmul::{View, Weight, gemm_into, gemm_new};
 use crate::util::{
     cpu_tensor, f32_slice, is_cpu_f32, is_cpu_weight, par_collect, sum_in_order, weight_slice,
@@ -248,7 +248,7 @@ impl CustomOp2 for AffineNoBias {
                 with_f32(dy, op, |g| Ok(grads(&d, self.layout, xs, ws, g)))
             })
         })?;
-        Ok((Some(cpu_tensor(dx, x.shape())?), Some(narrow(&dw, w)?)))
+        Ok((Some(cpu_tensor(dx, x.shape())?), Some(grad_as(dw, w)?)))
     }
 }
 
@@ -322,7 +322,7 @@ impl CustomOp3 for Affine {
         })?;
         Ok((
             Some(cpu_tensor(dx, x.shape())?),
-            Some(narrow(&dw, w)?),
+            Some(grad_as(dw, w)?),
             Some(cpu_tensor(db, b.shape())?),
         ))
     }
